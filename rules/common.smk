@@ -1,0 +1,41 @@
+# Parameters and the stage table, shared by every rule.
+import json
+import os
+import sys
+from pathlib import Path
+
+from posttrain import pipeline
+from posttrain.config import ConfigError, load_params
+
+
+def _param_files():
+    """params.yaml plus each --configfile overlay, as paths relative to the working directory
+    when they lie inside it (so commands stay the same on every machine)."""
+    files = ["params.yaml"]
+    for f in workflow.overwrite_configfiles:
+        f = Path(f)
+        try:
+            f = f.resolve().relative_to(Path.cwd().resolve())
+        except ValueError:
+            pass
+        if str(f) not in files:
+            files.append(str(f))
+    return files
+
+
+PARAM_FILES = _param_files()
+try:
+    PARAMS = load_params(PARAM_FILES)
+except ConfigError as err:
+    # Fail at parse time, before any job is scheduled, naming the key.
+    sys.stderr.write(f"posttrain: {err}\n")
+    raise SystemExit(1)
+
+STAGES = pipeline.stages(PARAMS, PARAM_FILES)
+TARGETS = pipeline.final_targets(STAGES)
+
+
+def section_json(stage):
+    """The parameter sections a stage reads: a change reruns it (Snakemake's params trigger)."""
+    dumped = PARAMS.model_dump(mode="json")
+    return json.dumps({s: dumped[s] for s in stage.params}, sort_keys=True)

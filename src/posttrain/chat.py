@@ -1,0 +1,42 @@
+"""Chat templates: one template per model lineage, chosen once at the base stage and then used
+for training, evaluation and serving alike (its hash travels in every manifest)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from posttrain.manifest import sha256_text
+
+PACKAGED = ("chatml", "qwen3")
+# ChatML's markers; a template using them needs these tokens in the vocabulary.
+CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
+
+
+def packaged_template(name: str) -> str:
+    if name not in PACKAGED:
+        raise ValueError(f"unknown packaged chat template {name!r}; allowed: {', '.join(PACKAGED)}")
+    return resources.files("posttrain").joinpath(f"templates/{name}.jinja").read_text()
+
+
+def resolve_template(choice: str, existing: str | None) -> str:
+    """The template the pipeline will use for `model.chat_template` = `choice`."""
+    if choice == "keep":
+        return existing if existing else packaged_template("chatml")
+    if choice in PACKAGED:
+        return packaged_template(choice)
+    path = Path(choice)
+    if path.suffix == ".jinja" and path.is_file():
+        return path.read_text()
+    raise ValueError(
+        f"model.chat_template: {choice!r} is neither `keep`, a packaged template "
+        f"({', '.join(PACKAGED)}) nor an existing .jinja file")
+
+
+def has_generation_markers(template: str) -> bool:
+    """Assistant-only loss needs {% generation %} spans in the template."""
+    return "{% generation %}" in template or "{%- generation %}" in template
+
+
+def template_hash(template: str | None) -> str | None:
+    return sha256_text(template) if template else None

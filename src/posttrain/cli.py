@@ -1,0 +1,117 @@
+"""`posttrain`: one subcommand per stage, plus tools for the DAG and parameters.
+
+Rules call these commands; users can call them by hand. Every command validates the parameter
+files first, so a typo fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from posttrain.config import ConfigError, load_params
+
+log = logging.getLogger("posttrain")
+
+
+def _params_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", action="append", metavar="FILE",
+                   help="parameter file; repeat to overlay recipes (default: params.yaml)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="posttrain", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("base-model", help="resolve model.base to a local HF folder")
+    p.add_argument("--out", type=Path, required=True)
+    _params_arg(p)
+
+    p = sub.add_parser("demo-data", help="generate the deterministic demo corpus")
+    p.add_argument("--out", type=Path, required=True)
+    _params_arg(p)
+
+    p = sub.add_parser("prepare-data", help="ingest, clean, decontaminate and split one data kind")
+    p.add_argument("--kind", required=True, choices=["sft", "preference", "prompts", "eval"])
+    p.add_argument("--input", action="append", default=[], metavar="FILE",
+                   help="a .json/.jsonl/.jsonl.gz/.parquet file or hf:NAME[?name=CONFIG&split=SPLIT]; repeatable")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--tokenizer", type=Path, help="base model folder, for the token-length filter")
+    p.add_argument("--eval", type=Path, help="eval test.jsonl to decontaminate against")
+    _params_arg(p)
+
+    p = sub.add_parser("dag", help="write or check dvc.yaml from the stage table")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--write", action="store_true", help="write dvc.yaml")
+    g.add_argument("--check", action="store_true", help="fail if dvc.yaml differs from the stage table")
+    p.add_argument("--recipe", action="append", default=[], metavar="FILE",
+                   help="overlay a recipe (as `snakemake --configfile FILE`)")
+
+    p = sub.add_parser("check-params", help="validate parameter files and print the resolved parameters")
+    _params_arg(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return _run(args)
+    except ConfigError as err:
+        print(f"posttrain {args.command}: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
+        print(f"posttrain {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "dag":
+        return _dag(args)
+    params = load_params(args.params)
+    if args.command == "check-params":
+        import yaml
+
+        print(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False), end="")
+        return 0
+    if args.command == "base-model":
+        from posttrain.stages import base_model
+
+        base_model.main(params, args.out)
+    elif args.command == "demo-data":
+        from posttrain.stages import demo_data
+
+        demo_data.main(params, args.out)
+    elif args.command == "prepare-data":
+        from posttrain.stages import prepare_data
+
+        prepare_data.main(params, args.kind, args.input, args.out, args.tokenizer, args.eval)
+    return 0
+
+
+def _dag(args: argparse.Namespace) -> int:
+    from posttrain import pipeline
+
+    files = ["params.yaml", *args.recipe]
+    text = pipeline.dvc_yaml(pipeline.stages(load_params(files), files))
+    if args.write:
+        pipeline.DVC_YAML.write_text(text)
+        print(f"wrote {pipeline.DVC_YAML}")
+    elif args.check:
+        current = pipeline.DVC_YAML.read_text() if pipeline.DVC_YAML.exists() else ""
+        if current != text:
+            print(f"{pipeline.DVC_YAML} is out of date with the stage table and params; "
+                  f"run `posttrain dag --write`", file=sys.stderr)
+            return 1
+        print(f"{pipeline.DVC_YAML} is up to date")
+    else:
+        print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""params.yaml: one section per stage, validated at load.
+
+A parameter file is the default `params.yaml` (the embedded CPU demo) plus zero or more overlays
+(recipes such as `recipes/qwen3-30b-a3b.yaml`) deep-merged on top, the same way Snakemake merges
+`--configfile` files. Validation is strict: an unknown key or a wrong type fails at load with the
+key's dotted path, the file that set it and what is allowed, before any job starts.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+DATA_KINDS = ("sft", "preference", "prompts", "eval")
+
+
+class ConfigError(ValueError):
+    """A parameter file that does not match the schema; the message says what and where."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# --- model -----------------------------------------------------------------------------------
+
+
+class ModelParams(Section):
+    # What to post-train. One of: `embedded:smollm2-135m-instruct` (the packaged demo model),
+    # a hub id (`Qwen/Qwen3-30B-A3B-Base`, pinned by `revision`), a local HF folder, a `.gguf`
+    # file, or `tiny:llama` / `tiny:qwen3_moe` (random test models built from a config).
+    base: str = "embedded:smollm2-135m-instruct"
+    # A hub commit sha or tag; recorded in the manifest. Ignored for local sources.
+    revision: str | None = None
+    # `keep` keeps the model's own template (a model without one gets ChatML). `chatml` and
+    # `qwen3` are packaged templates that mark assistant spans with {% generation %}, which
+    # assistant-only loss needs; a path to a .jinja file is used verbatim.
+    chat_template: str = "keep"
+    # Weights are saved in this dtype. `auto` keeps the source dtype, except that GGUF weights
+    # (dequantized on load) are saved in float32.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # Only for hub models that ship their own modelling code; off by default because it
+    # executes code from the model repository.
+    trust_remote_code: bool = False
+    seed: int = 0
+
+
+# --- demo corpus -----------------------------------------------------------------------------
+
+
+class DemoDataParams(Section):
+    # The demo corpus is generated, not downloaded; the same seed gives the same bytes.
+    seed: int = 0
+    # Row counts per generated file (see posttrain.demo_corpus.DEFAULT_SIZES); unset = default.
+    sizes: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("sizes")
+    @classmethod
+    def _known_files(cls, sizes: dict[str, int]) -> dict[str, int]:
+        if not sizes:
+            return sizes
+        from posttrain.demo_corpus import DEFAULT_SIZES
+
+        unknown = sorted(set(sizes) - set(DEFAULT_SIZES))
+        if unknown:
+            raise ValueError(f"unknown demo file(s) {unknown}; allowed: {sorted(DEFAULT_SIZES)}")
+        bad = {k: v for k, v in sizes.items() if v < 1}
+        if bad:
+            raise ValueError(f"sizes must be >= 1, got {bad}")
+        return sizes
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+class SourceParams(Section):
+    # A local .json/.jsonl/.jsonl.gz/.parquet file, or `hf:NAME[?name=CONFIG&split=SPLIT]`
+    # for a hub dataset (a local dataset folder works in place of NAME).
+    path: str
+    # `auto` detects the format from the first valid row; or name one of posttrain.formats.FORMATS.
+    format: str = "auto"
+    # A tag carried on every row (e.g. `arithmetic`, `safety`); eval tasks and RL prompt sets
+    # select rows by it. Defaults to the file name without extensions.
+    subset: str | None = None
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, name: str) -> str:
+        from posttrain.formats import FORMATS
+
+        if name != "auto" and name not in FORMATS:
+            raise ValueError(f"unknown format {name!r}; allowed: auto, {', '.join(sorted(FORMATS))}")
+        return name
+
+
+class CleaningParams(Section):
+    # NFKC + whitespace normalisation; harmless for chat data and makes dedup effective.
+    normalize: bool = True
+    # Rows longer than this many tokens (base tokenizer, chat template applied) are dropped:
+    # they would be truncated in training, which silently teaches cut-off answers.
+    max_tokens: int = Field(2048, ge=8)
+    # Exact duplicates (after normalisation) are always worth dropping; near duplicates use
+    # MinHash LSH over word shingles. A lower threshold drops more (and more false positives).
+    dedup_exact: bool = True
+    near_dup: bool = True
+    near_dup_threshold: float = Field(0.85, gt=0.0, le=1.0)
+    near_dup_num_perm: int = Field(128, ge=16)
+    near_dup_shingle_words: int = Field(3, ge=1)
+    # `scrub` replaces e-mails, phone numbers and secrets with placeholders; `drop` removes the
+    # row; `off` keeps them (only for data already vetted).
+    pii: Literal["scrub", "drop", "off"] = "scrub"
+    # Case-insensitive substrings; a row containing any is dropped.
+    blocklist: list[str] = Field(default_factory=list)
+    # Drop training rows that share an n-gram of this many words with any eval prompt.
+    # 13 words follows the GPT-3 contamination analysis; lower is stricter.
+    decontaminate: bool = True
+    decontamination_ngram: int = Field(13, ge=3)
+
+
+class DataParams(Section):
+    sources: dict[str, list[SourceParams]] = Field(default_factory=dict)
+    cleaning: CleaningParams = Field(default_factory=CleaningParams)
+    # Share of rows routed to val.jsonl, by content hash (stable under reordering and reruns).
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    # Fail the stage when more than this share of a source's rows is malformed: a wrong format
+    # or a broken file should stop the run, not quietly shrink the dataset.
+    max_reject_ratio: float = Field(0.05, ge=0.0, le=1.0)
+    seed: int = 0
+
+    @field_validator("sources")
+    @classmethod
+    def _known_kinds(cls, sources: dict[str, list[SourceParams]]) -> dict[str, list[SourceParams]]:
+        unknown = sorted(set(sources) - set(DATA_KINDS))
+        if unknown:
+            raise ValueError(f"unknown data kind(s) {unknown}; allowed: {list(DATA_KINDS)}")
+        return sources
+
+
+class Params(Section):
+    model: ModelParams = Field(default_factory=ModelParams)
+    demo_data: DemoDataParams = Field(default_factory=DemoDataParams)
+    data: DataParams = Field(default_factory=DataParams)
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def deep_merge(base: dict, overlay: dict, origin: dict[str, str], source: str, prefix: str = "") -> dict:
+    """Merge `overlay` into a copy of `base` (dicts recursively, everything else replaced),
+    recording in `origin` which file set each dotted key."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value, origin, source, dotted + ".")
+        else:
+            out[key] = copy.deepcopy(value)
+            _mark(origin, dotted, value, source)
+    return out
+
+
+def _mark(origin: dict[str, str], dotted: str, value: Any, source: str) -> None:
+    origin[dotted] = source
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _mark(origin, f"{dotted}.{k}", v, source)
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"parameter file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    return data
+
+
+def validate(raw: dict, origin: dict[str, str] | None = None) -> Params:
+    """Validate a merged parameter dict; raise ConfigError naming every bad key."""
+    origin = origin or {}
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_explain(err, origin)) from None
+
+
+def _explain(err: ValidationError, origin: dict[str, str]) -> str:
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        dotted = ".".join(loc)
+        where = _origin_of(loc, origin)
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc[:-1])
+            lines.append(f"unknown key '{dotted}'{where}; allowed here: {', '.join(allowed)}")
+        else:
+            got = e.get("input")
+            got = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+            lines.append(f"'{dotted}'{where}: {e['msg']}{got}")
+    return "invalid parameters:\n  " + "\n  ".join(lines)
+
+
+def _origin_of(loc: list[str], origin: dict[str, str]) -> str:
+    for n in range(len(loc), 0, -1):
+        src = origin.get(".".join(loc[:n]))
+        if src:
+            return f" in {src}"
+    return ""
+
+
+def _allowed_keys(loc: list[str]) -> list[str]:
+    """Field names of the schema section at `loc` (list indices and dict keys skipped)."""
+    model: type[BaseModel] = Params
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None:
+            continue  # a list index or a free-form dict key: stay on the item's model
+        inner = _model_in(field.annotation)
+        if inner is None:
+            return []
+        model = inner
+    return sorted(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def load_params(files: list[str | Path] | None = None) -> Params:
+    """Load `params.yaml` and overlays in order (later files win) and validate the result."""
+    files = [Path(f) for f in (files or [DEFAULT_PARAMS])]
+    merged: dict = {}
+    origin: dict[str, str] = {}
+    for f in files:
+        merged = deep_merge(merged, read_yaml(f), origin, str(f))
+    return validate(merged, origin)
+
+
+def section(params: Params, name: str) -> dict:
+    """The resolved section as plain data, as recorded in manifests."""
+    return getattr(params, name).model_dump(mode="json")

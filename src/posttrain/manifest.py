@@ -1,0 +1,135 @@
+"""manifest.json: what made an artifact folder, written last and atomically.
+
+A folder without a manifest is an interrupted or foreign output; downstream stages refuse it
+(`require_manifest`), so a half-written model can never be trained on or evaluated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+# Libraries whose versions change results; recorded in every manifest.
+TRACKED_LIBRARIES = (
+    "posttrain", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers",
+    "safetensors", "numpy", "datasketch", "gguf", "lm-eval", "snakemake", "dvc",
+)
+
+
+class MissingManifestError(FileNotFoundError):
+    pass
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in TRACKED_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_commit(cwd: str | Path = ".") -> str | None:
+    """HEAD's sha, suffixed with `-dirty` when tracked files differ from it."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{sha}-dirty" if dirty else sha
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def input_hash(path: str | Path) -> str:
+    """Content hash of an input. An artifact folder is identified by its manifest (which
+    already hashes what made it), so multi-GB model folders are not re-read."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    if (path / MANIFEST).is_file():
+        return "manifest:" + sha256_file(path / MANIFEST)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode())
+        h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename: readers see all or nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_manifest(out_dir: str | Path, *, stage: str, params: dict, seed: int | None,
+                   inputs: dict[str, str | Path] | None = None, chat_template: str | None = None,
+                   extra: dict | None = None) -> dict:
+    """Record how `out_dir` was made. Call it last: its presence marks the folder complete."""
+    out_dir = Path(out_dir)
+    manifest = {
+        "stage": stage,
+        "params": params,
+        "seed": seed,
+        "inputs": {name: {"path": str(p), "sha256": input_hash(p)} for name, p in (inputs or {}).items()},
+        "git_commit": git_commit(),
+        "versions": library_versions(),
+        "chat_template_sha256": sha256_text(chat_template) if chat_template else None,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if extra:
+        manifest.update(extra)
+    write_json(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(folder: str | Path) -> dict:
+    return json.loads((Path(folder) / MANIFEST).read_text())
+
+
+def require_manifest(folder: str | Path, producer: str) -> dict:
+    """Refuse an input folder that a complete run of `producer` did not write."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        raise MissingManifestError(
+            f"{folder} has no {MANIFEST}: it is not the output of a complete `posttrain {producer}` run "
+            f"(interrupted, or made by hand). Rerun that stage, e.g. `snakemake --cores 2 {folder}`.")
+    return read_manifest(folder)

@@ -1,0 +1,132 @@
+"""The DAG, declared once.
+
+`stages(params, param_files)` is the single table of stages: name, command, inputs, outputs,
+parameter sections, metrics and plots. The Snakefile turns each row into a rule; `posttrain dag`
+writes the same rows as `dvc.yaml`. Both therefore run identical commands on identical paths, and
+tests/test_dag.py checks the two tools' views of the graph against each other.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from posttrain.config import DATA_KINDS, DEFAULT_PARAMS, Params, read_yaml
+
+RESULTS = Path("results")
+DVC_YAML = Path("dvc.yaml")
+DVC_HEADER = ("# Generated from posttrain/pipeline.py by `posttrain dag --write`; do not edit by hand.\n"
+              "# tests/test_dag.py fails when this file and the Snakefile's rules drift apart.\n")
+
+
+@dataclass
+class Stage:
+    name: str                      # rule / stage name (an identifier)
+    args: list[str]                # the posttrain subcommand and its arguments
+    deps: list[str]                # files or folders read
+    outs: list[str]                # folders written (declared whole)
+    params: list[str]              # params.yaml sections the stage reads
+    metrics: list[str] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
+    # Parameter files (params.yaml + overlays), appended to the command when not the default.
+    param_files: list[str] = field(default_factory=list)
+
+    @property
+    def cmd(self) -> str:
+        extra = []
+        if self.param_files and self.param_files != [str(DEFAULT_PARAMS)]:
+            for f in self.param_files:
+                extra += ["--params", f]
+        return shlex.join(["posttrain", *self.args, *extra])
+
+
+def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
+    param_files = [str(f) for f in (param_files or [DEFAULT_PARAMS])]
+    table: list[Stage] = []
+    base = str(RESULTS / "base")
+    demo = str(RESULTS / "demo_data")
+
+    sources = {kind: [s.path for s in params.data.sources.get(kind, [])] for kind in DATA_KINDS}
+    if any(p.startswith(demo + "/") for paths in sources.values() for p in paths):
+        table.append(Stage("demo_data", ["demo-data", "--out", demo], [], [demo], ["demo_data"]))
+
+    base_deps = [params.model.base] if Path(params.model.base).exists() else []
+    table.append(Stage("base_model", ["base-model", "--out", base], base_deps, [base], ["model"]))
+
+    produced = [s.outs[0] for s in table]
+    eval_dir = str(RESULTS / "data" / "eval")
+    # eval first: every training kind is decontaminated against it.
+    for kind in ("eval", "sft", "preference", "prompts"):
+        if not sources[kind]:
+            continue
+        out = str(RESULTS / "data" / kind)
+        args = ["prepare-data", "--kind", kind]
+        for p in sources[kind]:
+            args += ["--input", p]
+        args += ["--tokenizer", base]
+        deps = _deps_of(sources[kind], produced) + [base]
+        if kind != "eval" and sources["eval"]:
+            args += ["--eval", f"{eval_dir}/test.jsonl"]
+            deps.append(eval_dir)
+        args += ["--out", out]
+        table.append(Stage(f"prepare_data_{kind}", args, deps, [out], ["data"], metrics=[f"{out}/report.json"]))
+        produced.append(out)
+
+    for s in table:
+        s.param_files = param_files
+    return table
+
+
+def _deps_of(paths: list[str], produced: list[str]) -> list[str]:
+    """A source inside another stage's output folder depends on that folder (Snakemake cannot
+    see files inside a directory output); hub datasets are not files at all."""
+    deps: list[str] = []
+    for p in paths:
+        if p.startswith("hf:"):
+            continue
+        owner = next((d for d in produced if p.startswith(d + "/")), p)
+        if owner not in deps:
+            deps.append(owner)
+    return deps
+
+
+def final_targets(table: list[Stage]) -> list[str]:
+    return [o for s in table for o in s.outs]
+
+
+# --- DVC -------------------------------------------------------------------------------------
+
+
+def dvc_yaml(table: list[Stage]) -> str:
+    doc: dict = {"stages": {}}
+    metrics: list[str] = []
+    plots: list = []
+    for s in table:
+        entry: dict = {"cmd": s.cmd}
+        if s.deps:
+            entry["deps"] = list(s.deps)
+        entry["params"] = _dvc_params(s)
+        entry["outs"] = list(s.outs)
+        doc["stages"][s.name] = entry
+        metrics += s.metrics
+        plots += s.plots
+    if metrics:
+        doc["metrics"] = metrics
+    if plots:
+        doc["plots"] = plots
+    return DVC_HEADER + yaml.safe_dump(doc, sort_keys=False, width=1000)
+
+
+def _dvc_params(s: Stage) -> list:
+    """Sections from params.yaml, plus the same sections from each overlay that sets them."""
+    out: list = list(s.params)
+    for f in s.param_files:
+        if f == str(DEFAULT_PARAMS):
+            continue
+        present = [p for p in s.params if p in read_yaml(Path(f))]
+        if present:
+            out.append({f: present})
+    return out

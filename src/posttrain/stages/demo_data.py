@@ -1,0 +1,26 @@
+"""Demo corpus stage: generate the raw demo datasets the CPU demo trains and evaluates on.
+
+    posttrain demo-data --out results/demo_data [--params params.yaml]
+
+The files deliberately use different public formats (Alpaca, ShareGPT, OpenAI messages, GSM8K
+QA, preference pairs, Anthropic-HH transcripts) and include a few dirty rows, so the data stage's
+format detection and cleaning report are exercised on every demo run.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from posttrain.config import Params, section
+from posttrain.demo_corpus import DEFAULT_SIZES, write_demo_corpus
+from posttrain.manifest import write_manifest
+
+
+def main(params: Params, out: Path) -> dict:
+    cfg = params.demo_data
+    if out.exists():
+        shutil.rmtree(out)
+    files = write_demo_corpus(out, seed=cfg.seed, sizes={**DEFAULT_SIZES, **cfg.sizes})
+    return write_manifest(out, stage="demo-data", params=section(params, "demo_data"), seed=cfg.seed,
+                          extra={"files": sorted(p.name for p in files.values())})

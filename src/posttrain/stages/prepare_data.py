@@ -1,0 +1,326 @@
+"""Data stage: ingest, clean, decontaminate and split one kind of data.
+
+    posttrain prepare-data --kind sft --input data.jsonl [--input more.json ...] --out results/data/sft \\
+        [--tokenizer results/base] [--eval results/data/eval/test.jsonl] [--params params.yaml]
+
+Writes DIR/train.jsonl and DIR/val.jsonl (eval: DIR/test.jsonl), DIR/report.json (rows in/out and
+drops by reason, per source), DIR/rejected.jsonl (every dropped or malformed row with file:line and
+reason) and manifest.json. Nothing is dropped silently: `rows_in == rows_out + sum(dropped)` holds
+for every source.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from posttrain import cleaning, formats
+from posttrain.config import DATA_KINDS, DataParams, Params, SourceParams, section
+from posttrain.manifest import require_manifest, write_json, write_manifest
+
+log = logging.getLogger(__name__)
+QUARANTINE = Path("logs/prepare-data")
+
+
+class DataError(RuntimeError):
+    pass
+
+
+@dataclass
+class SourceReport:
+    rows_in: int = 0
+    rows_out: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    modified: Counter = field(default_factory=Counter)
+    format: str = ""
+
+    def as_dict(self) -> dict:
+        return {"format": self.format, "rows_in": self.rows_in, "rows_out": self.rows_out,
+                "dropped": dict(sorted(self.dropped.items())), "modified": dict(sorted(self.modified.items()))}
+
+
+def main(params: Params, kind: str, inputs: list[str], out: Path, tokenizer_dir: Path | None = None,
+         eval_file: Path | None = None) -> dict:
+    if kind not in DATA_KINDS:
+        raise DataError(f"--kind {kind!r} is not one of {', '.join(DATA_KINDS)}")
+    if not inputs:
+        raise DataError(f"no inputs for kind {kind!r}: pass --input FILE or list data.sources.{kind} in params.yaml")
+    cfg = params.data
+    tokenizer = _load_tokenizer(tokenizer_dir)
+    decon = _load_decontaminator(cfg, eval_file) if kind != "eval" else None
+
+    # 1. Read, parse and clean every source; keep the survivors and the rejects.
+    kept: list[dict] = []
+    rejected: list[dict] = []
+    reports: dict[str, SourceReport] = {}
+    exact_seen: set[str] = set()
+    near = (cleaning.NearDuplicateFilter(cfg.cleaning.near_dup_threshold, cfg.cleaning.near_dup_num_perm,
+                                         cfg.cleaning.near_dup_shingle_words) if cfg.cleaning.near_dup else None)
+    for spec in inputs:
+        source = _source_params(cfg, kind, spec)
+        report = reports[spec] = SourceReport()
+        records = list(formats.read_records(spec))
+        fmt = formats.FORMATS[source.format] if source.format != "auto" else formats.detect_format(records, spec)
+        report.format = fmt.name
+        if kind not in fmt.kinds:
+            raise DataError(f"{spec}: format {fmt.name} cannot feed kind {kind!r} (it feeds: {', '.join(fmt.kinds)})")
+        subset = source.subset or _stem(spec)
+        for rec in tqdm(records, desc=f"{kind}: {Path(spec).name}", unit="row", disable=None):
+            report.rows_in += 1
+            row, reason, detail = _process(rec, fmt, kind, subset, cfg, tokenizer, decon, exact_seen, near, report)
+            if row is None:
+                report.dropped[reason] += 1
+                rejected.append({"source": rec.locator, "reason": reason, "detail": detail,
+                                 "record": rec.data if rec.data is not None else rec.raw})
+            else:
+                report.rows_out += 1
+                kept.append(row)
+        _check_reject_ratio(spec, report, cfg.max_reject_ratio, rejected, kind)
+
+    if not kept:
+        _quarantine(kind, rejected)
+        raise DataError(f"nothing remains of {len(inputs)} source(s) for kind {kind!r} after cleaning; "
+                        f"see {QUARANTINE / (kind + '.rejected.jsonl')} for why each row was dropped")
+
+    # 2. Split by content hash, write files, report and manifest (last).
+    splits = _split(kept, kind, cfg)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for name, rows in splits.items():
+        _write_jsonl(out / f"{name}.jsonl", rows)
+    _write_jsonl(out / "rejected.jsonl", rejected)
+    report = _summary(kind, reports, splits)
+    write_json(out / "report.json", report)
+    inputs_hashed = {f"input{i}": p for i, p in enumerate(inputs) if not p.startswith("hf:")}
+    if tokenizer_dir:
+        inputs_hashed["tokenizer"] = tokenizer_dir
+    if eval_file:
+        inputs_hashed["eval"] = eval_file
+    write_manifest(out, stage=f"prepare-data:{kind}", params=section(params, "data"), seed=cfg.seed,
+                   inputs=inputs_hashed, chat_template=getattr(tokenizer, "chat_template", None),
+                   extra={"kind": kind, "rows": {k: len(v) for k, v in splits.items()},
+                          "hub_sources": [p for p in inputs if p.startswith("hf:")]})
+    log.info("%s: %d rows in, %d out, dropped %s", kind, report["rows_in"], report["rows_out"], report["dropped"])
+    return report
+
+
+# --- one record ------------------------------------------------------------------------------
+
+
+def _process(rec, fmt, kind, subset, cfg: DataParams, tokenizer, decon, exact_seen, near, report):
+    """(row, None, None) for a kept record, else (None, reason, detail)."""
+    if rec.error is not None:
+        return None, rec.error.reason, rec.error.detail
+    try:
+        example = fmt.parse(rec.data)
+        row = _to_kind(example, kind)
+    except formats.RowError as err:
+        return None, err.reason, err.detail
+    row["subset"] = str(row["meta"].pop("subset", None) or subset)
+    row["source"] = rec.locator
+    c = cfg.cleaning
+
+    if c.normalize and _map_text(row, cleaning.normalize_text):
+        report.modified["normalized"] += 1
+    empty = _empty_part(row, kind)
+    if empty:
+        return None, "empty", f"{empty} is empty"
+    if c.pii != "off":
+        n_found = _count_pii(row)
+        if n_found and c.pii == "drop":
+            return None, "pii", f"{n_found} e-mail/phone/secret match(es)"
+        if n_found:
+            _map_text(row, lambda t: cleaning.scrub_pii(t)[0])
+            report.modified["pii_scrubbed"] += 1
+    text = _row_text(row)
+    term = cleaning.blocked(text, c.blocklist)
+    if term:
+        return None, "blocklist", f"contains blocklisted {term!r}"
+    if kind == "preference" and row["chosen"] == row["rejected"]:
+        return None, "identical_pair", "chosen and rejected are the same"
+    if tokenizer is not None:
+        n_tokens = _n_tokens(tokenizer, row, kind)
+        if n_tokens > c.max_tokens:
+            return None, "too_long", f"{n_tokens} tokens > cleaning.max_tokens={c.max_tokens}"
+    if decon is not None and decon.contaminated(text):
+        return None, "contaminated", f"shares a {decon.n}-word sequence with an eval prompt"
+    key = cleaning.content_hash(_content(row, kind))
+    if c.dedup_exact:
+        if key in exact_seen:
+            return None, "duplicate", "exact duplicate of an earlier row"
+        exact_seen.add(key)
+    if near is not None and near.seen(key, text):
+        return None, "near_duplicate", f"estimated Jaccard >= {c.near_dup_threshold} with an earlier row"
+    row["id"] = key[:16]
+    return row, None, None
+
+
+def _to_kind(ex: formats.Example, kind: str) -> dict:
+    if kind == "sft":
+        if ex.messages[-1]["role"] != "assistant":
+            raise formats.RowError("missing_field", "an SFT conversation must end with an assistant turn")
+        return {"messages": ex.messages, "meta": ex.meta}
+    if kind == "preference":
+        return {"prompt": ex.messages, "chosen": ex.chosen, "rejected": ex.rejected, "meta": ex.meta}
+    # prompts / eval: the conversation up to the last user turn; its answer as the reference.
+    msgs = ex.messages
+    reference = None
+    if msgs[-1]["role"] == "assistant":
+        reference = msgs[-1]["content"]
+        msgs = msgs[:-1]
+    if not msgs or msgs[-1]["role"] != "user":
+        raise formats.RowError("missing_field", "a prompt must end with a user turn")
+    return {"prompt": msgs, "answer": ex.answer, "reference": reference, "meta": ex.meta}
+
+
+_TEXT_FIELDS = ("messages", "prompt", "chosen", "rejected")
+
+
+def _map_text(row: dict, fn) -> bool:
+    changed = False
+    for key in _TEXT_FIELDS:
+        for m in row.get(key) or []:
+            new = fn(m["content"])
+            changed |= new != m["content"]
+            m["content"] = new
+    if row.get("reference") is not None:
+        new = fn(row["reference"])
+        changed |= new != row["reference"]
+        row["reference"] = new
+    return changed
+
+
+def _count_pii(row: dict) -> int:
+    return sum(cleaning.scrub_pii(m["content"])[1] for key in _TEXT_FIELDS for m in row.get(key) or [])
+
+
+def _empty_part(row: dict, kind: str) -> str | None:
+    for key in _TEXT_FIELDS:
+        for i, m in enumerate(row.get(key) or []):
+            if not m["content"].strip() and m["role"] != "system":
+                return f"{key}[{i}] ({m['role']})"
+    return None
+
+
+def _row_text(row: dict) -> str:
+    return "\n".join(m["content"] for key in _TEXT_FIELDS for m in row.get(key) or [])
+
+
+def _content(row: dict, kind: str):
+    return {k: row.get(k) for k in (*_TEXT_FIELDS, "answer")}
+
+
+def _n_tokens(tokenizer, row: dict, kind: str) -> int:
+    if kind == "sft":
+        convs = [row["messages"]]
+    elif kind == "preference":
+        convs = [row["prompt"] + row["chosen"], row["prompt"] + row["rejected"]]
+    else:
+        convs = [row["prompt"]]
+    return max(len(tokenizer.apply_chat_template(c, tokenize=True, add_generation_prompt=kind in ("prompts", "eval"),
+                                                 return_dict=False)) for c in convs)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _source_params(cfg: DataParams, kind: str, spec: str) -> SourceParams:
+    """Per-source options from params when the input is listed there; defaults otherwise."""
+    for s in cfg.sources.get(kind, []):
+        if s.path == spec:
+            return s
+    return SourceParams(path=spec)
+
+
+def _stem(spec: str) -> str:
+    name = spec.rsplit("/", 1)[-1].split("?", 1)[0]
+    for ext in (".jsonl.gz", ".jsonl", ".ndjson", ".json", ".parquet"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _load_tokenizer(tokenizer_dir: Path | None):
+    if tokenizer_dir is None:
+        return None
+    require_manifest(tokenizer_dir, "base-model")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def _load_decontaminator(cfg: DataParams, eval_file: Path | None):
+    if not cfg.cleaning.decontaminate or eval_file is None:
+        return None
+    require_manifest(eval_file.parent, "prepare-data --kind eval")
+    texts = []
+    with open(eval_file) as fh:
+        for line in fh:
+            row = json.loads(line)
+            texts.append("\n".join(m["content"] for m in row["prompt"] if m["role"] == "user"))
+    return cleaning.Decontaminator(texts, n=cfg.cleaning.decontamination_ngram)
+
+
+def _check_reject_ratio(spec: str, report: SourceReport, limit: float, rejected: list[dict], kind: str) -> None:
+    malformed = sum(report.dropped[r] for r in ("malformed_json", "missing_field", "wrong_type"))
+    if report.rows_in and malformed / report.rows_in > limit:
+        _quarantine(kind, rejected)
+        examples = [r for r in rejected if r["source"].startswith(spec) and r["reason"] in
+                    ("malformed_json", "missing_field", "wrong_type")][:3]
+        shown = "\n  ".join(f"{r['source']}: {r['reason']}: {r['detail']}" for r in examples)
+        raise DataError(
+            f"{spec}: {malformed} of {report.rows_in} rows are malformed ({malformed / report.rows_in:.1%} > "
+            f"data.max_reject_ratio={limit:.1%}) as format {report.format}. First ones:\n  {shown}\n"
+            f"All rejects: {QUARANTINE / (kind + '.rejected.jsonl')}. Fix the file, set its `format:`, "
+            f"or raise data.max_reject_ratio.")
+
+
+def _quarantine(kind: str, rejected: list[dict]) -> None:
+    """On failure the stage's outputs are removed by the runner; keep the rejects elsewhere."""
+    QUARANTINE.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(QUARANTINE / f"{kind}.rejected.jsonl", rejected)
+
+
+def _split(rows: list[dict], kind: str, cfg: DataParams) -> dict[str, list[dict]]:
+    if kind == "eval":
+        return {"test": rows}
+    splits: dict[str, list[dict]] = {"train": [], "val": []}
+    for row in rows:
+        # A salted hash of the content: stable across reruns and input order, independent of
+        # which other rows survive.
+        h = int(cleaning.content_hash([cfg.seed, row["id"]])[:8], 16) / 0xFFFFFFFF
+        splits["val" if h < cfg.val_fraction else "train"].append(row)
+    if not splits["train"]:
+        raise DataError(f"kind {kind!r}: every row fell into val; lower data.val_fraction")
+    return splits
+
+
+def _summary(kind: str, reports: dict[str, SourceReport], splits: dict[str, list[dict]]) -> dict:
+    dropped: Counter = Counter()
+    modified: Counter = Counter()
+    for r in reports.values():
+        dropped.update(r.dropped)
+        modified.update(r.modified)
+    return {
+        "kind": kind,
+        "rows_in": sum(r.rows_in for r in reports.values()),
+        "rows_out": sum(r.rows_out for r in reports.values()),
+        "dropped": dict(sorted(dropped.items())),
+        "modified": dict(sorted(modified.items())),
+        "splits": {k: len(v) for k, v in splits.items()},
+        "subsets": dict(sorted(Counter(row["subset"] for rows in splits.values() for row in rows).items())),
+        "sources": {spec: r.as_dict() for spec, r in reports.items()},
+    }
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
