@@ -1,4 +1,6 @@
 # One rule per row of the stage table. The shell command is exactly dvc.yaml's `cmd`.
+# Values are bound through `params:` because a `shell:` expression in a loop is evaluated late,
+# after the loop variable has moved on.
 
 for _stage in STAGES:
 
@@ -10,6 +12,8 @@ for _stage in STAGES:
         output:
             [directory(o) for o in _stage.outs],
         params:
+            cmd=_stage.cmd,
+            # The parameter sections the stage reads: editing one reruns it (params trigger).
             sections=section_json(_stage),
         shell:
-            _stage.cmd.replace("{", "{{").replace("}", "}}")
+            "{params.cmd}"

@@ -215,7 +215,7 @@ def constraint_instruction(constraint: dict) -> str:
     if ctype == "bullet_list":
         n = constraint["n"]
         return f"Use exactly {n} bullet point{'s' if n != 1 else ''} starting with '- '."
-    return f"Reply with a JSON object with {_quoted_keys(constraint['keys'])}."
+    return f"Reply in JSON with {_quoted_keys(constraint['keys'])}."
 
 
 _KEY = r'"[^"]+"'
@@ -227,7 +227,7 @@ _PATTERNS: tuple[tuple[str, re.Pattern], ...] = (
     ("ends_with", re.compile(r"End your answer with the word '([^'\s]+)'\.")),
     ("starts_with", re.compile(r"Start your answer with the word '([^'\s]+)'\.")),
     ("bullet_list", re.compile(r"Use exactly (\d+) bullet points? starting with '- '\.")),
-    ("json_keys", re.compile(rf"Reply with a JSON object with (?:the key ({_KEY})|keys ((?:{_KEY}, )*{_KEY} and {_KEY}))\.")),
+    ("json_keys", re.compile(rf"Reply in JSON with (?:the key ({_KEY})|keys ((?:{_KEY}, )*{_KEY} and {_KEY}))\.")),
 )
 
 

@@ -49,7 +49,7 @@ def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
     base = str(RESULTS / "base")
     demo = str(RESULTS / "demo_data")
 
-    sources = {kind: [s.path for s in params.data.sources.get(kind, [])] for kind in DATA_KINDS}
+    sources = {kind: [s.path for s in params.data.sources.of(kind)] for kind in DATA_KINDS}
     if any(p.startswith(demo + "/") for paths in sources.values() for p in paths):
         table.append(Stage("demo_data", ["demo-data", "--out", demo], [], [demo], ["demo_data"]))
 

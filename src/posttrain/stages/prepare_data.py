@@ -233,7 +233,7 @@ def _n_tokens(tokenizer, row: dict, kind: str) -> int:
 
 def _source_params(cfg: DataParams, kind: str, spec: str) -> SourceParams:
     """Per-source options from params when the input is listed there; defaults otherwise."""
-    for s in cfg.sources.get(kind, []):
+    for s in cfg.sources.of(kind):
         if s.path == spec:
             return s
     return SourceParams(path=spec)

@@ -1,0 +1,123 @@
+"""The DAG is declared once: Snakemake and DVC must see the same stages, edges and commands."""
+
+import hashlib
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, bin_path, read_jsonl, run
+
+
+def snakemake_jobs(cwd, *args):
+    """{rule: shell command} and the rule graph's edges, from Snakemake itself."""
+    out = run([bin_path("snakemake"), "-n", "-p", "--forceall", *args], cwd).stdout
+    jobs = {k: v for k, v in re.findall(r"^rule (\w+):\n(?:.*\n)*?Shell command: (.+)$", out, re.M) if k != "all"}
+    dot = run([bin_path("snakemake"), "--rulegraph", "--forceall", *args], cwd).stdout
+    names = dict(re.findall(r'^\s*(\d+)\[label = "(\w+)"', dot, re.M))
+    edges = {(names[a], names[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", dot, re.M) if names[b] != "all"}
+    return jobs, edges
+
+
+def dvc_jobs(cwd):
+    stages = yaml.safe_load((Path(cwd) / "dvc.yaml").read_text())["stages"]
+    dot = run([bin_path("dvc"), "dag", "--dot"], cwd).stdout
+    edges = set(re.findall(r'"(\w+)" -> "(\w+)"', dot))
+    return {name: s["cmd"] for name, s in stages.items()}, edges
+
+
+def test_committed_dvc_yaml_matches_the_stage_table():
+    res = run([bin_path("posttrain"), "dag", "--check"], ROOT, check=False)
+    assert res.returncode == 0, res.stderr
+
+
+def test_snakemake_and_dvc_agree_on_stages_edges_and_commands(project):
+    run([bin_path("dvc"), "init", "-q"], project)
+    smk_jobs, smk_edges = snakemake_jobs(project)
+    dvc_cmds, dvc_edges = dvc_jobs(project)
+    assert smk_jobs == dvc_cmds
+    assert smk_edges == dvc_edges
+    assert ("prepare_data_eval", "prepare_data_sft") in smk_edges  # decontamination needs eval first
+
+
+def test_drift_is_detected(project):
+    text = (project / "dvc.yaml").read_text().replace("--kind sft", "--kind sft --extra")
+    (project / "dvc.yaml").write_text(text)
+    res = run([bin_path("posttrain"), "dag", "--check"], project, check=False)
+    assert res.returncode == 1 and "out of date" in res.stderr
+
+
+def test_recipe_overlay_reaches_both_tools(project):
+    recipe = "recipes/qwen3-30b-a3b.yaml"
+    jobs, _ = snakemake_jobs(project, "--configfile", recipe)
+    assert "demo_data" not in jobs  # hub sources: no demo corpus
+    assert jobs["base_model"] == f"posttrain base-model --out results/base --params params.yaml --params {recipe}"
+    assert "'hf:openai/gsm8k?name=main&split=test'" in jobs["prepare_data_eval"]
+    run([bin_path("posttrain"), "dag", "--write", "--recipe", recipe], project)
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    assert stages["base_model"]["params"] == ["model", {recipe: ["model"]}]
+    assert {name: s["cmd"] for name, s in stages.items()} == jobs
+
+
+def test_a_typo_fails_snakemake_dry_run_and_dvc_repro_naming_the_key(project):
+    typo = project / "typo.yaml"
+    typo.write_text("data:\n  cleaning:\n    near_dup_treshold: 0.5\n")
+    res = run([bin_path("snakemake"), "-n", "--configfile", "typo.yaml"], project, check=False)
+    assert res.returncode != 0
+    assert "unknown key 'data.cleaning.near_dup_treshold' in typo.yaml" in res.stdout + res.stderr
+
+    params = (project / "params.yaml").read_text().replace("  revision: null", "  revison: null")
+    (project / "params.yaml").write_text(params)
+    run([bin_path("dvc"), "init", "-q"], project)
+    res = run([bin_path("dvc"), "repro"], project, check=False)
+    assert res.returncode != 0
+    assert "unknown key 'model.revison'" in res.stdout + res.stderr
+    assert not (project / "results").exists()  # nothing ran
+
+
+def _tree_hashes(folder):
+    """sha256 of every artifact file under folder; manifests (timestamps, commands) and the
+    tools' own bookkeeping (.gitignore from DVC, timestamps from Snakemake) are left out."""
+    skip = {"manifest.json", ".gitignore", ".snakemake_timestamp"}
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file() and p.name not in skip}
+
+
+@pytest.mark.slow
+def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(project, tmp_path):
+    # Snakemake
+    run([bin_path("snakemake"), "--cores", "2", "--configfile", "tiny.yaml"], project)
+    results = project / "results"
+    for out in ("demo_data", "base", "data/eval", "data/sft", "data/preference", "data/prompts"):
+        assert (results / out / "manifest.json").is_file(), out
+    for kind in ("sft", "preference", "prompts", "eval"):
+        report = yaml.safe_load((results / "data" / kind / "report.json").read_text())
+        assert report["rows_in"] == report["rows_out"] + sum(report["dropped"].values())
+        assert report["rows_out"] > 0
+    sft_report = yaml.safe_load((results / "data/sft/report.json").read_text())
+    assert sft_report["dropped"].get("malformed_json") == 1  # the demo's deliberate bad line
+    assert sft_report["dropped"].get("duplicate", 0) >= 2
+    assert sft_report["modified"].get("pii_scrubbed", 0) >= 1
+    # eval and training are disjoint: no eval prompt text appears in any training row
+    eval_prompts = {r["prompt"][-1]["content"] for r in read_jsonl(results / "data/eval/test.jsonl")}
+    train_text = (results / "data/sft/train.jsonl").read_text()
+    assert not any(p in train_text for p in eval_prompts)
+    # a second run has nothing to do
+    again = run([bin_path("snakemake"), "--cores", "2", "--configfile", "tiny.yaml"], project)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    snakemake_artifacts = _tree_hashes(results)
+
+    # DVC, from scratch in a second copy, with the same overlay
+    import shutil
+
+    other = tmp_path / "dvc_copy"
+    shutil.copytree(project, other, ignore=shutil.ignore_patterns("results", ".snakemake"))
+    run([bin_path("posttrain"), "dag", "--write", "--recipe", "tiny.yaml"], other)
+    run([bin_path("dvc"), "init", "-q"], other)
+    run([bin_path("dvc"), "repro"], other)
+    assert _tree_hashes(other / "results") == snakemake_artifacts
+    status = run([bin_path("dvc"), "status"], other).stdout
+    assert "up to date" in status
+    metrics = run([bin_path("dvc"), "metrics", "show", "--json"], other).stdout
+    assert "rows_out" in metrics
