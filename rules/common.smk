@@ -23,6 +23,9 @@ def _param_files():
     return files
 
 
+# Rules run `posttrain` from the environment Snakemake itself runs in, activated or not.
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+
 PARAM_FILES = _param_files()
 try:
     PARAMS = load_params(PARAM_FILES)

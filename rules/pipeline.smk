@@ -8,7 +8,7 @@ for _stage in STAGES:
         name:
             _stage.name
         input:
-            _stage.deps,
+            _stage.inputs,
         output:
             [directory(o) for o in _stage.outs],
         params:

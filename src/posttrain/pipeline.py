@@ -17,6 +17,13 @@ import yaml
 from posttrain.config import DATA_KINDS, DEFAULT_PARAMS, Params, read_yaml
 
 RESULTS = Path("results")
+SRC = "src/posttrain"
+# Code each stage runs beyond the shared plumbing (config, manifest, cli).
+CODE = {
+    "demo_data": [f"{SRC}/stages/demo_data.py", f"{SRC}/demo_corpus.py", f"{SRC}/constraints.py"],
+    "base_model": [f"{SRC}/stages/base_model.py", f"{SRC}/models.py", f"{SRC}/chat.py", f"{SRC}/templates"],
+    "prepare_data": [f"{SRC}/stages/prepare_data.py", f"{SRC}/formats.py", f"{SRC}/cleaning.py"],
+}
 DVC_YAML = Path("dvc.yaml")
 DVC_HEADER = ("# Generated from posttrain/pipeline.py by `posttrain dag --write`; do not edit by hand.\n"
               "# tests/test_dag.py fails when this file and the Snakefile's rules drift apart.\n")
@@ -33,6 +40,12 @@ class Stage:
     plots: list[str] = field(default_factory=list)
     # Parameter files (params.yaml + overlays), appended to the command when not the default.
     param_files: list[str] = field(default_factory=list)
+    # The stage's own code, as extra inputs: editing it reruns the stage in both tools.
+    code: list[str] = field(default_factory=list)
+
+    @property
+    def inputs(self) -> list[str]:
+        return [*self.deps, *self.code]
 
     @property
     def cmd(self) -> str:
@@ -77,6 +90,7 @@ def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
 
     for s in table:
         s.param_files = param_files
+        s.code = CODE["prepare_data" if s.name.startswith("prepare_data") else s.name]
     return table
 
 
@@ -106,8 +120,7 @@ def dvc_yaml(table: list[Stage]) -> str:
     plots: list = []
     for s in table:
         entry: dict = {"cmd": s.cmd}
-        if s.deps:
-            entry["deps"] = list(s.deps)
+        entry["deps"] = s.inputs
         entry["params"] = _dvc_params(s)
         entry["outs"] = list(s.outs)
         doc["stages"][s.name] = entry
