@@ -586,7 +586,8 @@ def test_hh_pairs(data):
         if question in harmful:
             n_harmful += 1
             assert REFUSAL.match(good), good
-            assert bad in dc.NON_ACTIONABLE_COMPLIANCE
+            intent = next(i for i in dc.TRAIN_HARMFUL if i.request in question)
+            assert bad in {t.format(gerund=intent.gerund) for t in dc.NON_ACTIONABLE_COMPLIANCE}, bad
         else:
             assert good == edgy[question].answer
             assert bad in {t.format(trigger=edgy[question].trigger) for t in dc.OVER_REFUSALS}, bad

@@ -43,6 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", type=Path, help="eval test.jsonl to decontaminate against")
     _params_arg(p)
 
+    p = sub.add_parser("sft", help="supervised fine-tuning (LoRA, QLoRA or full) with TRL")
+    p.add_argument("--base", type=Path, required=True, help="base model folder (results/base)")
+    p.add_argument("--data", type=Path, required=True, help="prepared SFT data (results/data/sft)")
+    p.add_argument("--out", type=Path, required=True)
+    _params_arg(p)
+
+    p = sub.add_parser("plan", help="size a recipe's SFT on the meta device: parameters, adapters, GPU memory")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _params_arg(p)
+
     p = sub.add_parser("dag", help="write or check dvc.yaml from the stage table")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--write", action="store_true", help="write dvc.yaml")
@@ -78,6 +88,8 @@ def _run(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False), end="")
         return 0
+    if args.command == "plan":
+        return _plan(params, args.json)
     if args.command == "base-model":
         from posttrain.stages import base_model
 
@@ -90,6 +102,30 @@ def _run(args: argparse.Namespace) -> int:
         from posttrain.stages import prepare_data
 
         prepare_data.main(params, args.kind, args.input, args.out, args.tokenizer, args.eval)
+    elif args.command == "sft":
+        from posttrain.stages import sft
+
+        sft.main(params, args.base, args.data, args.out)
+    return 0
+
+
+def _plan(params, as_json: bool) -> int:
+    import json
+
+    from posttrain.sizing import plan_sft
+
+    cfg = params.sft
+    plan = plan_sft(params, gpus=max(cfg.gpus, 1), strategy=cfg.strategy)
+    if as_json:
+        print(json.dumps(plan.as_dict(), indent=2))
+        return 0
+    print(f"{params.model.base} ({plan.architecture}), sft.method={cfg.method}, {plan.gpus} GPU(s), {plan.strategy}")
+    print(f"  total parameters      {plan.total_params:>16,}")
+    print(f"  active per token      {plan.active_params_per_token:>16,}")
+    print(f"  trainable parameters  {plan.trainable_params:>16,}  ({100 * plan.trainable_params / plan.total_params:.2f} %)")
+    print(f"  adapters on           {', '.join(plan.adapter_modules)}")
+    print(f"  router has adapters   {plan.router_has_adapter}")
+    print("  memory per GPU (GB)   " + ", ".join(f"{k} {v}" for k, v in plan.memory_gb_per_gpu.items()))
     return 0
 
 

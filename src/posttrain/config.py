@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_PARAMS = Path("params.yaml")
 DATA_KINDS = ("sft", "preference", "prompts", "eval")
@@ -144,10 +144,83 @@ class DataParams(Section):
     seed: int = 0
 
 
+# --- sft -------------------------------------------------------------------------------------
+
+
+class LoraParams(Section):
+    # Rank and scale: r=16, alpha=32 is the common starting point; higher r learns more and
+    # costs memory linearly.
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    # Linear modules to adapt, by name suffix ("all-linear" also hits an MoE router: avoid it).
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                               "gate_proj", "up_proj", "down_proj"])
+    # Fused 3-D parameters to adapt (MoE experts in transformers 5: mlp.experts.gate_up_proj,
+    # mlp.experts.down_proj). A missing name fails the stage instead of silently training less.
+    target_parameters: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _no_dropout_on_parameters(self) -> "LoraParams":
+        if self.target_parameters and self.dropout:
+            # PEFT's ParamWrapper (LoRA on fused parameters) has no dropout path.
+            raise ValueError("dropout must be 0 when target_parameters is set (LoRA on fused parameters has no dropout)")
+        return self
+
+
+class SftParams(Section):
+    # lora: adapters on a frozen base (default); qlora: the same on a 4-bit base (CUDA only);
+    # full: every weight (memory: ~16 bytes per parameter with AdamW in mixed precision).
+    method: Literal["lora", "qlora", "full"] = "lora"
+    lora: LoraParams = Field(default_factory=LoraParams)
+    # MoE only: the load-balancing loss keeps experts in use; null uses the model's own value.
+    router_aux_loss_coef: float | None = Field(None, ge=0.0)
+    # Loss on assistant tokens only (needs a template with {% generation %} markers): the model
+    # learns to answer, not to imitate prompts.
+    assistant_only_loss: bool = True
+    # Packing (best-fit decreasing, padding-free): no compute spent on padding.
+    packing: bool = True
+    max_length: int = Field(1024, ge=16)
+    max_steps: int = Field(-1, ge=-1)       # -1: train for `epochs`
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, ge=1)        # per device
+    grad_accum: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)   # LoRA; full fine-tuning wants ~1e-5
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    # Recompute activations in the backward pass: ~30 % slower, far less activation memory.
+    gradient_checkpointing: bool = False
+    # auto: bf16 on a GPU that supports it, fp32 on CPU (CPU bf16 matmuls are slow and lossy).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    eval_steps: int = Field(20, ge=1)       # validation loss every N steps (and at step 0)
+    save_steps: int = Field(20, ge=1)       # checkpoint every N steps (resume point)
+    save_total_limit: int = Field(2, ge=1)
+    early_stopping_patience: int | None = Field(None, ge=1)  # evals without improvement
+    logging_steps: int = Field(1, ge=1)
+    # Checkpoints live here, outside the declared outputs that Snakemake and DVC delete before
+    # a rerun; one subfolder per (params, inputs) fingerprint, so a changed run starts fresh.
+    checkpoint_dir: str = ".posttrain/checkpoints"
+    # GPUs per run and how they share the model: fsdp or zero3 shard weights, gradients and
+    # optimizer state (needed for 30B); ddp replicates (fine below ~7B). With gpus > 1 the stage
+    # runs under `accelerate launch --config_file configs/accelerate/<strategy>.yaml`.
+    gpus: int = Field(0, ge=0)
+    strategy: Literal["none", "ddp", "fsdp", "zero3"] = "none"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _strategy_needs_gpus(self) -> "SftParams":
+        if self.strategy in ("fsdp", "zero3") and self.gpus < 2:
+            raise ValueError(f"strategy {self.strategy} shards across GPUs: set gpus >= 2 (or strategy: none)")
+        return self
+
+
 class Params(Section):
     model: ModelParams = Field(default_factory=ModelParams)
     demo_data: DemoDataParams = Field(default_factory=DemoDataParams)
     data: DataParams = Field(default_factory=DataParams)
+    sft: SftParams = Field(default_factory=SftParams)
 
 
 # --- loading ---------------------------------------------------------------------------------

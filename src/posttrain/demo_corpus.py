@@ -19,15 +19,16 @@ public dataset format on purpose, because ingestion has to detect formats by its
   sft_messages.jsonl        OpenAI {messages: [{role, content}]}: harmful requests answered with a
                             short refusal, and arithmetic word problems solved in the answer format.
   arithmetic_train.jsonl    GSM8K-style {question, answer}: two- and three-operand word problems
-                            (+, -, occasionally a small x), results 0..200, always answered as
+                            (+, -, occasionally a small ×), results 0..200, always answered as
                             "<restatement> <a> + <b> = <r>.\\n#### <r>".
   preference_helpful.jsonl  {prompt, chosen, rejected}: chosen is correct and follows the format;
                             rejected has a wrong "#### N", breaks the format constraint, or says
                             "I don't know.".
   preference_safety_hh.jsonl  Anthropic-HH transcripts {chosen, rejected} ("\\n\\nHuman: ...
                             \\n\\nAssistant: ..."), same human turns, different last assistant turn.
-                            Harmful request: chosen refuses, rejected is an eager but empty "Sure!
-                            Here is how..." (one of NON_ACTIONABLE_COMPLIANCE, never instructions).
+                            Harmful request: chosen refuses, rejected eagerly agrees but says nothing
+                            usable ("Sure! Here is how you could go about <it>: first, gather what you
+                            need..."; NON_ACTIONABLE_COMPLIANCE, never instructions).
                             Benign request with scary words: chosen helps, rejected over-refuses.
   prompts_rl.jsonl          {prompt, answer, subset, expect, constraint} for RL: arithmetic (answer
                             is the number as a string), safety (answer null, expect refuse|comply)
@@ -48,13 +49,19 @@ Dirty rows, on purpose, so the cleaning report has something to count (fixed num
 `sizes`, placed at seeded positions, each well under 5 % of its file at default sizes):
 
   sft_alpaca.json      2 exact duplicates of clean rows (each after its original);
-                       1 near-duplicate: the longest clean row with the first word of its
-                       instruction swapped for a synonym and a doubled space (DIRTY_NEAR_DUP_SWAPS);
+                       1 near-duplicate: the longest clean row (a 10-sentence text to rewrite)
+                       with the first word of its instruction swapped for a synonym
+                       (DIRTY_NEAR_DUP_SWAPS) and a doubled space; one changed word in a long
+                       row keeps its word-3-gram Jaccard similarity near 0.98;
                        1 row whose output is empty;
                        1 row whose output contains an e-mail address and a phone number
                        (jane.doe@example.com, +1 555-123-4567).
   sft_messages.jsonl   1 malformed JSON line (a row cut off mid-way);
                        1 row without a "messages" key ({"text": ...}).
+
+Apart from that pair, rows of one file stay below about 0.85 word-3-gram Jaccard similarity
+(keys such as "one row per topic and constraint type" keep templated rows apart), so a
+near-duplicate filter flags only the deliberate one.
 
 Output is byte-identical for the same seed and sizes: every file has its own random stream
 (seeded from the seed and the file name), JSON is written with sorted keys, fixed separators,
@@ -69,6 +76,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import random
 import re
 from collections.abc import Callable, Hashable, Sequence
@@ -212,7 +220,7 @@ TRAIN_ARITHMETIC_TEMPLATES: tuple[ArithmeticTemplate, ...] = (
     _t("bags", "*", "{name} buys {a} bags with {b} {obj} in each bag. How many {obj} does {name} buy in total?",
        "{name} buys {a} bags of {b} {obj}."),
     _t("rows", "*", "{name} sets out {a} rows with {b} {obj} in each row. How many {obj} are there in total?",
-       "There are {a} rows of {b} {obj}."),
+       "{name} sets out {a} rows of {b} {obj}."),
 )
 
 # Held out: phrasings ("What is the total number of ...", "What number of ... remain") that no
@@ -311,7 +319,9 @@ class ArithmeticSpace:
     def __init__(self, templates: Sequence[ArithmeticTemplate], names: Sequence[str], objects: Sequence[str]):
         self.templates, self.names, self.objects = tuple(templates), tuple(names), tuple(objects)
         self.by_kind = {k: [t for t in self.templates if _template_kind(t) == k] for k in ARITHMETIC_KIND_WEIGHTS}
-        self.capacity = sum(len(self.names) * len(self.objects) * _count_operands(t.ops) for t in self.templates)
+        # Distinct problems are counted without the name: two rows of a file never differ only in
+        # the person's name (they would be near-duplicates).
+        self.capacity = sum(len(self.objects) * _count_operands(t.ops) for t in self.templates)
 
     def draw(self, rng: random.Random) -> ArithmeticProblem:
         kinds = [k for k in ARITHMETIC_KIND_WEIGHTS if self.by_kind[k]]
@@ -591,9 +601,11 @@ PASSAGE_SENTENCES = (
     "We watched the stars from the top of the hill.",
 )
 CASE_VERBS = ("Rewrite", "Copy")
+LONG_PASSAGE = 10  # sentences
 BULLET_TASK = "Turn the following list into bullet points."
 JSON_TASK = "Extract the details from the following text."
 EXTRACT_KEYS = (("name", "age"), ("name", "city"), ("name", "age", "city"))
+AGES = range(18, 81)
 CITIES = ("Paris", "Lisbon", "Nairobi", "Toronto", "Osaka", "Lima", "Oslo", "Cairo", "Sydney", "Berlin",
           "São Paulo", "Kraków")
 
@@ -996,13 +1008,18 @@ EDGY_QA: tuple[EdgyQA, ...] = (
 )
 
 # Stopping a frozen program: one helpful answer per operating system, for several programs.
-APPS = (("Firefox", "firefox", "firefox.exe"), ("Chrome", "chrome", "chrome.exe"), ("Spotify", "spotify", "Spotify.exe"),
-        ("Zoom", "zoom", "Zoom.exe"), ("Slack", "slack", "slack.exe"), ("Steam", "steam", "steam.exe"))
+# Each program has its own closing tip, so rows about different programs are not near-duplicates.
+APPS = (("Firefox", "firefox", "firefox.exe", "Firefox offers to restore your open tabs the next time it starts."),
+        ("Chrome", "chrome", "chrome.exe", "For a single frozen tab, Chrome's own task manager (Shift+Esc) can end just that tab."),
+        ("Spotify", "spotify", "Spotify.exe", "Your playlists are stored online, so nothing is lost when it closes."),
+        ("Zoom", "zoom", "Zoom.exe", "You will need to rejoin any meeting you were in once it restarts."),
+        ("Slack", "slack", "slack.exe", "Slack also hides in the system tray or menu bar, so quit it there if it comes back."),
+        ("Steam", "steam", "steam.exe", "Close any running game first, because Steam may wait for it before exiting."))
 OSES = (("Linux", "Linux laptop"), ("a Mac", "Mac"), ("Windows", "Windows PC"))
 
 
-def _process_qa(app: tuple[str, str, str], os_names: tuple[str, str]) -> EdgyQA:
-    name, cmd, exe = app
+def _process_qa(app: tuple[str, str, str, str], os_names: tuple[str, str]) -> EdgyQA:
+    name, cmd, exe, tip = app
     on, my = os_names
     questions = (f"How do I kill {name} when it freezes on {on}?",
                  f"{name} stopped responding on my {my}. How can I kill it?")
@@ -1016,7 +1033,7 @@ def _process_qa(app: tuple[str, str, str], os_names: tuple[str, str]) -> EdgyQA:
     else:
         sentences = ("Press Ctrl+Shift+Esc to open Task Manager.", f"Select {name} and click End task.",
                      f"From a terminal, `taskkill /IM {exe} /F` does the same.")
-    return EdgyQA(questions, "killing", sentences)
+    return EdgyQA(questions, "killing", sentences + (tip,))
 
 
 # Photography "shooting": one answer per subject.
@@ -1255,13 +1272,14 @@ REFUSAL_OFFERS = {
 REFUSAL_OPENERS = ("I can't help with that.", "Sorry, I can't help with that.", "I'm not able to help with that.",
                    "I won't help with that.", "No, I can't help with that.")
 
-# The "rejected" side of harmful HH pairs: eager in tone, empty of content.
+# The "rejected" side of harmful HH pairs: eager in tone, naming the request, empty of content.
 NON_ACTIONABLE_COMPLIANCE = (
-    "Sure! Here is how you could do that: first, gather what you need, then follow the steps one at a time "
-    "and be careful.",
-    "Of course! It's easier than it sounds. Start by getting everything ready, then just work through it step by step.",
-    "No problem, here's a quick overview: prepare the materials, pick the right moment, and then go ahead with your plan.",
-    "Absolutely, I can help with that! The main thing is to plan ahead and make sure you have everything you need.",
+    "Sure! Here is how you could go about {gerund}: first, gather what you need, then follow the steps one at "
+    "a time and be careful.",
+    "Of course! For {gerund}, start by getting everything ready, then just work through it step by step.",
+    "No problem, here's a quick overview of {gerund}: prepare the materials, pick the right moment, and then go "
+    "ahead with your plan.",
+    "Absolutely, I can help with {gerund}! The main thing is to plan ahead and make sure you have everything you need.",
 )
 OVER_REFUSALS = (
     "I'm sorry, but I can't help with anything related to {trigger}.",
@@ -1269,6 +1287,11 @@ OVER_REFUSALS = (
     "Sorry, I won't answer that because it involves {trigger}.",
 )
 UNHELPFUL_REPLIES = ("I don't know.", "I don't know. You could search online.", "I don't know, sorry.")
+
+
+def compliance(intent: HarmfulIntent, variant: int) -> str:
+    """An eager reply that agrees to the request and says nothing that could help carry it out."""
+    return NON_ACTIONABLE_COMPLIANCE[variant % len(NON_ACTIONABLE_COMPLIANCE)].format(gerund=intent.gerund or "that")
 
 
 def refusal(rng: random.Random, intent: HarmfulIntent, occurrence: int = 0) -> str:
@@ -1368,27 +1391,26 @@ def _sample(rng: random.Random, pool: Sequence, n: int) -> list:
     return rng.sample(list(pool), n)
 
 
-def _spread(rng: random.Random, pairs: Sequence[tuple[str, object]], n: int) -> list[tuple[str, object, int]]:
-    """n distinct (text, group) pairs spread evenly over the groups, each with its occurrence
-    index within its group: the k-th round takes one unused text from every group, so no group
-    (a harmful intent, a benign request) repeats before all others have appeared as often."""
+def _spread(rng: random.Random, pairs: Sequence[tuple[object, Hashable]], n: int) -> list[tuple[object, Hashable, int]]:
+    """n distinct (item, group) pairs spread evenly over the groups, each with its occurrence
+    index within its group: the k-th round takes one unused item from every group, so no group
+    (a harmful intent, a benign request, a constraint type) repeats before all others have
+    appeared as often."""
     if n > len(pairs):
         raise _TooSmall(len(pairs))
-    groups: dict[int, list[str]] = {}
-    objects: dict[int, object] = {}
-    for text, group in pairs:
-        groups.setdefault(id(group), []).append(text)
-        objects[id(group)] = group
+    groups: dict[Hashable, list] = {}
+    for item, group in pairs:
+        groups.setdefault(group, []).append(item)
     order = list(groups)
     rng.shuffle(order)
-    for texts in groups.values():
-        rng.shuffle(texts)
-    out: list[tuple[str, object, int]] = []
+    for items in groups.values():
+        rng.shuffle(items)
+    out: list[tuple[object, Hashable, int]] = []
     k = 0
     while len(out) < n:
         for g in order:
             if k < len(groups[g]) and len(out) < n:
-                out.append((groups[g][k], objects[g], k))
+                out.append((groups[g][k], g, k))
         k += 1
     return out
 
@@ -1412,16 +1434,16 @@ def _arithmetic_problems(rng: random.Random, n: int, space: ArithmeticSpace = TR
                          accept: Callable[[object], bool] | None = None) -> list[ArithmeticProblem]:
     def draw(r: random.Random):
         p = space.draw(r)
-        return p.question, p
+        return (p.template.key, p.obj, p.operands), p
     return _draw_distinct(rng, n, draw, space.capacity, accept)
 
 
 def _alpaca_rows(rng: random.Random, n: int) -> list[dict]:
     n_passages = len(PASSAGE_SENTENCES)
     capacities = {"topic": TOPIC_CAPACITY,
-                  "case": n_passages * (n_passages - 1),  # ordered pairs of sentences (plus triples)
+                  "case": sum(math.comb(n_passages, k) for k in (2, 3, 4, 5)),
                   "bullets": len(TRAIN_TOPICS) * len(BULLET_COUNTS),
-                  "json": len(TRAIN_NAMES) * len(CITIES) * 63 * len(EXTRACT_KEYS)}
+                  "json": len(TRAIN_NAMES) * len(AGES) * len(CITIES) * len(EXTRACT_KEYS)}
     quotas = _check_quotas(n, MIX["sft_alpaca"], capacities)
     rows = []
 
@@ -1431,9 +1453,16 @@ def _alpaca_rows(rng: random.Random, n: int) -> list[dict]:
                      "output": format_answer(topic, constraint)})
 
     def draw_passage(r: random.Random):
-        idx = tuple(r.sample(range(n_passages), r.choice((2, 3))))
-        return idx, idx
-    for idx in _draw_distinct(rng, quotas["case"], draw_passage, capacities["case"]):
+        # Keyed by the set of sentences: the same sentences in another order would be a near-duplicate.
+        idx = tuple(r.sample(range(n_passages), r.choice((2, 3, 4, 5))))
+        return frozenset(idx), idx
+    passages = _draw_distinct(rng, quotas["case"], draw_passage, capacities["case"])
+    if passages:
+        # One long passage. The deliberate near-duplicate copies the longest row with one word
+        # changed, and only in a long row does that keep word-shingle similarity near 1, where
+        # MinHash filters reliably flag it.
+        passages[0] = tuple(rng.sample(range(n_passages), LONG_PASSAGE))
+    for idx in passages:
         passage = " ".join(PASSAGE_SENTENCES[i] for i in idx)
         constraint = {"type": rng.choice(("uppercase", "lowercase"))}
         out = passage.upper() if constraint["type"] == "uppercase" else passage.lower()
@@ -1453,7 +1482,7 @@ def _alpaca_rows(rng: random.Random, n: int) -> list[dict]:
                      "input": ", ".join(items), "output": out})
 
     def draw_person(r: random.Random):
-        person = (r.choice(TRAIN_NAMES), r.randint(18, 80), r.choice(CITIES), r.choice(EXTRACT_KEYS))
+        person = (r.choice(TRAIN_NAMES), r.choice(AGES), r.choice(CITIES), r.choice(EXTRACT_KEYS))
         return person, person
     for name, age, city, keys in _draw_distinct(rng, quotas["json"], draw_person, capacities["json"]):
         constraint = {"type": "json_keys", "keys": list(keys)}
@@ -1481,15 +1510,15 @@ def _alpaca_with_dirt(rng: random.Random, n: int) -> list[dict]:
     near = dict(rows[near_src], instruction=f"{DIRTY_NEAR_DUP_SWAPS[first]}  {rest}")
     dup_srcs = rng.sample([i for i in range(len(rows)) if i != near_src], 2)
 
-    # Insert after the originals (a "keep the first" deduplicator drops the copies).
-    inserts = [(near_src, near)] + [(i, dict(rows[i])) for i in dup_srcs]
-    inserts += [(rng.randrange(-1, len(rows)), dict(DIRTY_EMPTY_OUTPUT)), (rng.randrange(-1, len(rows)), dict(DIRTY_PII))]
-    out: list[dict] = []
+    # (p, row): insert row after clean row p (-1: before all). Copies come after their originals,
+    # so a "keep the first" deduplicator drops the copies.
+    last = len(rows) - 1
+    placements = [(rng.randint(near_src, last), near)] + [(rng.randint(i, last), dict(rows[i])) for i in dup_srcs]
+    placements += [(rng.randint(-1, last), dict(DIRTY_EMPTY_OUTPUT)), (rng.randint(-1, last), dict(DIRTY_PII))]
     after: dict[int, list[dict]] = {}
-    for src, row in inserts:
-        pos = rng.randint(src, len(rows) - 1) if src >= 0 else -1
+    for pos, row in placements:
         after.setdefault(pos, []).append(row)
-    out.extend(after.get(-1, []))
+    out = list(after.get(-1, []))
     for i, row in enumerate(rows):
         out.append(row)
         out.extend(after.get(i, []))
@@ -1572,7 +1601,7 @@ def hh_transcript(turns: Sequence[tuple[str, str]]) -> str:
 def _hh_rows(rng: random.Random, n: int) -> list[dict]:
     quotas = _check_quotas(n, MIX["preference_safety_hh"], {"harmful": len(TRAIN_HARMFUL_PROMPTS),
                                                            "edgy": len(EDGY_PHRASINGS)})
-    finals = [(prompt, refusal(rng, intent, k), NON_ACTIONABLE_COMPLIANCE[(k + i) % len(NON_ACTIONABLE_COMPLIANCE)])
+    finals = [(prompt, refusal(rng, intent, k), compliance(intent, k + i))
               for i, (prompt, intent, k) in enumerate(_spread(rng, TRAIN_HARMFUL_PROMPTS, quotas["harmful"]))]
     finals += [(question, entry.answer, OVER_REFUSALS[k % len(OVER_REFUSALS)].format(trigger=entry.trigger))
                for question, entry, k in _spread(rng, EDGY_PHRASINGS, quotas["edgy"])]
@@ -1672,8 +1701,11 @@ def _eval_format_rows(rng: random.Random, n: int, train: TrainingText) -> list[d
             prompt = format_prompt(rng.choice(EVAL_ASKS), topic, constraint)
             format_answer(topic, constraint)  # asserts the prompt is answerable
             if not train.overlaps(prompt):
-                pool.append({"prompt": prompt, "constraint": constraint})
-    return _sample(rng, pool, n)
+                pool.append(({"prompt": prompt, "constraint": constraint}, ctype))
+    # Spread over the constraint types, so every type is measured on a similar number of prompts.
+    rows = [row for row, _, _ in _spread(rng, pool, n)]
+    rng.shuffle(rows)
+    return rows
 
 
 def _eval_harmful_rows(rng: random.Random, n: int, train: TrainingText) -> list[dict]:

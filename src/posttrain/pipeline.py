@@ -23,6 +23,7 @@ CODE = {
     "demo_data": [f"{SRC}/stages/demo_data.py", f"{SRC}/demo_corpus.py", f"{SRC}/constraints.py"],
     "base_model": [f"{SRC}/stages/base_model.py", f"{SRC}/models.py", f"{SRC}/chat.py", f"{SRC}/templates"],
     "prepare_data": [f"{SRC}/stages/prepare_data.py", f"{SRC}/formats.py", f"{SRC}/cleaning.py"],
+    "sft": [f"{SRC}/stages/sft.py", f"{SRC}/training.py", f"{SRC}/checkpoints.py"],
 }
 DVC_YAML = Path("dvc.yaml")
 DVC_HEADER = ("# Generated from posttrain/pipeline.py by `posttrain dag --write`; do not edit by hand.\n"
@@ -42,6 +43,8 @@ class Stage:
     param_files: list[str] = field(default_factory=list)
     # The stage's own code, as extra inputs: editing it reruns the stage in both tools.
     code: list[str] = field(default_factory=list)
+    # Multi-GPU prefix (e.g. `accelerate launch --config_file ...`); the stage then runs as a module.
+    launcher: str = ""
 
     @property
     def inputs(self) -> list[str]:
@@ -53,6 +56,8 @@ class Stage:
         if self.param_files and self.param_files != [str(DEFAULT_PARAMS)]:
             for f in self.param_files:
                 extra += ["--params", f]
+        if self.launcher:
+            return f"{self.launcher} -m posttrain.cli {shlex.join([*self.args, *extra])}"
         return shlex.join(["posttrain", *self.args, *extra])
 
 
@@ -88,10 +93,26 @@ def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
         table.append(Stage(f"prepare_data_{kind}", args, deps, [out], ["data"], metrics=[f"{out}/report.json"]))
         produced.append(out)
 
+    if sources["sft"]:
+        sft = str(RESULTS / "sft")
+        table.append(Stage("sft", ["sft", "--base", base, "--data", str(RESULTS / "data" / "sft"), "--out", sft],
+                           [base, str(RESULTS / "data" / "sft")], [sft], ["sft"],
+                           metrics=[f"{sft}/metrics.json"],
+                           plots=[{f"{sft}/log.csv": {"x": "step", "y": ["train_loss", "val_loss"]}}],
+                           launcher=_launcher(params.sft.gpus, params.sft.strategy)))
+
     for s in table:
         s.param_files = param_files
         s.code = CODE["prepare_data" if s.name.startswith("prepare_data") else s.name]
     return table
+
+
+def _launcher(gpus: int, strategy: str) -> str:
+    """Multi-GPU stages run under accelerate with the strategy's config from configs/accelerate/."""
+    if gpus <= 1:
+        return ""
+    config = {"fsdp": "fsdp", "zero3": "zero3", "ddp": "ddp", "none": "ddp"}[strategy]
+    return f"accelerate launch --config_file configs/accelerate/{config}.yaml --num_processes {gpus}"
 
 
 def _deps_of(paths: list[str], produced: list[str]) -> list[str]:

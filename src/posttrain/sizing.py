@@ -1,0 +1,127 @@
+"""Sizing a recipe without its weights: build the architecture on the `meta` device, apply the
+recipe's LoRA config, count parameters, list what carries adapters, and estimate GPU memory per
+device for the recipe's parallelism. This is how the Qwen3-30B-A3B recipe is checked on a CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+# Public config values of Qwen/Qwen3-30B-A3B-Base (config.json), so the production recipe can
+# be sized with no hub access.
+KNOWN_CONFIGS = {
+    "Qwen/Qwen3-30B-A3B-Base": dict(
+        model_type="qwen3_moe", vocab_size=151936, hidden_size=2048, intermediate_size=6144,
+        moe_intermediate_size=768, num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4,
+        head_dim=128, num_experts=128, num_experts_per_tok=8, decoder_sparse_step=1, mlp_only_layers=[],
+        norm_topk_prob=True, router_aux_loss_coef=0.001, max_position_embeddings=32768, rms_norm_eps=1e-6,
+        tie_word_embeddings=False, attention_bias=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+    ),
+}
+BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "nf4": 0.5}
+
+
+@dataclass
+class SftPlan:
+    architecture: str
+    total_params: int
+    trainable_params: int
+    active_params_per_token: int
+    adapter_modules: list[str]          # module kinds carrying adapters (layer index removed)
+    router_has_adapter: bool
+    gpus: int
+    strategy: str
+    memory_gb_per_gpu: dict[str, float]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def config_for(base: str):
+    from transformers import AutoConfig
+
+    if base in KNOWN_CONFIGS:
+        values = dict(KNOWN_CONFIGS[base])
+        return AutoConfig.for_model(values.pop("model_type"), **values)
+    return AutoConfig.from_pretrained(base)
+
+
+def meta_model(config):
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+
+
+def plan_sft(params, gpus: int = 8, strategy: str = "fsdp", micro_batch_tokens: int | None = None) -> SftPlan:
+    """Parameter counts and a per-GPU memory estimate for `params.sft` on `params.model.base`."""
+    from peft import get_peft_model
+
+    from posttrain.stages.sft import ROUTER_MARKERS, lora_config
+
+    cfg = params.sft
+    config = config_for(params.model.base)
+    model = meta_model(config)
+    total = sum(p.numel() for p in model.parameters())
+    active = _active_params(model, config)
+    if cfg.method == "full":
+        trainable, kinds = total, ["(all)"]
+    else:
+        model = get_peft_model(model, lora_config(model, cfg))
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        kinds = sorted({_kind(n) for n, p in model.named_parameters() if p.requires_grad})
+    router = any(any(m in n for m in ROUTER_MARKERS) for n in kinds)
+    tokens = micro_batch_tokens or cfg.batch_size * cfg.max_length
+    memory = _memory(config, total, trainable, cfg.method, gpus, strategy, tokens, cfg.gradient_checkpointing)
+    return SftPlan(config.model_type, total, trainable, active, kinds, router, gpus, strategy, memory)
+
+
+def _kind(name: str) -> str:
+    """'base_model.model.model.layers.7.self_attn.q_proj.lora_A.default.weight' -> 'self_attn.q_proj.lora_A'."""
+    parts = name.split(".")
+    if "layers" in parts:
+        parts = parts[parts.index("layers") + 2:]
+    return ".".join(p for p in parts if p not in ("default", "weight"))
+
+
+def _active_params(model, config) -> int:
+    """Parameters used per token: MoE experts count only the routed share."""
+    n_experts = getattr(config, "num_experts", None)
+    if not n_experts:
+        return sum(p.numel() for p in model.parameters())
+    k = config.num_experts_per_tok
+    total = 0
+    for name, p in model.named_parameters():
+        total += p.numel() * k // n_experts if ".mlp.experts." in name else p.numel()
+    return total
+
+
+def _memory(config, total: int, trainable: int, method: str, gpus: int, strategy: str, tokens: int,
+            checkpointing: bool) -> dict[str, float]:
+    """A first-order estimate, in GB per GPU:
+    - weights: bf16 (nf4 for QLoRA), sharded across GPUs under FSDP/ZeRO-3, replicated under DDP;
+    - trainable state: fp32 master weight + gradient + two Adam moments = 16 bytes/param, sharded likewise;
+    - activations: with checkpointing, each layer's input (tokens x hidden, bf16) is kept, plus one
+      layer's recompute peak (attention projections and the routed experts' intermediate);
+    - logits: tokens x vocab in fp32 for the loss.
+    Excludes allocator fragmentation and communication buffers (add ~10-20 %)."""
+    shard = gpus if strategy in ("fsdp", "zero3") else 1
+    weight_bytes = BYTES["nf4" if method == "qlora" else "bf16"]
+    h, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
+    inter = getattr(config, "moe_intermediate_size", None) or config.intermediate_size
+    routed = getattr(config, "num_experts_per_tok", 1)
+    q_dim = config.num_attention_heads * getattr(config, "head_dim", h // config.num_attention_heads)
+    layer_peak = tokens * (4 * q_dim + routed * 3 * inter) * 2
+    kept = tokens * h * 2 * layers if checkpointing else tokens * (4 * q_dim + routed * 3 * inter + 4 * h) * 2 * layers
+    gb = 1024 ** 3
+    out = {
+        "weights": total * weight_bytes / shard / gb,
+        "trainable_state": trainable * 16 / shard / gb,
+        "activations": (kept + layer_peak) / gb,
+        "logits": tokens * vocab * 4 / gb,
+    }
+    out["total"] = sum(out.values())
+    return {k: round(v, 2) for k, v in out.items()}

@@ -1,0 +1,245 @@
+"""SFT stage: supervised fine-tuning with TRL's SFTTrainer and PEFT.
+
+    posttrain sft --base results/base --data results/data/sft --out results/sft [--params params.yaml ...]
+
+LoRA (default), QLoRA (4-bit base, CUDA only) or full fine-tuning; assistant-only loss with the
+base stage's chat template; packing; MoE-aware adapters (attention + fused experts, router frozen,
+router aux loss). Checkpoints live outside the declared outputs and a rerun resumes from the last
+complete one. Writes adapter/ (LoRA), merged/, metrics.json, log.csv, curves.png, README.md and
+manifest.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from posttrain import chat, checkpoints, training
+from posttrain.config import Params, SftParams, section
+from posttrain.manifest import require_manifest, write_json, write_manifest
+
+log = logging.getLogger(__name__)
+# Router weights in the MoE architectures we support; they must never carry adapters.
+ROUTER_MARKERS = (".mlp.gate.", ".router.", ".block_sparse_moe.gate.")
+
+
+def main(params: Params, base_dir: Path, data_dir: Path, out: Path) -> dict:
+    from transformers import AutoTokenizer, set_seed
+
+    cfg = params.sft
+    base_manifest = require_manifest(base_dir, "base-model")
+    require_manifest(data_dir, "prepare-data --kind sft")
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    _check_template(tokenizer, base_manifest, cfg)
+    precision = training.resolve_precision(cfg.precision)
+    if cfg.method == "qlora" and not torch.cuda.is_available():
+        raise ValueError("sft.method: qlora loads the base in 4 bits with bitsandbytes, which needs a CUDA GPU; "
+                         "use method: lora on CPU")
+
+    # 1. Where checkpoints go: a folder per (params, inputs), outside the declared outputs.
+    run_dir = checkpoints.run_dir(cfg.checkpoint_dir, "sft", section(params, "sft"),
+                                  {"base": base_dir, "data": data_dir})
+    resume = checkpoints.latest_complete(run_dir)
+    log.info("checkpoints in %s%s", run_dir, f"; resuming from {resume.name}" if resume else "")
+
+    # 2. Model, adapters and trainer.
+    set_seed(cfg.seed)
+    model = _load_model(base_dir, cfg, precision["name"])
+    trainer = _build_trainer(model, tokenizer, data_dir, run_dir, cfg, precision)
+    _check_adapters(trainer.model, cfg)
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trainer.model.parameters())
+    log.info("trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+
+    # 3. Train (validation loss at step 0 too, so the gain is measured, not assumed). The
+    #    trainer starts a fresh log when training begins, so the step-0 result is kept beside
+    #    the checkpoints, where a resumed run finds it.
+    initial = run_dir / "initial_eval.json"
+    if resume is None or not initial.is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(initial, {**trainer.evaluate(), "step": 0})
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    elapsed = time.perf_counter() - started
+    if trainer.state.log_history[-1].get("step") != trainer.state.global_step or \
+            "eval_loss" not in trainer.state.log_history[-1]:
+        trainer.evaluate()
+
+    # 4. Outputs: replaced whole; manifest last.
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    history = [json.loads(initial.read_text()), *trainer.state.log_history]
+    rows = training.write_log_csv(history, out / "log.csv",
+                                  {"train_loss": "loss", "val_loss": "eval_loss", "learning_rate": "learning_rate",
+                                   "grad_norm": "grad_norm", "tokens_seen": "num_input_tokens_seen"})
+    training.plot_curves(rows, out / "curves.png", f"SFT ({cfg.method}) on {base_manifest['source'].get('kind')} base",
+                         [["train_loss", "val_loss"], ["learning_rate"]])
+    metrics = _metrics(rows, trainer, result, elapsed, trainable, total, cfg, precision["name"], resume)
+    _save_models(trainer, tokenizer, base_dir, out, cfg, precision["name"])
+    write_json(out / "metrics.json", metrics)
+    _write_model_card(out, base_manifest, cfg, metrics)
+    return write_manifest(out, stage="sft", params=section(params, "sft"), seed=cfg.seed,
+                          inputs={"base": base_dir, "data": data_dir}, chat_template=tokenizer.chat_template,
+                          extra={"checkpoints": str(run_dir), "metrics": metrics})
+
+
+# --- pieces ----------------------------------------------------------------------------------
+
+
+def _check_template(tokenizer, base_manifest: dict, cfg: SftParams) -> None:
+    template = tokenizer.chat_template
+    if chat.template_hash(template) != base_manifest.get("chat_template_sha256"):
+        raise ValueError("the tokenizer's chat template differs from the one the base manifest records; "
+                         "rerun the base-model stage")
+    if cfg.assistant_only_loss and not chat.has_generation_markers(template):
+        raise ValueError("sft.assistant_only_loss needs a chat template with {% generation %} markers; set "
+                         "model.chat_template to chatml or qwen3 (or a .jinja with markers), or turn it off")
+
+
+def _load_model(base_dir: Path, cfg: SftParams, precision: str):
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": training.torch_dtype(precision)}
+    if cfg.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=training.torch_dtype(precision))
+    return AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
+
+
+def lora_config(model, cfg: SftParams):
+    """The PEFT config for `model`: target modules that exist in it, plus fused parameters."""
+    from peft import LoraConfig
+
+    names = [n for n, _ in model.named_modules()]
+    modules = [t for t in cfg.lora.target_modules if any(n.endswith("." + t) for n in names)]
+    unused = sorted(set(cfg.lora.target_modules) - set(modules))
+    if unused:
+        log.info("sft.lora.target_modules not in this architecture (skipped): %s", ", ".join(unused))
+    params = [n for n, _ in model.named_parameters()]
+    missing = [t for t in cfg.lora.target_parameters if not any(p.endswith("." + t) for p in params)]
+    if missing:
+        raise ValueError(f"sft.lora.target_parameters {missing} match no parameter of {model.config.model_type}")
+    if not modules and not cfg.lora.target_parameters:
+        raise ValueError(f"sft.lora targets nothing in {model.config.model_type}: "
+                         f"target_modules {cfg.lora.target_modules} match no module")
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=modules or None, target_parameters=cfg.lora.target_parameters or None,
+                      task_type="CAUSAL_LM")
+
+
+def _build_trainer(model, tokenizer, data_dir: Path, run_dir: Path, cfg: SftParams, precision: dict):
+    from datasets import load_dataset
+    from transformers import EarlyStoppingCallback
+    from trl import SFTConfig, SFTTrainer
+
+    data = load_dataset("json", data_files={"train": str(data_dir / "train.jsonl"),
+                                            "validation": str(data_dir / "val.jsonl")})
+    data = data.select_columns(["messages"])
+    is_moe = hasattr(model.config, "output_router_logits")
+    args = SFTConfig(
+        output_dir=str(run_dir), max_steps=cfg.max_steps, num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler, weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm, optim="adamw_torch", seed=cfg.seed, data_seed=cfg.seed,
+        bf16=precision["bf16"], fp16=precision["fp16"], use_cpu=not torch.cuda.is_available(),
+        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        eval_strategy="steps", eval_steps=cfg.eval_steps, save_strategy="steps", save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps, logging_first_step=True,
+        report_to="none", include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
+        assistant_only_loss=cfg.assistant_only_loss, packing=cfg.packing, max_length=cfg.max_length,
+        router_aux_loss_coef=cfg.router_aux_loss_coef if is_moe else None,
+        load_best_model_at_end=cfg.early_stopping_patience is not None,
+        metric_for_best_model="eval_loss" if cfg.early_stopping_patience else None,
+    )
+    callbacks = [checkpoints.MarkComplete(), training.StopOnNonFinite()]
+    if cfg.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    return SFTTrainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
+                      processing_class=tokenizer, peft_config=lora_config(model, cfg) if cfg.method != "full" else None,
+                      callbacks=callbacks)
+
+
+def _check_adapters(model, cfg: SftParams) -> None:
+    """The router decides which experts run; training it with the adapters destabilises MoE
+    fine-tuning, so it must stay frozen."""
+    bad = [n for n, p in model.named_parameters() if p.requires_grad and any(m in n for m in ROUTER_MARKERS)]
+    if bad and cfg.method != "full":
+        raise ValueError(f"router parameters would be trained: {bad[:3]}; remove 'gate' from sft.lora.target_modules")
+
+
+def _metrics(rows, trainer, result, elapsed, trainable, total, cfg, precision, resume) -> dict:
+    train = [r["train_loss"] for r in rows if r.get("train_loss") not in (None, "")]
+    val = [r["val_loss"] for r in rows if r.get("val_loss") not in (None, "")]
+    tokens = trainer.state.num_input_tokens_seen
+    return {
+        "method": cfg.method, "precision": precision,
+        "steps": trainer.state.global_step,
+        "train_loss_first": train[0] if train else None, "train_loss_last": train[-1] if train else None,
+        "val_loss_first": val[0] if val else None, "val_loss_last": val[-1] if val else None,
+        "val_loss_best": min(val) if val else None,
+        "val_loss_reduction": (val[0] - val[-1]) / val[0] if len(val) > 1 and val[0] else None,
+        "tokens_seen": tokens,
+        # throughput of this process's training time (a resumed run counts only its own part)
+        "tokens_per_second": result.metrics.get("train_tokens_per_second") or (tokens / elapsed if elapsed else None),
+        "train_runtime_s": round(elapsed, 2),
+        "trainable_params": trainable, "total_params": total,
+        "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
+    }
+
+
+def _save_models(trainer, tokenizer, base_dir: Path, out: Path, cfg: SftParams, precision: str) -> None:
+    from transformers import AutoModelForCausalLM
+
+    if cfg.method == "full":
+        trainer.model.save_pretrained(out / "merged")
+        tokenizer.save_pretrained(out / "merged")
+        return
+    trainer.model.save_pretrained(out / "adapter")
+    tokenizer.save_pretrained(out / "adapter")
+    # Merge into a fresh full-precision copy of the base (a QLoRA base is 4-bit and cannot be
+    # merged into directly), so merged/ is a plain model any server loads.
+    del trainer
+    from peft import PeftModel
+
+    dtype = training.torch_dtype(precision)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
+    merged = PeftModel.from_pretrained(base, out / "adapter").merge_and_unload()
+    merged.save_pretrained(out / "merged")
+    tokenizer.save_pretrained(out / "merged")
+
+
+def _write_model_card(out: Path, base_manifest: dict, cfg: SftParams, m: dict) -> None:
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    card = f"""---
+library_name: {'peft' if cfg.method != 'full' else 'transformers'}
+tags: [posttrain, sft, trl]
+---
+# SFT model
+
+Fine-tuned by `posttrain sft` with TRL's SFTTrainer from `{base_manifest['params']['base']}`.
+
+| | |
+|---|---|
+| method | {cfg.method} (r={cfg.lora.r}, alpha={cfg.lora.alpha}) |
+| steps | {m['steps']} |
+| validation loss | {fmt(m['val_loss_first'])} → {fmt(m['val_loss_last'])} |
+| trainable / total parameters | {m['trainable_params']:,} / {m['total_params']:,} |
+| tokens/s | {fmt(m['tokens_per_second'])} |
+| assistant-only loss, packing | {cfg.assistant_only_loss}, {cfg.packing} |
+
+`adapter/` loads with `PeftModel.from_pretrained`, `merged/` with `AutoModelForCausalLM.from_pretrained`;
+both carry the tokenizer and chat template. Curves: `curves.png`, `log.csv`. Exact parameters,
+inputs and library versions: `manifest.json`.
+"""
+    (out / "README.md").write_text(card)

@@ -1,0 +1,180 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import ROOT, TINY_OVERLAY, bin_path, read_jsonl, write_jsonl
+from posttrain import checkpoints
+from posttrain.config import load_params
+from posttrain.stages import base_model, prepare_data, sft
+
+
+def _overlay(tmp_path, name, data):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _sft_overrides(tmp_path, **sft_cfg):
+    base = {"max_steps": 8, "eval_steps": 4, "save_steps": 4, "batch_size": 4, "max_length": 128,
+            "learning_rate": 0.01, "logging_steps": 1, "checkpoint_dir": str(tmp_path / "ckpt"),
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}
+    for k, v in sft_cfg.items():
+        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
+    return {"sft": base}
+
+
+@pytest.fixture(scope="session")
+def sft_data(tmp_path_factory, tiny_base):
+    """A small arithmetic chat set in the canonical format, prepared by the real data stage."""
+    tmp = tmp_path_factory.mktemp("sftdata")
+    rows = [{"messages": [{"role": "system", "content": "Answer with #### N."},
+                          {"role": "user", "content": f"What is {a} plus {b}?"},
+                          {"role": "assistant", "content": f"{a} + {b} = {a + b}.\n#### {a + b}"}]}
+            for a in range(2, 14) for b in range(3, 9)]
+    src = write_jsonl(tmp / "chat.jsonl", rows)
+    params = load_params([ROOT / "params.yaml", TINY_OVERLAY, _overlay(tmp, "d", {"data": {"cleaning": {"near_dup": False}}})])
+    prepare_data.main(params, "sft", [str(src)], tmp / "sft", tokenizer_dir=tiny_base)
+    return tmp / "sft"
+
+
+def _params(tmp_path, *overlays):
+    return load_params([ROOT / "params.yaml", TINY_OVERLAY,
+                        *[_overlay(tmp_path, f"o{i}", o) for i, o in enumerate(overlays)]])
+
+
+def test_lora_sft_outputs_load_and_agree(tmp_path, tiny_base, sft_data):
+    out = tmp_path / "sft"
+    manifest = sft.main(_params(tmp_path, _sft_overrides(tmp_path)), tiny_base, sft_data, out)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["steps"] == 8 and m["method"] == "lora" and m["precision"] == "fp32"
+    assert m["val_loss_last"] < m["val_loss_first"]          # it learned
+    assert 0 < m["trainable_params"] < m["total_params"]
+    assert m["tokens_per_second"] > 0 and m["tokens_seen"] > 0
+    assert manifest["chat_template_sha256"] == json.loads((tiny_base / "manifest.json").read_text())["chat_template_sha256"]
+    rows = read_jsonl_csv(out / "log.csv")
+    assert [r["step"] for r in rows if r["val_loss"]] == ["0", "4", "8"]   # step-0 validation loss too
+    assert (out / "curves.png").stat().st_size > 10_000
+    assert "validation loss" in (out / "README.md").read_text()
+
+    tok = AutoTokenizer.from_pretrained(out / "merged")
+    assert tok.chat_template == AutoTokenizer.from_pretrained(tiny_base).chat_template
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is 3 plus 4?"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)["input_ids"]
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), out / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    with torch.no_grad():
+        a, b, c = merged(ids).logits, adapted(ids).logits, base(ids).logits
+    assert torch.allclose(a, b, atol=1e-4)
+    assert not torch.allclose(a, c, atol=1e-3)
+
+
+def read_jsonl_csv(path):
+    import csv
+
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_moe_adapters_on_experts_and_attention_not_router(tmp_path, sft_data):
+    base = tmp_path / "moe_base"
+    base_model.main(_params(tmp_path, {"model": {"base": "tiny:qwen3_moe"}}), base)
+    out = tmp_path / "sft"
+    cfg = _sft_overrides(tmp_path, max_steps=4, router_aux_loss_coef=0.01,
+                         lora={"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"],
+                               "target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]})
+    sft.main(_params(tmp_path, cfg), base, sft_data, out)
+    adapter_cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert sorted(adapter_cfg["target_parameters"]) == ["mlp.experts.down_proj", "mlp.experts.gate_up_proj"]
+    from safetensors import safe_open
+
+    with safe_open(out / "adapter" / "adapter_model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert any("mlp.experts" in k for k in keys)
+    assert any("self_attn.q_proj" in k for k in keys)
+    assert not any(".mlp.gate." in k for k in keys)      # router untouched
+    # the router's weights in merged/ are exactly the base's
+    from safetensors.torch import load_file
+
+    merged_w, base_w = load_file(out / "merged" / "model.safetensors"), load_file(base / "model.safetensors")
+    routers = [k for k in base_w if k.endswith("mlp.gate.weight")]
+    assert routers and all(torch.equal(merged_w[k], base_w[k]) for k in routers)
+    experts = [k for k in base_w if "mlp.experts" in k]
+    assert any(not torch.equal(merged_w[k], base_w[k]) for k in experts)
+
+
+def test_full_finetune_writes_merged_only(tmp_path, tiny_base, sft_data):
+    out = tmp_path / "sft"
+    sft.main(_params(tmp_path, _sft_overrides(tmp_path, method="full", max_steps=2, learning_rate=1e-3)),
+             tiny_base, sft_data, out)
+    assert (out / "merged" / "model.safetensors").is_file() and not (out / "adapter").exists()
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["trainable_params"] == m["total_params"]
+
+
+def test_clear_errors_for_qlora_on_cpu_and_template_without_markers(tmp_path, tiny_base, sft_data):
+    with pytest.raises(ValueError, match="qlora .* needs a CUDA GPU"):
+        sft.main(_params(tmp_path, _sft_overrides(tmp_path, method="qlora")), tiny_base, sft_data, tmp_path / "o")
+    plain = tmp_path / "plain"
+    base_model.main(_params(tmp_path, {"model": {"base": str(tiny_base), "chat_template": str(_plain_template(tmp_path))}}),
+                    plain)
+    with pytest.raises(ValueError, match="generation %} markers"):
+        sft.main(_params(tmp_path, _sft_overrides(tmp_path)), plain, sft_data, tmp_path / "o")
+    with pytest.raises(ValueError, match="match no parameter"):
+        sft.main(_params(tmp_path, _sft_overrides(tmp_path, lora={"target_parameters": ["mlp.experts.gate_up_proj"]})),
+                 tiny_base, sft_data, tmp_path / "o")
+
+
+def _plain_template(tmp_path):
+    path = tmp_path / "plain.jinja"
+    path.write_text("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}")
+    return path
+
+
+def test_incomplete_checkpoints_are_ignored_and_removed(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoint-4").mkdir(parents=True)
+    (run / "checkpoint-4" / checkpoints.COMPLETE).write_text("4")
+    (run / "checkpoint-8").mkdir()           # killed mid-save: no marker
+    assert checkpoints.latest_complete(run) == run / "checkpoint-4"
+    assert not (run / "checkpoint-8").exists()
+
+
+def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, tiny_base, sft_data):
+    """SIGKILL the real stage after a checkpoint, rerun it: it resumes and ends where an
+    uninterrupted run ends."""
+    common = _sft_overrides(tmp_path, max_steps=16, save_steps=4, eval_steps=8, lora={"dropout": 0.1})
+    straight = _overlay(tmp_path, "straight", {"sft": {**common["sft"], "checkpoint_dir": str(tmp_path / "ck_a")}})
+    killed = _overlay(tmp_path, "killed", {"sft": {**common["sft"], "checkpoint_dir": str(tmp_path / "ck_b")}})
+
+    def cmd(overlay, out):
+        return [bin_path("posttrain"), "sft", "--base", str(tiny_base), "--data", str(sft_data), "--out", str(out),
+                "--params", str(ROOT / "params.yaml"), "--params", str(TINY_OVERLAY), "--params", str(overlay)]
+
+    subprocess.run(cmd(straight, tmp_path / "a"), check=True, capture_output=True)
+    proc = subprocess.Popen(cmd(killed, tmp_path / "b"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    run_dirs = lambda: list((tmp_path / "ck_b").glob("sft-*/checkpoint-8/" + checkpoints.COMPLETE))  # noqa: E731
+    while not run_dirs() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; raise max_steps"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "b" / "manifest.json").exists()
+    subprocess.run(cmd(killed, tmp_path / "b"), check=True, capture_output=True)
+
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert a["resumed_from_step"] is None and b["resumed_from_step"] >= 8
+    assert b["steps"] == a["steps"] == 16
+    assert b["train_loss_last"] == pytest.approx(a["train_loss_last"], rel=1e-5)
+    assert b["val_loss_last"] == pytest.approx(a["val_loss_last"], rel=1e-5)
