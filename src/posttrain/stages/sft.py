@@ -165,9 +165,37 @@ def _build_trainer(model, tokenizer, data_dir: Path, run_dir: Path, cfg: SftPara
     callbacks = [checkpoints.MarkComplete(), training.StopOnNonFinite()]
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    return SFTTrainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
-                      processing_class=tokenizer, peft_config=lora_config(model, cfg) if cfg.method != "full" else None,
-                      callbacks=callbacks)
+    if is_moe and cfg.router_aux_loss_coef is not None:
+        model.config.router_aux_loss_coef = cfg.router_aux_loss_coef
+    return _ModelLossSFTTrainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
+                                processing_class=tokenizer,
+                                peft_config=lora_config(model, cfg) if cfg.method != "full" else None,
+                                callbacks=callbacks)
+
+
+def _model_loss_trainer():
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class ModelLossSFTTrainer(SFTTrainer):
+        """SFTTrainer whose loss is the model's own cross-entropy (plus the MoE aux loss, which
+        transformers adds when router logits are requested). TRL's default computes the loss
+        through a tiled LM head that also returns entropy and top-1 accuracy for every token;
+        on CPU that costs ~25 % of a step (benchmarks/sft_throughput.py). The labels are the
+        same: TRL's collator masks non-assistant tokens and packed-sequence boundaries."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs["use_cache"] = False
+            if self.aux_loss_enabled:
+                inputs["output_router_logits"] = True
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+    return ModelLossSFTTrainer
+
+
+def _ModelLossSFTTrainer(**kwargs):  # noqa: N802 - a class built on first use (TRL imports are slow)
+    return _model_loss_trainer()(**kwargs)
 
 
 def _check_adapters(model, cfg: SftParams) -> None:

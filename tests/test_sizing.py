@@ -1,0 +1,38 @@
+"""The production recipe, checked on a CPU: Qwen3-30B-A3B built on the meta device."""
+
+import pytest
+
+from conftest import ROOT
+from posttrain.config import load_params
+from posttrain.sizing import plan_sft
+
+
+@pytest.fixture(scope="module")
+def plan():
+    params = load_params([ROOT / "params.yaml", ROOT / "recipes" / "qwen3-30b-a3b.yaml"])
+    return plan_sft(params, gpus=params.sft.gpus, strategy=params.sft.strategy)
+
+
+def test_qwen3_30b_a3b_parameter_counts(plan):
+    assert plan.architecture == "qwen3_moe"
+    assert plan.total_params == 30_532_122_624          # "30.5B" on the model card
+    assert plan.active_params_per_token == 3_353_032_704  # "3.3B activated"
+    # LoRA r=16: attention (q,k,v,o) + fused experts (gate_up, down) in 48 layers
+    assert plan.trainable_params == 642_514_944
+
+
+def test_adapters_on_attention_and_experts_never_the_router(plan):
+    kinds = set(plan.adapter_modules)
+    assert {"self_attn.q_proj.lora_A", "self_attn.o_proj.lora_B"} <= kinds
+    assert any(k.startswith("mlp.experts") for k in kinds)
+    assert not plan.router_has_adapter
+    assert not any(k.startswith("mlp.gate") for k in kinds)
+
+
+def test_memory_estimate_for_8_gpus_fsdp(plan):
+    mem = plan.memory_gb_per_gpu
+    assert plan.gpus == 8 and plan.strategy == "fsdp"
+    assert mem["weights"] == pytest.approx(30_532_122_624 * 2 / 8 / 1024**3, abs=0.01)   # 7.11 GB bf16 shard
+    assert mem["trainable_state"] == pytest.approx(642_514_944 * 16 / 8 / 1024**3, abs=0.01)
+    assert mem["logits"] == pytest.approx(4 * 4096 * 151936 * 4 / 1024**3, abs=0.01)
+    assert 15 < mem["total"] < 40   # fits an 80 GB H100 with room for buffers
