@@ -11,6 +11,7 @@ for _stage in STAGES:
             _stage.inputs,
         output:
             [directory(o) for o in _stage.outs],
+        threads: workflow.cores if _stage.all_cores else 1
         params:
             cmd=_stage.cmd,
             # The parameter sections the stage reads: editing one reruns it (params trigger).

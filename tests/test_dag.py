@@ -1,6 +1,7 @@
 """The DAG is declared once: Snakemake and DVC must see the same stages, edges and commands."""
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -76,12 +77,22 @@ def test_a_typo_fails_snakemake_dry_run_and_dvc_repro_naming_the_key(project):
     assert not (project / "results").exists()  # nothing ran
 
 
+# Files that record wall-clock facts (timestamps, commands, tokens/s) rather than results.
+TIMED = {"sft/metrics.json", "sft/README.md"}
+TIMING_KEYS = {"tokens_per_second", "train_runtime_s"}
+
+
 def _tree_hashes(folder):
-    """sha256 of every artifact file under folder; manifests (timestamps, commands) and the
-    tools' own bookkeeping (.gitignore from DVC, timestamps from Snakemake) are left out."""
+    """sha256 of every artifact file under folder; manifests, files with timings and the tools'
+    own bookkeeping (.gitignore from DVC, timestamps from Snakemake) are left out."""
     skip = {"manifest.json", ".gitignore", ".snakemake_timestamp"}
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(folder).rglob("*")) if p.is_file() and p.name not in skip}
+            for p in sorted(Path(folder).rglob("*"))
+            if p.is_file() and p.name not in skip and str(p.relative_to(folder)) not in TIMED}
+
+
+def _untimed_metrics(path):
+    return {k: v for k, v in json.loads(Path(path).read_text()).items() if k not in TIMING_KEYS}
 
 
 @pytest.mark.slow
@@ -89,7 +100,7 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     # Snakemake
     run([bin_path("snakemake"), "--cores", "2", "--configfile", "tiny.yaml"], project)
     results = project / "results"
-    for out in ("demo_data", "base", "data/eval", "data/sft", "data/preference", "data/prompts"):
+    for out in ("demo_data", "base", "data/eval", "data/sft", "data/preference", "data/prompts", "sft"):
         assert (results / out / "manifest.json").is_file(), out
     for kind in ("sft", "preference", "prompts", "eval"):
         report = yaml.safe_load((results / "data" / kind / "report.json").read_text())
@@ -117,6 +128,7 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     run([bin_path("dvc"), "init", "-q"], other)
     run([bin_path("dvc"), "repro"], other)
     assert _tree_hashes(other / "results") == snakemake_artifacts
+    assert _untimed_metrics(other / "results/sft/metrics.json") == _untimed_metrics(results / "sft/metrics.json")
     status = run([bin_path("dvc"), "status"], other).stdout
     assert "up to date" in status
     metrics = run([bin_path("dvc"), "metrics", "show", "--json"], other).stdout

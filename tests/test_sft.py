@@ -178,3 +178,11 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, tiny_base, sft_d
     assert b["steps"] == a["steps"] == 16
     assert b["train_loss_last"] == pytest.approx(a["train_loss_last"], rel=1e-5)
     assert b["val_loss_last"] == pytest.approx(a["val_loss_last"], rel=1e-5)
+
+
+def test_early_stopping_ends_a_run_that_stops_improving(tmp_path, tiny_base, sft_data):
+    out = tmp_path / "sft"
+    cfg = _sft_overrides(tmp_path, max_steps=30, eval_steps=1, save_steps=1, learning_rate=1e-12,
+                         early_stopping_patience=2)
+    sft.main(_params(tmp_path, cfg), tiny_base, sft_data, out)
+    assert json.loads((out / "metrics.json").read_text())["steps"] < 30

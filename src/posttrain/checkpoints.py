@@ -1,8 +1,8 @@
 """Resumable training checkpoints, kept outside the declared outputs.
 
 Snakemake and DVC delete a stage's declared outputs before each attempt, so checkpoints live
-under `<checkpoint_dir>/<stage>-<fingerprint>/`. The fingerprint covers the stage's parameters
-and its inputs' manifests: a rerun after a kill resumes, a changed run starts fresh. A checkpoint
+under `<checkpoint_dir>/<stage>-<fingerprint>/`. The fingerprint covers the stage's parameters,
+its inputs' manifests and its code: a rerun after a kill resumes, a changed run starts fresh. A checkpoint
 counts only once it is marked complete (after the trainer has written every file), so a kill
 in the middle of a save never leaves a half-written resume point.
 """
@@ -26,6 +26,16 @@ def run_dir(root: str | Path, stage: str, params: dict, inputs: dict[str, str | 
     key = json.dumps({"params": params, "inputs": {k: input_hash(v) for k, v in sorted(inputs.items())}},
                      sort_keys=True)
     return Path(root) / f"{stage}-{sha256_text(key)[:12]}"
+
+
+def code_inputs(*modules) -> dict[str, Path]:
+    """The files of the code that trains (a module or a path): a code change starts fresh
+    instead of resuming a checkpoint made by different code."""
+    out = {}
+    for m in (*modules, __file__):
+        path = Path(m if isinstance(m, (str, Path)) else m.__file__)
+        out[f"code:{path.name}"] = path
+    return out
 
 
 def latest_complete(folder: str | Path) -> Path | None:

@@ -45,6 +45,9 @@ class Stage:
     code: list[str] = field(default_factory=list)
     # Multi-GPU prefix (e.g. `accelerate launch --config_file ...`); the stage then runs as a module.
     launcher: str = ""
+    # Training stages use every core Snakemake may use (it sets OMP_NUM_THREADS to a rule's
+    # threads, 1 by default, which would halve CPU training speed on two cores).
+    all_cores: bool = False
 
     @property
     def inputs(self) -> list[str]:
@@ -99,7 +102,7 @@ def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
                            [base, str(RESULTS / "data" / "sft")], [sft], ["sft"],
                            metrics=[f"{sft}/metrics.json"],
                            plots=[{f"{sft}/log.csv": {"x": "step", "y": ["train_loss", "val_loss"]}}],
-                           launcher=_launcher(params.sft.gpus, params.sft.strategy)))
+                           launcher=_launcher(params.sft.gpus, params.sft.strategy), all_cores=True))
 
     for s in table:
         s.param_files = param_files

@@ -43,7 +43,7 @@ def main(params: Params, base_dir: Path, data_dir: Path, out: Path) -> dict:
 
     # 1. Where checkpoints go: a folder per (params, inputs), outside the declared outputs.
     run_dir = checkpoints.run_dir(cfg.checkpoint_dir, "sft", section(params, "sft"),
-                                  {"base": base_dir, "data": data_dir})
+                                  {"base": base_dir, "data": data_dir, **checkpoints.code_inputs(__file__, training)})
     resume = checkpoints.latest_complete(run_dir)
     log.info("checkpoints in %s%s", run_dir, f"; resuming from {resume.name}" if resume else "")
 
