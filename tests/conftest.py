@@ -49,7 +49,7 @@ def project(tmp_path):
     dst.mkdir()
     for name in ("Snakefile", "params.yaml", "dvc.yaml"):
         shutil.copy(ROOT / name, dst / name)
-    for name in ("rules", "recipes", "src"):
+    for name in ("rules", "recipes", "src", "profiles"):
         shutil.copytree(ROOT / name, dst / name)
     shutil.copy(TINY_OVERLAY, dst / "tiny.yaml")
     run(["git", "init", "-q"], dst)

@@ -234,6 +234,7 @@ def _save_models(trainer, tokenizer, base_dir: Path, out: Path, cfg: SftParams, 
         tokenizer.save_pretrained(out / "merged")
         return
     trainer.model.save_pretrained(out / "adapter")
+    _sort_adapter_config(out / "adapter" / "adapter_config.json")
     tokenizer.save_pretrained(out / "adapter")
     # Merge into a fresh full-precision copy of the base (a QLoRA base is 4-bit and cannot be
     # merged into directly), so merged/ is a plain model any server loads.
@@ -245,6 +246,16 @@ def _save_models(trainer, tokenizer, base_dir: Path, out: Path, cfg: SftParams, 
     merged = PeftModel.from_pretrained(base, out / "adapter").merge_and_unload()
     merged.save_pretrained(out / "merged")
     tokenizer.save_pretrained(out / "merged")
+
+
+def _sort_adapter_config(path: Path) -> None:
+    """PEFT keeps target_modules as a set, so its JSON order changes between processes; sorted,
+    identical runs write identical bytes (DVC and Snakemake runs can be compared)."""
+    config = json.loads(path.read_text())
+    for key in ("target_modules", "target_parameters"):
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _write_model_card(out: Path, base_manifest: dict, cfg: SftParams, m: dict) -> None:
