@@ -1,0 +1,50 @@
+"""Batched greedy generation with a model's chat template, for evaluation (and later rollouts)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 64,
+             batch_size: int = 8, temperature: float = 0.0, seed: int = 0) -> list[str]:
+    """One completion per conversation (a list of messages ending with a user turn).
+    Greedy by default, so numbers repeat exactly on CPU."""
+    torch.manual_seed(seed)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # decoder-only: pad on the left so generation continues the prompt
+    stops = [t for t in {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+             if isinstance(t, int) and t != tokenizer.unk_token_id]
+    outputs: list[str] = []
+    model.eval()
+    try:
+        for i in range(0, len(conversations), batch_size):
+            texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                     for c in conversations[i:i + batch_size]]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+            with torch.no_grad():
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stops,
+                                     pad_token_id=tokenizer.pad_token_id, **sampling)
+            new = out[:, enc["input_ids"].shape[1]:]
+            outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = side
+    return outputs
+
+
+def assistant_nll(model, tokenizer, conversations: list[list[dict]], batch_size: int = 8) -> tuple[float, int]:
+    """Summed negative log-likelihood of the assistant tokens (generation spans of the chat
+    template) and their count: perplexity = exp(nll / count)."""
+    total, count = 0.0, 0
+    model.eval()
+    for i in range(0, len(conversations), batch_size):
+        for conv in conversations[i:i + batch_size]:
+            enc = tokenizer.apply_chat_template(conv, return_dict=True, return_assistant_tokens_mask=True)
+            ids = torch.tensor([enc["input_ids"]], device=model.device)
+            mask = torch.tensor(enc["assistant_masks"][1:], dtype=torch.bool, device=model.device)
+            with torch.no_grad():
+                logits = model(ids).logits[0, :-1].float()
+            nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
+            total += float(nll[mask].sum())
+            count += int(mask.sum())
+    return total, count
