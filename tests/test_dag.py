@@ -77,8 +77,10 @@ def test_a_typo_fails_snakemake_dry_run_and_dvc_repro_naming_the_key(project):
     assert not (project / "results").exists()  # nothing ran
 
 
-# Files that record wall-clock facts (timestamps, commands, tokens/s) rather than results.
-TIMED = {"sft/metrics.json", "sft/README.md"}
+# Files that record wall-clock facts (timestamps, tokens/s, the harness's run record with
+# absolute paths) rather than results; their results are compared separately.
+TIMED = {"sft/metrics.json", "sft/README.md", "eval/base/harness.json", "eval/sft/harness.json",
+         "eval/base/metrics.json", "eval/sft/metrics.json"}
 TIMING_KEYS = {"tokens_per_second", "train_runtime_s"}
 
 
@@ -129,7 +131,25 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     run([bin_path("dvc"), "repro"], other)
     assert _tree_hashes(other / "results") == snakemake_artifacts
     assert _untimed_metrics(other / "results/sft/metrics.json") == _untimed_metrics(results / "sft/metrics.json")
+    for model in ("base", "sft"):
+        ours, theirs = (json.loads((r / f"eval/{model}/metrics.json").read_text())["metrics"]
+                        for r in (results, other / "results"))
+        assert ours == theirs
     status = run([bin_path("dvc"), "status"], other).stdout
     assert "up to date" in status
     metrics = run([bin_path("dvc"), "metrics", "show", "--json"], other).stdout
     assert "rows_out" in metrics
+    report = json.loads((other / "results/report/metrics.json").read_text())
+    assert set(report) == {"base", "sft"} and "arithmetic_accuracy" in report["sft"]
+    assert "partial" in (other / "results/report/report.md").read_text()
+
+    # dvc metrics diff across commits: commit this run, change an eval parameter, rerun
+    run(["git", "add", "-A"], other)
+    run(["git", "commit", "-qm", "first run"], other)
+    overlay = (other / "tiny.yaml").read_text().replace("  perplexity_rows: 4", "  perplexity_rows: 2")
+    (other / "tiny.yaml").write_text(overlay)
+    repro = run([bin_path("dvc"), "repro"], other).stdout
+    assert "evaluate_base" in repro and "Stage 'sft' didn't change" in repro
+    diff = json.loads(run([bin_path("dvc"), "metrics", "diff", "HEAD", "--json"], other).stdout)
+    changed = diff["results/report/metrics.json"]
+    assert "base.perplexity" in changed and changed["base.perplexity"]["old"] != changed["base.perplexity"]["new"]

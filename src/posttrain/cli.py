@@ -49,6 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     _params_arg(p)
 
+    p = sub.add_parser("evaluate", help="run the eval suite on one model")
+    p.add_argument("--model", type=Path, required=True, help="an artifact folder: results/base, results/sft, ...")
+    p.add_argument("--name", required=True, help="the model's name in the report")
+    p.add_argument("--eval-data", type=Path, required=True, help="prepared eval data (results/data/eval)")
+    p.add_argument("--heldout", type=Path, help="prepared SFT data whose val split is scored for perplexity")
+    p.add_argument("--out", type=Path, required=True)
+    _params_arg(p)
+
+    p = sub.add_parser("report", help="one report over every evaluated model")
+    p.add_argument("--eval", action="append", type=Path, default=[], required=True, help="an evaluate output; repeatable")
+    p.add_argument("--curves", action="append", type=Path, default=[], help="a training stage output; repeatable")
+    p.add_argument("--out", type=Path, required=True)
+    _params_arg(p)
+
     p = sub.add_parser("plan", help="size a recipe's SFT on the meta device: parameters, adapters, GPU memory")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _params_arg(p)
@@ -106,6 +120,14 @@ def _run(args: argparse.Namespace) -> int:
         from posttrain.stages import sft
 
         sft.main(params, args.base, args.data, args.out)
+    elif args.command == "evaluate":
+        from posttrain.stages import evaluate
+
+        evaluate.main(params, args.model, args.name, args.eval_data, args.heldout, args.out)
+    elif args.command == "report":
+        from posttrain.stages import report
+
+        report.main(args.eval, args.curves, args.out)
     return 0
 
 

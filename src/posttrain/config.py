@@ -216,11 +216,31 @@ class SftParams(Section):
         return self
 
 
+# --- evaluate --------------------------------------------------------------------------------
+
+
+class EvaluateParams(Section):
+    # Greedy decoding, so reruns give identical numbers on CPU. Arithmetic worked solutions are
+    # ~40 tokens; 96 leaves room without letting a rambling model dominate the run time.
+    max_new_tokens: int = Field(96, ge=1)
+    # Refusals show in the first sentence; safety prompts need fewer tokens.
+    safety_max_new_tokens: int = Field(48, ge=1)
+    batch_size: int = Field(8, ge=1)
+    # Rows per task; a limited run is marked `partial` in its metrics and in the report.
+    limit: int | None = Field(None, ge=1)
+    # Standard lm-eval tasks by name (e.g. gsm8k, ifeval): production only, their data needs the hub.
+    harness_tasks: list[str] = Field(default_factory=list)
+    # Held-out SFT rows scored for perplexity (0 turns it off).
+    perplexity_rows: int = Field(100, ge=0)
+    seed: int = 0
+
+
 class Params(Section):
     model: ModelParams = Field(default_factory=ModelParams)
     demo_data: DemoDataParams = Field(default_factory=DemoDataParams)
     data: DataParams = Field(default_factory=DataParams)
     sft: SftParams = Field(default_factory=SftParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
 
 
 # --- loading ---------------------------------------------------------------------------------

@@ -6,11 +6,11 @@
 `write_tasks` turns the prepared eval rows into lm-eval task folders (YAML + JSONL, read with
 the `json` dataset builder, so nothing is fetched from a hub); `run_harness` runs them with
 lm-eval's `hf` model: greedy, zero-shot, the model's own chat template, and returns a small
-JSON-safe report.
+JSON-safe report (metrics, one record per generation, lm-eval's results, the settings).
 
 Why lm-eval rather than a hand-written loop: its prompt rendering, stop handling, answer
 filters and metrics are the ones other people's numbers come from, so an arithmetic score here
-means what a GSM8K score means elsewhere. The arithmetic tasks therefore copy lm-eval's own
+is scored the way a published GSM8K score is. The arithmetic tasks therefore copy lm-eval's own
 `gsm8k` task (lm_eval/tasks/gsm8k/gsm8k.yaml): the same two filters and the same exact-match
 normalisation. The Python helpers below (`extract_answer`, `normalise_answer`,
 `answer_matches`) restate that logic for code that scores answers without lm-eval; the tests
@@ -22,8 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ STRICT, FLEXIBLE = "strict-match", "flexible-extract"
 STOP_SEQUENCES = ["<|im_end|>", "<|endoftext|>", "<|im_start|>"]
 
 _TASK_VERSION = 1.0
+_DATASETS_CACHE = ".datasets_cache"
 
 
 # --- answer extraction (mirrors lm-eval's gsm8k filters) -------------------------------------
@@ -140,7 +141,7 @@ def _answer_task_config(name: str, data_file: Path) -> dict[str, Any]:
         # The dataset cache lives with the task files so that runs do not depend on, or write
         # to, ~/.cache, and a rewritten JSONL never meets a stale cache from another task dir.
         "dataset_kwargs": {"data_files": {"test": str(data_file)},
-                           "cache_dir": str(data_file.parent / ".datasets_cache")},
+                           "cache_dir": str(data_file.parent / _DATASETS_CACHE)},
         "output_type": "generate_until",
         "test_split": "test",
         "num_fewshot": 0,
@@ -166,9 +167,8 @@ def _answer_task_config(name: str, data_file: Path) -> dict[str, Any]:
 
 def _format_task_config(name: str, data_file: Path) -> dict[str, Any]:
     cfg = _answer_task_config(name, data_file)
-    for key in ("filter_list", "doc_to_target"):
-        cfg.pop(key)
-    # Nothing to compare against; the constraint is the label. lm-eval still logs a target.
+    del cfg["filter_list"]
+    # No gold answer: the constraint is the label, and what lm-eval logs as the target.
     cfg["doc_to_target"] = "constraint"
     cfg["metric_list"] = [{"metric": "constraint_satisfied", "aggregation": "mean", "higher_is_better": True}]
     return cfg
@@ -197,9 +197,11 @@ def write_tasks(eval_jsonl: Path, task_dir: Path, limit: int | None = None) -> l
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
     task_dir.mkdir(parents=True, exist_ok=True)
-    # Files from an earlier call would still be indexed by lm-eval's TaskManager.
+    # Files from an earlier call would still be indexed by lm-eval's TaskManager, and their
+    # dataset cache could outlive a rewrite of the JSONL within the same mtime tick.
     for old in list(task_dir.glob(f"{TASK_PREFIX}*.yaml")) + list(task_dir.glob(f"{TASK_PREFIX}*.jsonl")):
         old.unlink()
+    shutil.rmtree(task_dir / _DATASETS_CACHE, ignore_errors=True)
 
     buckets: dict[str, list[dict]] = {ARITHMETIC_TASK: [], GSM8K_TASK: [], FORMAT_TASK: []}
     with open(eval_jsonl) as fh:
@@ -252,7 +254,7 @@ def write_tasks(eval_jsonl: Path, task_dir: Path, limit: int | None = None) -> l
 
 
 def _json_safe(obj: Any) -> Any:
-    """lm-eval results hold numpy scalars, dtypes and NaN-free floats mixed with "N/A" strings."""
+    """lm-eval results mix numpy scalars, torch dtypes and "N/A" strings; NaN becomes null."""
     if isinstance(obj, dict):
         return {str(k): _json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -269,44 +271,66 @@ def _json_safe(obj: Any) -> Any:
     return str(obj)
 
 
-def _stop_token_ids(tokenizer) -> list[int]:
-    """Token ids of the stop markers that are single tokens of this vocabulary, plus EOS.
+def _stop_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """The model's own EOS ids, the tokenizer's EOS, and the stop markers that are single tokens.
 
     lm-eval stops a *batch* only when every row has hit a stop string, and decodes with
-    skip_special_tokens=True: a row that closed its turn early with a token `generate` does not
-    treat as EOS would go on generating, and the removed marker could no longer cut it off.
-    Passing these ids as `eos_token_id` makes `generate` pad such rows instead.
+    skip_special_tokens=True: a row that closed its turn with a token `generate` does not treat as
+    EOS goes on generating ("...environments.\nsystem\n\nuser\n" from a model whose
+    generation_config EOS is <|endoftext|>), and the removed marker can no longer cut it off.
+    Passing these ids as `eos_token_id` makes `generate` pad such rows instead. The model's own
+    ids are kept because this list replaces, not extends, its generation_config.
     """
-    ids = []
+    ids: list[int] = []
+
+    def add(tid):
+        if isinstance(tid, int) and tid >= 0 and tid not in ids:
+            ids.append(tid)
+
+    own = getattr(generation_config, "eos_token_id", None)
+    for tid in (own if isinstance(own, (list, tuple)) else [own]):
+        add(tid)
+    add(tokenizer.eos_token_id)
     for tok in STOP_SEQUENCES:
         tid = tokenizer.convert_tokens_to_ids(tok)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid not in ids:
-            ids.append(tid)
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
+        # A marker missing from the vocabulary maps to the unknown token (or None): the round
+        # trip tells the two apart even where the unknown token is itself a marker.
+        if isinstance(tid, int) and tokenizer.convert_ids_to_tokens(tid) == tok:
+            add(tid)
     return ids
 
 
 def _samples(task: str, logged: list[dict]) -> list[dict]:
-    """One record per doc: lm-eval logs each doc once per filter, so merge them."""
+    """One record per doc: lm-eval logs each doc once per filter, so merge them.
+
+    `correct` is the headline verdict: strict-match for the answer tasks, the constraint for the
+    format task, and for other (standard lm-eval) tasks the first 0/1 metric of the first filter.
+    """
     by_doc: dict[int, dict] = {}
     for s in logged:
         rec = by_doc.get(s["doc_id"])
         if rec is None:
+            args = s["arguments"][0]
             rec = by_doc[s["doc_id"]] = {
-                "id": s["doc"].get("id"),
-                "prompt": s["arguments"][0][0],
-                "response": s["resps"][0][0],
+                "id": s["doc"].get("id") if isinstance(s["doc"], dict) else None,
+                "prompt": args[0] if isinstance(args, (list, tuple)) else args,
+                "response": s["resps"][0][0] if s["resps"] and s["resps"][0] else None,
                 "target": s["target"],
             }
         if task == FORMAT_TASK:
             rec["constraint"] = json.loads(s["doc"]["constraint"])
             rec["correct"] = bool(s["constraint_satisfied"])
-        else:
+        elif task in (ARITHMETIC_TASK, GSM8K_TASK):
             rec.setdefault("extracted", {})[s["filter"]] = s["filtered_resps"][0]
             rec.setdefault("correct_by_filter", {})[s["filter"]] = bool(s["exact_match"])
             if s["filter"] == STRICT:
                 rec["correct"] = bool(s["exact_match"])
+        else:
+            scores = {m: s[m] for m in s.get("metrics", []) if m in s}
+            rec.setdefault("metrics_by_filter", {})[s["filter"]] = scores
+            if "correct" not in rec:
+                binary = [v for v in scores.values() if isinstance(v, (bool, int, float)) and v in (0, 1)]
+                rec["correct"] = bool(binary[0]) if binary else None
     return [_json_safe(by_doc[k]) for k in sorted(by_doc)]
 
 
@@ -319,20 +343,40 @@ _METRIC_KEYS = {
     (FORMAT_TASK, "constraint_satisfied,none"): "format_accuracy",
 }
 
+# Facts about the machine and the moment, not the evaluation: without them a rerun of the same
+# model on the same data gives the same raw report. Library versions stay.
+_VOLATILE_RAW_KEYS = ("date", "pretty_env_info", "git_hash", "upper_git_hash", "total_evaluation_time_seconds")
+
+
+def _metrics(per_task: dict) -> dict[str, float]:
+    """Canonical names for our tasks; "<task>_<metric>[_<filter>]" for standard lm-eval tasks."""
+    metrics: dict[str, float] = {}
+    for task, values in per_task.items():
+        for key, value in values.items():
+            name = _METRIC_KEYS.get((task, key))
+            if name is None:
+                if task.startswith(TASK_PREFIX) or "," not in key or "_stderr," in key:
+                    continue
+                metric, _, filt = key.partition(",")
+                name = f"{task}_{metric}" + ("" if filt == "none" else f"_{filt}")
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                metrics[name] = float(value)
+    return metrics
+
 
 def run_harness(model_dir: Path, tasks: list[str], task_dir: Path, *, adapter_dir: Path | None = None,
                 limit: int | None = None, max_new_tokens: int = 64, batch_size: int = 8,
                 seed: int = 0) -> dict:
     """Run lm-eval's `hf` model on `tasks` (written by `write_tasks` into `task_dir`).
 
-    Greedy and zero-shot with the model's own chat template; `adapter_dir` loads a PEFT adapter
-    on top of `model_dir` (and its tokenizer, when it saved one). `limit` keeps the first `limit`
-    docs of each task. Returns {"metrics", "samples", "raw", "config"}; the metrics repeat exactly
-    for the same model, data, settings and hardware.
+    Greedy, with the model's own chat template; `adapter_dir` loads a PEFT adapter on top of
+    `model_dir` (and its tokenizer, when it saved one). `limit` keeps the first `limit` docs of
+    each task. A name in `tasks` that `task_dir` does not define is looked up among lm-eval's own
+    tasks (gsm8k, ifeval, ...), with that task's default shots; its dataset comes from the hub
+    (or, with HF_DATASETS_OFFLINE=1, the datasets cache). Our own tasks and local model folders
+    open no connection, online or not. Returns {"metrics", "samples", "raw", "config"}; metrics
+    and samples repeat exactly for the same model, data, settings and hardware.
     """
-    # lm-eval asks the hub for model SHAs when it reports; offline that is a quick, caught error.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import lm_eval
     import torch
     from lm_eval.models.huggingface import HFLM
@@ -340,6 +384,9 @@ def run_harness(model_dir: Path, tasks: list[str], task_dir: Path, *, adapter_di
 
     if not tasks:
         raise ValueError("no tasks to run")
+    # lm-eval reads a limit below 1 as a fraction of each task; here it is always a row count.
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
     model_dir, task_dir = Path(model_dir).resolve(), Path(task_dir).resolve()
     tokenizer_dir = model_dir
     if adapter_dir is not None:
@@ -355,33 +402,35 @@ def run_harness(model_dir: Path, tasks: list[str], task_dir: Path, *, adapter_di
                                   "dtype": dtype, "trust_remote_code": False}
     if adapter_dir is not None:
         model_args["peft"] = str(adapter_dir)
+    # Standard task names (gsm8k, ifeval, ...) need lm-eval's own task index, which takes seconds
+    # to build and could shadow ours; it is only loaded when asked for.
+    local = {p.stem for p in task_dir.glob(f"{TASK_PREFIX}*.yaml")}
+    standard = [t for t in tasks if t not in local]
     lm = HFLM(device=device, batch_size=batch_size, **model_args)
 
     gen_kwargs = {"max_gen_toks": max_new_tokens, "do_sample": False, "temperature": 0.0,
-                  "eos_token_id": _stop_token_ids(lm.tokenizer)}
+                  "eos_token_id": _stop_token_ids(lm.tokenizer, getattr(lm.model, "generation_config", None))}
     results = lm_eval.simple_evaluate(
         model=lm,
         tasks=list(tasks),
-        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
-        num_fewshot=0,
+        task_manager=TaskManager(include_path=str(task_dir), include_defaults=bool(standard)),
+        # Ours are zero-shot in their YAML; standard tasks keep their own default shots.
+        num_fewshot=None,
         limit=limit,
         apply_chat_template=True,
-        fewshot_as_multiturn=False,
+        fewshot_as_multiturn=True,
         gen_kwargs=gen_kwargs,
         log_samples=True,
-        # Mean-aggregated metrics get a closed-form stderr; nothing here needs bootstrapping.
-        bootstrap_iters=0,
+        # Any value > 0 turns stderrs on. Means (all of ours) get the closed form; the few
+        # metrics lm-eval bootstraps use fixed per-chunk seeds, so 1000 draws stay reproducible.
+        bootstrap_iters=1000,
         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
     )
 
-    per_task = results["results"]
-    metrics: dict[str, float] = {}
-    for (task, key), name in _METRIC_KEYS.items():
-        if task in per_task and key in per_task[task]:
-            metrics[name] = float(per_task[task][key])
+    metrics = _metrics(results["results"])
     samples = {task: _samples(task, logged) for task, logged in results.get("samples", {}).items()}
     n_docs = {task: len(s) for task, s in samples.items()}
-    raw = _json_safe({k: v for k, v in results.items() if k != "samples"})
+    raw = _json_safe({k: v for k, v in results.items() if k != "samples" and k not in _VOLATILE_RAW_KEYS})
     config = {
         "model_dir": str(model_dir),
         "adapter_dir": str(adapter_dir) if adapter_dir is not None else None,
@@ -391,7 +440,8 @@ def run_harness(model_dir: Path, tasks: list[str], task_dir: Path, *, adapter_di
         "n_docs": n_docs,
         "generation": {"max_new_tokens": max_new_tokens, "do_sample": False, "temperature": 0.0,
                        "until": list(STOP_SEQUENCES), "eos_token_id": gen_kwargs["eos_token_id"],
-                       "num_fewshot": 0, "apply_chat_template": True},
+                       "apply_chat_template": True},
+        "num_fewshot": dict(results.get("n-shot", {})),
         "batch_size": batch_size,
         "seed": seed,
         "device": device,

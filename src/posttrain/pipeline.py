@@ -24,6 +24,8 @@ CODE = {
     "base_model": [f"{SRC}/stages/base_model.py", f"{SRC}/models.py", f"{SRC}/chat.py", f"{SRC}/templates"],
     "prepare_data": [f"{SRC}/stages/prepare_data.py", f"{SRC}/formats.py", f"{SRC}/cleaning.py"],
     "sft": [f"{SRC}/stages/sft.py", f"{SRC}/training.py", f"{SRC}/checkpoints.py"],
+    "evaluate": [f"{SRC}/stages/evaluate.py", f"{SRC}/harness.py", f"{SRC}/generation.py", f"{SRC}/refusal.py"],
+    "report": [f"{SRC}/stages/report.py"],
 }
 DVC_YAML = Path("dvc.yaml")
 DVC_HEADER = ("# Generated from posttrain/pipeline.py by `posttrain dag --write`; do not edit by hand.\n"
@@ -104,10 +106,39 @@ def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
                            plots=[{f"{sft}/log.csv": {"x": "step", "y": ["train_loss", "val_loss"]}}],
                            launcher=_launcher(params.sft.gpus, params.sft.strategy), all_cores=True))
 
+    if sources["eval"]:
+        table += _evaluation(table, sources)
+
     for s in table:
         s.param_files = param_files
-        s.code = CODE["prepare_data" if s.name.startswith("prepare_data") else s.name]
+        s.code = CODE[next((k for k in ("prepare_data", "evaluate") if s.name.startswith(k)), s.name)]
     return table
+
+
+def _evaluation(table: list[Stage], sources: dict) -> list[Stage]:
+    """An evaluate stage per model the DAG makes, and the report over all of them."""
+    eval_data = str(RESULTS / "data" / "eval")
+    heldout = str(RESULTS / "data" / "sft") if sources["sft"] else None
+    models = {"base": str(RESULTS / "base")}
+    if any(s.name == "sft" for s in table):
+        models["sft"] = str(RESULTS / "sft")
+    stages, evals = [], []
+    for name, path in models.items():
+        out = str(RESULTS / "eval" / name)
+        args = ["evaluate", "--model", path, "--name", name, "--eval-data", eval_data]
+        deps = [path, eval_data]
+        if heldout:
+            args += ["--heldout", heldout]
+            deps.append(heldout)
+        stages.append(Stage(f"evaluate_{name}", [*args, "--out", out], deps, [out], ["evaluate"],
+                            metrics=[f"{out}/metrics.json"], all_cores=True))
+        evals.append(out)
+    report = str(RESULTS / "report")
+    curves = [m for n, m in models.items() if n != "base"]
+    args = ["report"] + [a for e in evals for a in ("--eval", e)] + [a for c in curves for a in ("--curves", c)]
+    stages.append(Stage("report", [*args, "--out", report], evals + curves, [report], [],
+                        metrics=[f"{report}/metrics.json"], plots=[f"{report}/plots"]))
+    return stages
 
 
 def _launcher(gpus: int, strategy: str) -> str:
@@ -145,7 +176,8 @@ def dvc_yaml(table: list[Stage]) -> str:
     for s in table:
         entry: dict = {"cmd": s.cmd}
         entry["deps"] = s.inputs
-        entry["params"] = _dvc_params(s)
+        if s.params:
+            entry["params"] = _dvc_params(s)
         entry["outs"] = list(s.outs)
         doc["stages"][s.name] = entry
         metrics += s.metrics

@@ -1,0 +1,130 @@
+"""Report stage: every model's metrics in one table, a bar chart per metric, every stage's
+training curves.
+
+    posttrain report --eval results/eval/base --eval results/eval/sft --curves results/sft \\
+        --out results/report
+
+Writes metrics.json ({model: {metric: value}}, a DVC metric), report.md, a self-contained
+report.html (images inlined) and plots/*.png (also declared as DVC plots).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import shutil
+from pathlib import Path
+
+from posttrain.manifest import require_manifest, write_json, write_manifest
+
+# Canonical metrics in report order, with the direction that is better.
+CANONICAL = {
+    "arithmetic_accuracy": "higher", "format_accuracy": "higher", "gsm8k_exact_match": "higher",
+    "harmful_refusal_rate": "higher", "benign_overrefusal_rate": "lower", "perplexity": "lower",
+    "helpful_rm_score": "higher", "safety_rm_score": "higher", "win_rate_vs_reference": "higher",
+}
+
+
+def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path) -> dict:
+    records = []
+    for d in eval_dirs:
+        require_manifest(d, "evaluate")
+        records.append(json.loads((d / "metrics.json").read_text()))
+    table = {r["model"]: r["metrics"] for r in records}
+    partial = sorted(r["model"] for r in records if r.get("partial"))
+    metrics = [m for m in CANONICAL if any(m in v for v in table.values())]
+    metrics += sorted({m for v in table.values() for m in v} - set(metrics))
+
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "plots").mkdir(parents=True)
+    charts = [_bar_chart(table, m, out / "plots" / f"{m}.png") for m in metrics]
+    curves = []
+    for d in curve_dirs:
+        require_manifest(d, "a training stage")
+        if (d / "curves.png").is_file():
+            dst = out / "plots" / f"curves_{d.name}.png"
+            shutil.copy(d / "curves.png", dst)
+            curves.append(dst)
+
+    write_json(out / "metrics.json", table)
+    (out / "report.md").write_text(_markdown(table, metrics, partial, charts, curves))
+    (out / "report.html").write_text(_html(table, metrics, partial, charts, curves))
+    write_manifest(out, stage="report", params={}, seed=None,
+                   inputs={f"eval:{d.name}": d for d in eval_dirs} | {f"curves:{d.name}": d for d in curve_dirs},
+                   extra={"models": list(table), "partial": partial})
+    return table
+
+
+def _fmt(v) -> str:
+    return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _bar_chart(table: dict, metric: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [m for m in table if table[m].get(metric) is not None]
+    values = [table[m][metric] for m in models]
+    fig, ax = plt.subplots(figsize=(max(3.5, 1.1 * len(models) + 1.5), 3))
+    bars = ax.bar(models, values, color="#4c72b0")
+    ax.bar_label(bars, labels=[_fmt(v) for v in values], fontsize=8)
+    direction = CANONICAL.get(metric)
+    ax.set_title(f"{metric}" + (f" ({direction} is better)" if direction else ""), fontsize=10)
+    ax.margins(y=0.2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _markdown(table, metrics, partial, charts, curves) -> str:
+    lines = ["# posttrain report", ""]
+    if partial:
+        lines += [f"**Partial evaluation** (a `limit` was set) for: {', '.join(partial)}.", ""]
+    lines += ["| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for model, values in table.items():
+        mark = " (partial)" if model in partial else ""
+        lines.append(f"| {model}{mark} | " + " | ".join(_fmt(values.get(m)) for m in metrics) + " |")
+    lines += ["", "## Metrics", ""] + [f"![{p.stem}](plots/{p.name})" for p in charts]
+    if curves:
+        lines += ["", "## Training curves", ""] + [f"![{p.stem}](plots/{p.name})" for p in curves]
+    return "\n".join(lines) + "\n"
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+
+
+def _html(table, metrics, partial, charts, curves) -> str:
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
+    body = ""
+    for model, values in table.items():
+        mark = ' <span class="partial">partial</span>' if model in partial else ""
+        body += f"<tr><th>{html.escape(model)}{mark}</th>" + "".join(
+            f"<td>{_fmt(values.get(m))}</td>" for m in metrics) + "</tr>"
+    note = (f'<p class="partial">Partial evaluation (a limit was set) for: {html.escape(", ".join(partial))}</p>'
+            if partial else "")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>posttrain report</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
+thead th, tbody th {{ background: #f3f3f3; text-align: left; }}
+.partial {{ color: #a33; font-size: 0.9em; }}
+.grid {{ display: flex; flex-wrap: wrap; gap: 1em; }}
+figure {{ margin: 0; }} figcaption {{ font-size: 0.8em; color: #666; }}
+</style></head><body>
+<h1>posttrain report</h1>
+{note}
+<table id="metrics"><thead><tr><th>model</th>{head}</tr></thead><tbody>{body}</tbody></table>
+<h2>Metrics</h2><div class="grid" id="charts">{''.join(_img(p, p.stem) for p in charts)}</div>
+<h2>Training curves</h2><div class="grid" id="curves">{''.join(_img(p, p.stem) for p in curves)}</div>
+</body></html>
+"""
