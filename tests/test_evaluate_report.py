@@ -1,4 +1,3 @@
-import base64
 import json
 import shutil
 import subprocess

@@ -1,17 +1,14 @@
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import ROOT, TINY_OVERLAY, bin_path, read_jsonl, write_jsonl
+from conftest import ROOT, TINY_OVERLAY, bin_path, write_jsonl
 from posttrain import checkpoints
 from posttrain.config import load_params
 from posttrain.stages import base_model, prepare_data, sft

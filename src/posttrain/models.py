@@ -3,7 +3,6 @@ models for tests, all resolved to a (model, tokenizer) pair in memory."""
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -181,6 +180,3 @@ def cast_dtype(model: torch.nn.Module, dtype: str) -> torch.nn.Module:
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
-
-def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")

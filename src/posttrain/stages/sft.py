@@ -139,7 +139,7 @@ def lora_config(model, cfg: SftParams):
 def _build_trainer(model, tokenizer, data_dir: Path, run_dir: Path, cfg: SftParams, precision: dict):
     from datasets import load_dataset
     from transformers import EarlyStoppingCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     data = load_dataset("json", data_files={"train": str(data_dir / "train.jsonl"),
                                             "validation": str(data_dir / "val.jsonl")})
@@ -167,13 +167,14 @@ def _build_trainer(model, tokenizer, data_dir: Path, run_dir: Path, cfg: SftPara
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     if is_moe and cfg.router_aux_loss_coef is not None:
         model.config.router_aux_loss_coef = cfg.router_aux_loss_coef
-    return _ModelLossSFTTrainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
-                                processing_class=tokenizer,
-                                peft_config=lora_config(model, cfg) if cfg.method != "full" else None,
-                                callbacks=callbacks)
+    trainer_class = _model_loss_trainer()
+    return trainer_class(model=model, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
+                         processing_class=tokenizer, peft_config=lora_config(model, cfg) if cfg.method != "full" else None,
+                         callbacks=callbacks)
 
 
 def _model_loss_trainer():
+    """The trainer class, built on first use because importing TRL takes seconds."""
     from transformers import Trainer
     from trl import SFTTrainer
 
@@ -192,10 +193,6 @@ def _model_loss_trainer():
                                         num_items_in_batch=num_items_in_batch)
 
     return ModelLossSFTTrainer
-
-
-def _ModelLossSFTTrainer(**kwargs):  # noqa: N802 - a class built on first use (TRL imports are slow)
-    return _model_loss_trainer()(**kwargs)
 
 
 def _check_adapters(model, cfg: SftParams) -> None:
