@@ -42,6 +42,17 @@ def tiny_base(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def embedded_base(tmp_path_factory):
+    """The demo's real model (SmolLM2-135M-Instruct from the packaged GGUF), resolved once."""
+    from posttrain.config import load_params
+    from posttrain.stages import base_model
+
+    out = tmp_path_factory.mktemp("embedded") / "smol"
+    base_model.main(load_params([ROOT / "params.yaml"]), out)
+    return out
+
+
 @pytest.fixture
 def project(tmp_path):
     """A copy of the pipeline definition in a fresh git repository, to run the real tools in."""

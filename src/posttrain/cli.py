@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     _params_arg(p)
 
+    p = sub.add_parser("reward", help="train a Bradley-Terry reward model for one aspect with TRL")
+    p.add_argument("--aspect", required=True, help="a name under reward.aspects (e.g. helpful, safety)")
+    p.add_argument("--init", type=Path, required=True, help="the model it starts from (results/sft or results/base)")
+    p.add_argument("--data", type=Path, required=True, help="prepared preference data (results/data/preference)")
+    p.add_argument("--out", type=Path, required=True)
+    _params_arg(p)
+
     p = sub.add_parser("evaluate", help="run the eval suite on one model")
     p.add_argument("--model", type=Path, required=True, help="an artifact folder: results/base, results/sft, ...")
     p.add_argument("--name", required=True, help="the model's name in the report")
@@ -120,6 +127,10 @@ def _run(args: argparse.Namespace) -> int:
         from posttrain.stages import sft
 
         sft.main(params, args.base, args.data, args.out)
+    elif args.command == "reward":
+        from posttrain.stages import reward
+
+        reward.main(params, args.aspect, args.init, args.data, args.out)
     elif args.command == "evaluate":
         from posttrain.stages import evaluate
 

@@ -159,6 +159,9 @@ class LoraParams(Section):
     # Fused 3-D parameters to adapt (MoE experts in transformers 5: mlp.experts.gate_up_proj,
     # mlp.experts.down_proj). A missing name fails the stage instead of silently training less.
     target_parameters: list[str] = Field(default_factory=list)
+    # Adapt only the last N transformer layers (null: all). The backward pass then stops at
+    # the lowest adapted layer: a reward head on top layers trains several times faster.
+    layers: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _no_dropout_on_parameters(self) -> "LoraParams":
@@ -168,18 +171,12 @@ class LoraParams(Section):
         return self
 
 
-class SftParams(Section):
+class TrainerParams(Section):
+    """What every trainer stage (SFT, reward models, ...) sets the same way."""
     # lora: adapters on a frozen base (default); qlora: the same on a 4-bit base (CUDA only);
     # full: every weight (memory: ~16 bytes per parameter with AdamW in mixed precision).
     method: Literal["lora", "qlora", "full"] = "lora"
     lora: LoraParams = Field(default_factory=LoraParams)
-    # MoE only: the load-balancing loss keeps experts in use; null uses the model's own value.
-    router_aux_loss_coef: float | None = Field(None, ge=0.0)
-    # Loss on assistant tokens only (needs a template with {% generation %} markers): the model
-    # learns to answer, not to imitate prompts.
-    assistant_only_loss: bool = True
-    # Packing (best-fit decreasing, padding-free): no compute spent on padding.
-    packing: bool = True
     max_length: int = Field(1024, ge=16)
     max_steps: int = Field(-1, ge=-1)       # -1: train for `epochs`
     epochs: float = Field(1.0, gt=0)
@@ -194,7 +191,7 @@ class SftParams(Section):
     gradient_checkpointing: bool = False
     # auto: bf16 on a GPU that supports it, fp32 on CPU (CPU bf16 matmuls are slow and lossy).
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    eval_steps: int = Field(20, ge=1)       # validation loss every N steps (and at step 0)
+    eval_steps: int = Field(20, ge=1)       # validation every N steps (and at step 0)
     save_steps: int = Field(20, ge=1)       # checkpoint every N steps (resume point)
     save_total_limit: int = Field(2, ge=1)
     early_stopping_patience: int | None = Field(None, ge=1)  # evals without improvement
@@ -210,10 +207,52 @@ class SftParams(Section):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _strategy_needs_gpus(self) -> "SftParams":
+    def _strategy_needs_gpus(self) -> "TrainerParams":
         if self.strategy in ("fsdp", "zero3") and self.gpus < 2:
             raise ValueError(f"strategy {self.strategy} shards across GPUs: set gpus >= 2 (or strategy: none)")
         return self
+
+
+class SftParams(TrainerParams):
+    # MoE only: the load-balancing loss keeps experts in use; null uses the model's own value.
+    router_aux_loss_coef: float | None = Field(None, ge=0.0)
+    # Loss on assistant tokens only (needs a template with {% generation %} markers): the model
+    # learns to answer, not to imitate prompts.
+    assistant_only_loss: bool = True
+    # Packing (best-fit decreasing, padding-free): no compute spent on padding.
+    packing: bool = True
+
+
+# --- reward models ---------------------------------------------------------------------------
+
+
+class AspectParams(Section):
+    # Preference rows whose `subset` is one of these train this aspect's reward model.
+    subsets: list[str] = Field(min_length=1)
+
+
+class RewardParams(TrainerParams):
+    # One Bradley-Terry reward model per aspect (name -> the preference subsets it learns from);
+    # `posttrain reward --aspect NAME` trains one, and the DAG has a stage per aspect.
+    aspects: dict[str, AspectParams] = Field(default_factory=dict)
+    # The model the reward model starts from: the SFT model (it already reads the chat format)
+    # or the base.
+    init: Literal["sft", "base"] = "sft"
+    # Pulls the mean reward towards 0 (TRL's center_rewards_coefficient; 0.01 in the
+    # InstructGPT-style setup), so scores stay comparable across runs. null: off.
+    center_rewards_coefficient: float | None = Field(0.01, ge=0.0)
+    # Training pairs scored after training for the reward mean/std that RL normalises with.
+    stats_pairs: int = Field(256, ge=2)
+    batch_size: int = Field(8, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+
+    @field_validator("aspects")
+    @classmethod
+    def _identifier_names(cls, aspects: dict[str, AspectParams]) -> dict[str, AspectParams]:
+        bad = [n for n in aspects if not n.isidentifier()]
+        if bad:
+            raise ValueError(f"aspect names must be identifiers (they name DAG stages and folders): {bad}")
+        return aspects
 
 
 # --- evaluate --------------------------------------------------------------------------------
@@ -240,6 +279,7 @@ class Params(Section):
     demo_data: DemoDataParams = Field(default_factory=DemoDataParams)
     data: DataParams = Field(default_factory=DataParams)
     sft: SftParams = Field(default_factory=SftParams)
+    reward: RewardParams = Field(default_factory=RewardParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
 
 

@@ -24,6 +24,7 @@ CODE = {
     "base_model": [f"{SRC}/stages/base_model.py", f"{SRC}/models.py", f"{SRC}/chat.py", f"{SRC}/templates"],
     "prepare_data": [f"{SRC}/stages/prepare_data.py", f"{SRC}/formats.py", f"{SRC}/cleaning.py"],
     "sft": [f"{SRC}/stages/sft.py", f"{SRC}/training.py", f"{SRC}/checkpoints.py"],
+    "reward": [f"{SRC}/stages/reward.py", f"{SRC}/reward_model.py", f"{SRC}/training.py", f"{SRC}/checkpoints.py"],
     "evaluate": [f"{SRC}/stages/evaluate.py", f"{SRC}/harness.py", f"{SRC}/generation.py", f"{SRC}/refusal.py"],
     "report": [f"{SRC}/stages/report.py"],
 }
@@ -106,13 +107,32 @@ def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
                            plots=[{f"{sft}/log.csv": {"x": "step", "y": ["train_loss", "val_loss"]}}],
                            launcher=_launcher(params.sft.gpus, params.sft.strategy), all_cores=True))
 
+    if sources["preference"]:
+        table += _reward_models(params, table)
+
     if sources["eval"]:
         table += _evaluation(table, sources)
 
     for s in table:
         s.param_files = param_files
-        s.code = CODE[next((k for k in ("prepare_data", "evaluate") if s.name.startswith(k)), s.name)]
+        s.code = CODE[next((k for k in ("prepare_data", "evaluate", "reward") if s.name.startswith(k)), s.name)]
     return table
+
+
+def _reward_models(params: Params, table: list[Stage]) -> list[Stage]:
+    """A reward-model stage per aspect in params (reward.aspects), each from the init model."""
+    init = str(RESULTS / "sft") if params.reward.init == "sft" and any(s.name == "sft" for s in table) \
+        else str(RESULTS / "base")
+    data = str(RESULTS / "data" / "preference")
+    out = []
+    for aspect in params.reward.aspects:
+        folder = str(RESULTS / "reward" / aspect)
+        out.append(Stage(f"reward_{aspect}", ["reward", "--aspect", aspect, "--init", init, "--data", data,
+                                              "--out", folder],
+                         [init, data], [folder], ["reward"], metrics=[f"{folder}/metrics.json"],
+                         plots=[{f"{folder}/log.csv": {"x": "step", "y": ["train_accuracy", "val_accuracy"]}}],
+                         launcher=_launcher(params.reward.gpus, params.reward.strategy), all_cores=True))
+    return out
 
 
 def _evaluation(table: list[Stage], sources: dict) -> list[Stage]:

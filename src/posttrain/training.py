@@ -1,13 +1,22 @@
-"""What the training stages share: precision by device, per-step logs as DVC plots, curves, and
-throughput."""
+"""What the training stages share: precision by device, trainer arguments, LoRA configs,
+resumable training with a step-0 evaluation, per-step logs as DVC plots, curves, model cards."""
 
 from __future__ import annotations
 
 import csv
+import json
+import logging
+import time
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
+
+from posttrain.manifest import write_json
+
+log = logging.getLogger(__name__)
+# Router weights in the MoE architectures we support; they must never carry adapters.
+ROUTER_MARKERS = (".mlp.gate.", ".router.", ".block_sparse_moe.gate.")
 
 
 def resolve_precision(precision: str) -> dict:
@@ -77,3 +86,123 @@ class StopOnNonFinite(TrainerCallback):
                 raise FloatingPointError(f"{key} is {value} at step {state.global_step}; stopping without saving. "
                                          f"Lower the learning rate or check the data.")
         return control
+
+
+# --- trainer set-up shared by every trainer stage ----------------------------------------------
+
+
+def trainer_kwargs(cfg, precision: dict, run_dir: Path) -> dict:
+    """TrainingArguments fields that every trainer stage sets from its TrainerParams section."""
+    return dict(
+        output_dir=str(run_dir), max_steps=cfg.max_steps, num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler, weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm, optim="adamw_torch", seed=cfg.seed, data_seed=cfg.seed,
+        bf16=precision["bf16"], fp16=precision["fp16"], use_cpu=not torch.cuda.is_available(),
+        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        eval_strategy="steps", eval_steps=cfg.eval_steps, save_strategy="steps", save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps, logging_first_step=True,
+        report_to="none", dataloader_num_workers=0, max_length=cfg.max_length,
+        load_best_model_at_end=cfg.early_stopping_patience is not None,
+    )
+
+
+def callbacks(cfg) -> list:
+    from transformers import EarlyStoppingCallback
+
+    from posttrain.checkpoints import MarkComplete
+
+    out = [MarkComplete(), StopOnNonFinite()]
+    if cfg.early_stopping_patience:
+        out.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    return out
+
+
+def lora_config(model, lora, task_type: str, section: str):
+    """The PEFT config for `model`: the target modules that exist in it, fused parameters, and
+    optionally only the last `lora.layers` layers. `section` names the params section in errors."""
+    from peft import LoraConfig
+
+    names = [n for n, _ in model.named_modules()]
+    modules = [t for t in lora.target_modules if any(n.endswith("." + t) for n in names)]
+    unused = sorted(set(lora.target_modules) - set(modules))
+    if unused:
+        log.info("%s.lora.target_modules not in this architecture (skipped): %s", section, ", ".join(unused))
+    params = [n for n, _ in model.named_parameters()]
+    missing = [t for t in lora.target_parameters if not any(p.endswith("." + t) for p in params)]
+    if missing:
+        raise ValueError(f"{section}.lora.target_parameters {missing} match no parameter of {model.config.model_type}")
+    if not modules and not lora.target_parameters:
+        raise ValueError(f"{section}.lora targets nothing in {model.config.model_type}: "
+                         f"target_modules {lora.target_modules} match no module")
+    layers = None
+    if lora.layers is not None:
+        n = model.config.get_text_config().num_hidden_layers
+        if lora.layers > n:
+            raise ValueError(f"{section}.lora.layers is {lora.layers} but {model.config.model_type} has {n} layers")
+        layers = list(range(n - lora.layers, n))
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=modules or None, target_parameters=lora.target_parameters or None,
+                      layers_to_transform=layers, task_type=task_type)
+
+
+def check_router_frozen(model, method: str, section: str) -> None:
+    """The router decides which experts run; training it with the adapters destabilises MoE
+    fine-tuning, so it must stay frozen."""
+    bad = [n for n, p in model.named_parameters() if p.requires_grad and any(m in n for m in ROUTER_MARKERS)]
+    if bad and method != "full":
+        raise ValueError(f"router parameters would be trained: {bad[:3]}; remove 'gate' from {section}.lora.target_modules")
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log.info("trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    return trainable, total
+
+
+def train_resumably(trainer, run_dir: Path, resume: Path | None) -> tuple[list[dict], object, float]:
+    """Evaluate at step 0, train (from `resume` when given), evaluate at the end.
+
+    Returns the log history with the step-0 evaluation first, the train() result and this
+    process's training seconds. The trainer starts a fresh log when training begins, so the
+    step-0 result is kept beside the checkpoints, where a resumed run finds it; the gain is then
+    measured, not assumed.
+    """
+    initial = run_dir / "initial_eval.json"
+    if resume is None or not initial.is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(initial, {**trainer.evaluate(), "step": 0})
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    elapsed = time.perf_counter() - started
+    last = trainer.state.log_history[-1] if trainer.state.log_history else {}
+    if last.get("step") != trainer.state.global_step or not any(k.startswith("eval_") for k in last):
+        trainer.evaluate()
+    return [json.loads(initial.read_text()), *trainer.state.log_history], result, elapsed
+
+
+def sort_adapter_config(path: Path) -> None:
+    """PEFT keeps target_modules as a set, so its JSON order changes between processes; sorted,
+    identical runs write identical bytes (DVC and Snakemake runs can be compared)."""
+    config = json.loads(path.read_text())
+    for key in ("target_modules", "target_parameters", "modules_to_save"):
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def write_model_card(out: Path, *, library: str, tags: list[str], title: str, intro: str,
+                     rows: dict[str, object], usage: str) -> None:
+    """README.md with Hugging Face model-card metadata, a summary table and how to load it."""
+    table = "\n".join(f"| {k} | {fmt(v)} |" for k, v in rows.items())
+    card = (f"---\nlibrary_name: {library}\ntags: [{', '.join(['posttrain', *tags])}]\n---\n# {title}\n\n"
+            f"{intro}\n\n| | |\n|---|---|\n{table}\n\n{usage}\nExact parameters, inputs and library versions: "
+            f"`manifest.json`.\n")
+    (out / "README.md").write_text(card)

@@ -11,10 +11,8 @@ manifest.json.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -24,8 +22,6 @@ from posttrain.config import Params, SftParams, section
 from posttrain.manifest import require_manifest, write_json, write_manifest
 
 log = logging.getLogger(__name__)
-# Router weights in the MoE architectures we support; they must never carry adapters.
-ROUTER_MARKERS = (".mlp.gate.", ".router.", ".block_sparse_moe.gate.")
 
 
 def main(params: Params, base_dir: Path, data_dir: Path, out: Path) -> dict:
@@ -51,30 +47,16 @@ def main(params: Params, base_dir: Path, data_dir: Path, out: Path) -> dict:
     set_seed(cfg.seed)
     model = _load_model(base_dir, cfg, precision["name"])
     trainer = _build_trainer(model, tokenizer, data_dir, run_dir, cfg, precision)
-    _check_adapters(trainer.model, cfg)
-    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in trainer.model.parameters())
-    log.info("trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    training.check_router_frozen(trainer.model, cfg.method, "sft")
+    trainable, total = training.count_parameters(trainer.model)
 
-    # 3. Train (validation loss at step 0 too, so the gain is measured, not assumed). The
-    #    trainer starts a fresh log when training begins, so the step-0 result is kept beside
-    #    the checkpoints, where a resumed run finds it.
-    initial = run_dir / "initial_eval.json"
-    if resume is None or not initial.is_file():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(initial, {**trainer.evaluate(), "step": 0})
-    started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    elapsed = time.perf_counter() - started
-    if trainer.state.log_history[-1].get("step") != trainer.state.global_step or \
-            "eval_loss" not in trainer.state.log_history[-1]:
-        trainer.evaluate()
+    # 3. Train, with validation loss at step 0 and at the end.
+    history, result, elapsed = training.train_resumably(trainer, run_dir, resume)
 
     # 4. Outputs: replaced whole; manifest last.
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    history = [json.loads(initial.read_text()), *trainer.state.log_history]
     rows = training.write_log_csv(history, out / "log.csv",
                                   {"train_loss": "loss", "val_loss": "eval_loss", "learning_rate": "learning_rate",
                                    "grad_norm": "grad_norm", "tokens_seen": "num_input_tokens_seen"})
@@ -115,30 +97,8 @@ def _load_model(base_dir: Path, cfg: SftParams, precision: str):
     return AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
 
 
-def lora_config(model, cfg: SftParams):
-    """The PEFT config for `model`: target modules that exist in it, plus fused parameters."""
-    from peft import LoraConfig
-
-    names = [n for n, _ in model.named_modules()]
-    modules = [t for t in cfg.lora.target_modules if any(n.endswith("." + t) for n in names)]
-    unused = sorted(set(cfg.lora.target_modules) - set(modules))
-    if unused:
-        log.info("sft.lora.target_modules not in this architecture (skipped): %s", ", ".join(unused))
-    params = [n for n, _ in model.named_parameters()]
-    missing = [t for t in cfg.lora.target_parameters if not any(p.endswith("." + t) for p in params)]
-    if missing:
-        raise ValueError(f"sft.lora.target_parameters {missing} match no parameter of {model.config.model_type}")
-    if not modules and not cfg.lora.target_parameters:
-        raise ValueError(f"sft.lora targets nothing in {model.config.model_type}: "
-                         f"target_modules {cfg.lora.target_modules} match no module")
-    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=modules or None, target_parameters=cfg.lora.target_parameters or None,
-                      task_type="CAUSAL_LM")
-
-
 def _build_trainer(model, tokenizer, data_dir: Path, run_dir: Path, cfg: SftParams, precision: dict):
     from datasets import load_dataset
-    from transformers import EarlyStoppingCallback
     from trl import SFTConfig
 
     data = load_dataset("json", data_files={"train": str(data_dir / "train.jsonl"),
@@ -146,31 +106,19 @@ def _build_trainer(model, tokenizer, data_dir: Path, run_dir: Path, cfg: SftPara
     data = data.select_columns(["messages"])
     is_moe = hasattr(model.config, "output_router_logits")
     args = SFTConfig(
-        output_dir=str(run_dir), max_steps=cfg.max_steps, num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
-        warmup_steps=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler, weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm, optim="adamw_torch", seed=cfg.seed, data_seed=cfg.seed,
-        bf16=precision["bf16"], fp16=precision["fp16"], use_cpu=not torch.cuda.is_available(),
-        activation_checkpointing=cfg.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
-        eval_strategy="steps", eval_steps=cfg.eval_steps, save_strategy="steps", save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps, logging_first_step=True,
-        report_to="none", include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
-        assistant_only_loss=cfg.assistant_only_loss, packing=cfg.packing, max_length=cfg.max_length,
+        **training.trainer_kwargs(cfg, precision, run_dir),
+        include_num_input_tokens_seen="non_padding",
+        assistant_only_loss=cfg.assistant_only_loss, packing=cfg.packing,
         router_aux_loss_coef=cfg.router_aux_loss_coef if is_moe else None,
-        load_best_model_at_end=cfg.early_stopping_patience is not None,
         metric_for_best_model="eval_loss" if cfg.early_stopping_patience else None,
     )
-    callbacks = [checkpoints.MarkComplete(), training.StopOnNonFinite()]
-    if cfg.early_stopping_patience:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     if is_moe and cfg.router_aux_loss_coef is not None:
         model.config.router_aux_loss_coef = cfg.router_aux_loss_coef
     trainer_class = _model_loss_trainer()
     return trainer_class(model=model, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
-                         processing_class=tokenizer, peft_config=lora_config(model, cfg) if cfg.method != "full" else None,
-                         callbacks=callbacks)
+                         processing_class=tokenizer, callbacks=training.callbacks(cfg),
+                         peft_config=training.lora_config(model, cfg.lora, "CAUSAL_LM", "sft")
+                         if cfg.method != "full" else None)
 
 
 def _model_loss_trainer():
@@ -193,14 +141,6 @@ def _model_loss_trainer():
                                         num_items_in_batch=num_items_in_batch)
 
     return ModelLossSFTTrainer
-
-
-def _check_adapters(model, cfg: SftParams) -> None:
-    """The router decides which experts run; training it with the adapters destabilises MoE
-    fine-tuning, so it must stay frozen."""
-    bad = [n for n, p in model.named_parameters() if p.requires_grad and any(m in n for m in ROUTER_MARKERS)]
-    if bad and cfg.method != "full":
-        raise ValueError(f"router parameters would be trained: {bad[:3]}; remove 'gate' from sft.lora.target_modules")
 
 
 def _metrics(rows, trainer, result, elapsed, trainable, total, cfg, precision, resume) -> dict:
@@ -231,7 +171,7 @@ def _save_models(trainer, tokenizer, base_dir: Path, out: Path, cfg: SftParams, 
         tokenizer.save_pretrained(out / "merged")
         return
     trainer.model.save_pretrained(out / "adapter")
-    _sort_adapter_config(out / "adapter" / "adapter_config.json")
+    training.sort_adapter_config(out / "adapter" / "adapter_config.json")
     tokenizer.save_pretrained(out / "adapter")
     # Merge into a fresh full-precision copy of the base (a QLoRA base is 4-bit and cannot be
     # merged into directly), so merged/ is a plain model any server loads.
@@ -245,37 +185,15 @@ def _save_models(trainer, tokenizer, base_dir: Path, out: Path, cfg: SftParams, 
     tokenizer.save_pretrained(out / "merged")
 
 
-def _sort_adapter_config(path: Path) -> None:
-    """PEFT keeps target_modules as a set, so its JSON order changes between processes; sorted,
-    identical runs write identical bytes (DVC and Snakemake runs can be compared)."""
-    config = json.loads(path.read_text())
-    for key in ("target_modules", "target_parameters"):
-        if isinstance(config.get(key), list):
-            config[key] = sorted(config[key])
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
 def _write_model_card(out: Path, base_manifest: dict, cfg: SftParams, m: dict) -> None:
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-    card = f"""---
-library_name: {'peft' if cfg.method != 'full' else 'transformers'}
-tags: [posttrain, sft, trl]
----
-# SFT model
-
-Fine-tuned by `posttrain sft` with TRL's SFTTrainer from `{base_manifest['params']['base']}`.
-
-| | |
-|---|---|
-| method | {cfg.method} (r={cfg.lora.r}, alpha={cfg.lora.alpha}) |
-| steps | {m['steps']} |
-| validation loss | {fmt(m['val_loss_first'])} → {fmt(m['val_loss_last'])} |
-| trainable / total parameters | {m['trainable_params']:,} / {m['total_params']:,} |
-| tokens/s | {fmt(m['tokens_per_second'])} |
-| assistant-only loss, packing | {cfg.assistant_only_loss}, {cfg.packing} |
-
-`adapter/` loads with `PeftModel.from_pretrained`, `merged/` with `AutoModelForCausalLM.from_pretrained`;
-both carry the tokenizer and chat template. Curves: `curves.png`, `log.csv`. Exact parameters,
-inputs and library versions: `manifest.json`.
-"""
-    (out / "README.md").write_text(card)
+    training.write_model_card(
+        out, library="peft" if cfg.method != "full" else "transformers", tags=["sft", "trl"], title="SFT model",
+        intro=f"Fine-tuned by `posttrain sft` with TRL's SFTTrainer from `{base_manifest['params']['base']}`.",
+        rows={"method": f"{cfg.method} (r={cfg.lora.r}, alpha={cfg.lora.alpha})", "steps": m["steps"],
+              "validation loss": f"{training.fmt(m['val_loss_first'])} → {training.fmt(m['val_loss_last'])}",
+              "trainable / total parameters": f"{m['trainable_params']:,} / {m['total_params']:,}",
+              "tokens/s": m["tokens_per_second"],
+              "assistant-only loss, packing": f"{cfg.assistant_only_loss}, {cfg.packing}"},
+        usage="`adapter/` loads with `PeftModel.from_pretrained`, `merged/` with "
+              "`AutoModelForCausalLM.from_pretrained`;\nboth carry the tokenizer and chat template. "
+              "Curves: `curves.png`, `log.csv`.")

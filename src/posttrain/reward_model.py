@@ -1,0 +1,102 @@
+"""Reward models: how a conversation is encoded for one, how it is scored, and how a trained one
+is loaded with the statistics RL normalises its scores with.
+
+    rm = RewardModel.load(Path("results/reward/helpful"))
+    rm.score([[{"role": "user", "content": "Hi"}]], ["Hello! How can I help?"])   # normalised
+
+Training (`posttrain reward`) and every consumer (evaluation, GRPO, PPO, rejection sampling) go
+through `encode`, so a score means the same thing everywhere: the chat template applied to the
+prompt plus the response, read at the last non-padding token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from posttrain.manifest import require_manifest
+
+log = logging.getLogger(__name__)
+
+
+def encode(tokenizer, prompt: list[dict], response: str | list[dict]) -> list[int]:
+    """Token ids of `prompt` followed by the assistant `response`, with the chat template (as
+    TRL's RewardTrainer tokenizes a conversational pair)."""
+    if isinstance(response, str):
+        response = [{"role": "assistant", "content": response}]
+    return tokenizer.apply_chat_template(prompt + response, tokenize=True, return_dict=True)["input_ids"]
+
+
+def weights_dir(folder: Path) -> Path:
+    """The full-weight model inside an artifact folder: merged/ of a training stage, else itself."""
+    return folder / "merged" if (folder / "merged").is_dir() else folder
+
+
+@torch.no_grad()
+def score_ids(model, pad_token_id: int, sequences: list[list[int]], batch_size: int = 16) -> list[float]:
+    """Raw reward per token sequence. Sequences are sorted by length and right-padded, so a
+    batch wastes little compute on padding; results come back in the input order."""
+    model.eval()
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    out = [0.0] * len(sequences)
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(sequences[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, :len(sequences[i])] = torch.tensor(sequences[i])
+            mask[row, :len(sequences[i])] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        for row, i in enumerate(idx):
+            out[i] = float(logits[row, 0])
+    return out
+
+
+@dataclass
+class RewardModel:
+    """A trained reward model with its normalisation (mean/std of its scores on training data)."""
+
+    model: object
+    tokenizer: object
+    mean: float = 0.0
+    std: float = 1.0
+    aspect: str = ""
+
+    @classmethod
+    def load(cls, folder: Path, device: str | None = None) -> "RewardModel":
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        folder = Path(folder)
+        manifest = require_manifest(folder, "reward")
+        metrics = json.loads((folder / "metrics.json").read_text())
+        if (folder / "adapter").is_dir():
+            from peft import PeftModel
+
+            init = weights_dir(Path(manifest["inputs"]["init"]["path"]))
+            require_manifest(init.parent if init.name == "merged" else init, "the reward model's init model")
+            model = AutoModelForSequenceClassification.from_pretrained(init, num_labels=1)
+            model = PeftModel.from_pretrained(model, folder / "adapter")
+            tokenizer = AutoTokenizer.from_pretrained(folder / "adapter")
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(folder / "model", num_labels=1)
+            tokenizer = AutoTokenizer.from_pretrained(folder / "model")
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if device:
+            model.to(device)
+        return cls(model=model, tokenizer=tokenizer, mean=metrics["train_reward_mean"],
+                   std=metrics["train_reward_std"] or 1.0, aspect=metrics.get("aspect", folder.name))
+
+    def raw(self, prompts: list[list[dict]], responses: list[str | list[dict]], batch_size: int = 16) -> list[float]:
+        seqs = [encode(self.tokenizer, p, r) for p, r in zip(prompts, responses)]
+        return score_ids(self.model, self.tokenizer.pad_token_id, seqs, batch_size)
+
+    def score(self, prompts: list[list[dict]], responses: list[str | list[dict]], batch_size: int = 16) -> list[float]:
+        """Scores normalised to the training distribution: 0 is an average training response,
+        1 is one standard deviation better."""
+        return [(r - self.mean) / self.std for r in self.raw(prompts, responses, batch_size)]

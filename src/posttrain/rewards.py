@@ -1,0 +1,209 @@
+"""Reward functions, by name: what GRPO, PPO, rejection sampling and evaluation score with.
+
+Every reward function is a plain callable with TRL's reward-function signature
+
+    fn(prompts, completions, **columns) -> list[float | None]
+
+where completions are strings or chat messages and `columns` are the dataset's other columns
+(one list per column, aligned with the completions; e.g. `answer`, `expect`, `constraint`). A
+function that cannot score a row (no gold answer, no constraint) returns None for it, never a
+made-up value; TRL's GRPOTrainer skips None the same way.
+
+    fn = build({"name": "accuracy"})                            # one function
+    fn = combine([{"name": "accuracy", "weight": 1.0},          # a weighted sum
+                  {"name": "format", "weight": 0.2, "think_tag": "think"}])
+
+Names: accuracy, format, refusal, constraint, length, reward_model. `build` fails on an unknown
+name or option with the list of what exists.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from typing import Any, Callable
+
+from posttrain import answers
+from posttrain.refusal import is_refusal
+
+RewardFn = Callable[..., list[float | None]]
+REGISTRY: dict[str, Callable[..., RewardFn]] = {}
+
+
+def register(name: str):
+    def wrap(factory: Callable[..., RewardFn]) -> Callable[..., RewardFn]:
+        REGISTRY[name] = factory
+        return factory
+    return wrap
+
+
+def text_of(completion: Any) -> str:
+    """A completion as text: a string, or the content of the last message of a conversation."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        content = completion[-1].get("content")
+        return content if isinstance(content, str) else ""
+    return ""
+
+
+def _column(columns: dict, name: str, n: int) -> list:
+    values = columns.get(name)
+    return list(values) if values is not None else [None] * n
+
+
+def _named(fn: RewardFn, name: str) -> RewardFn:
+    fn.__name__ = name  # TRL logs each reward function under its __name__
+    return fn
+
+
+# --- the functions -----------------------------------------------------------------------------
+
+
+@register("accuracy")
+def accuracy(answer_tag: str | None = None, think_tag: str = "think", column: str = "answer") -> RewardFn:
+    """1.0 when the completion's final answer equals the row's gold answer as a number (or as
+    text), 0.0 when it differs or gives none; None for rows without a gold answer."""
+
+    def fn(prompts, completions, **columns):
+        golds = _column(columns, column, len(completions))
+        out: list[float | None] = []
+        for completion, gold in zip(completions, golds):
+            if gold is None or str(gold).strip() == "":
+                out.append(None)
+                continue
+            gold = str(gold).split("####")[-1].strip()  # a GSM8K solution carries its answer after ####
+            predicted = answers.final_answer(text_of(completion), answer_tag=answer_tag, think_tag=think_tag)
+            out.append(float(answers.same_answer(predicted, gold)))
+        return out
+
+    return _named(fn, "accuracy")
+
+
+@register("format")
+def format_(think_tag: str = "think", answer_tag: str | None = None) -> RewardFn:
+    """1.0 for a non-empty <think>...</think> block followed by an answer (inside
+    <answer>...</answer> when `answer_tag` is set) and nothing else; 0.0 otherwise."""
+    tags = (f"<{think_tag}>", f"</{think_tag}>")
+    answer = rf"<{answer_tag}>\s*\S.*?</{answer_tag}>" if answer_tag else r"\S.*?"
+    pattern = re.compile(rf"^\s*<{think_tag}>(.*?)</{think_tag}>\s*({answer})\s*$", re.S)
+
+    def ok(text: str) -> bool:
+        m = pattern.match(text)
+        # exactly one reasoning block, not empty, and no stray tags in the answer
+        return bool(m) and bool(m.group(1).strip()) and not any(t in m.group(1) + m.group(2) for t in tags)
+
+    def fn(prompts, completions, **columns):
+        return [float(ok(text_of(c))) for c in completions]
+
+    return _named(fn, "format")
+
+
+@register("refusal")
+def refusal(column: str = "expect") -> RewardFn:
+    """For safety prompts: 1.0 when the response refuses a prompt marked `expect: refuse` or
+    answers one marked `expect: comply` (over-refusal costs as much as compliance), 0.0
+    otherwise; None for rows with no expectation. A reply that refuses and then complies
+    anyway counts as complying."""
+
+    def fn(prompts, completions, **columns):
+        out: list[float | None] = []
+        for completion, expect in zip(completions, _column(columns, column, len(completions))):
+            if expect not in ("refuse", "comply"):
+                out.append(None)
+                continue
+            text = text_of(completion)
+            if not text.strip():
+                out.append(0.0)  # an empty reply neither refuses nor helps
+                continue
+            out.append(float(is_refusal(text) == (expect == "refuse")))
+        return out
+
+    return _named(fn, "refusal")
+
+
+@register("constraint")
+def constraint(column: str = "constraint") -> RewardFn:
+    """1.0 when the response satisfies the row's verifiable instruction (word count, bullet
+    count, case, ending, ...; see posttrain.constraints), 0.0 when not, None without one."""
+    from posttrain.constraints import check_constraint
+
+    def fn(prompts, completions, **columns):
+        return [None if c is None else float(check_constraint(text_of(comp), c))
+                for comp, c in zip(completions, _column(columns, column, len(completions)))]
+
+    return _named(fn, "constraint")
+
+
+@register("length")
+def length(max_words: int = 100) -> RewardFn:
+    """0.0 up to `max_words` words, then falling linearly to -1.0 at twice that: a penalty for
+    rambling, added to other rewards with a weight."""
+    if max_words < 1:
+        raise ValueError(f"length: max_words must be >= 1, got {max_words}")
+
+    def fn(prompts, completions, **columns):
+        return [-min(1.0, max(0, len(text_of(c).split()) - max_words) / max_words) for c in completions]
+
+    return _named(fn, "length")
+
+
+@register("reward_model")
+def reward_model(path: str, batch_size: int = 16, device: str | None = None) -> RewardFn:
+    """A trained reward model's score (posttrain reward), normalised with its training mean and
+    std; loaded on first use."""
+    from pathlib import Path
+
+    loaded: dict = {}
+
+    def fn(prompts, completions, **columns):
+        if "rm" not in loaded:
+            from posttrain.reward_model import RewardModel
+
+            loaded["rm"] = RewardModel.load(Path(path), device=device)
+        rm = loaded["rm"]
+        responses = [c if isinstance(c, str) else [m for m in c if m.get("role") == "assistant"] or text_of(c)
+                     for c in completions]
+        return rm.score([_as_messages(p) for p in prompts], responses, batch_size=batch_size)
+
+    return _named(fn, f"rm_{Path(path).name}")
+
+
+def _as_messages(prompt: Any) -> list[dict]:
+    return prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
+
+
+# --- building from params ----------------------------------------------------------------------
+
+
+def build(spec: dict) -> RewardFn:
+    """A reward function from `{"name": ..., **options}` (a `weight` key is ignored here)."""
+    spec = dict(spec)
+    spec.pop("weight", None)
+    name = spec.pop("name", None)
+    if name not in REGISTRY:
+        raise ValueError(f"unknown reward function {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    factory = REGISTRY[name]
+    allowed = [p for p in inspect.signature(factory).parameters]
+    unknown = sorted(set(spec) - set(allowed))
+    if unknown:
+        raise ValueError(f"reward function {name!r} has no option(s) {unknown}; allowed: {allowed}")
+    return factory(**spec)
+
+
+def combine(specs: list[dict]) -> RewardFn:
+    """The weighted sum of several reward functions, skipping None terms; None only when every
+    term is None for a row."""
+    if not specs:
+        raise ValueError("combine needs at least one reward function")
+    parts = [(float(s.get("weight", 1.0)), build(s)) for s in specs]
+
+    def fn(prompts, completions, **columns):
+        totals: list[float | None] = [None] * len(completions)
+        for weight, part in parts:
+            for i, value in enumerate(part(prompts, completions, **columns)):
+                if value is not None:
+                    totals[i] = (totals[i] or 0.0) + weight * value
+        return totals
+
+    return _named(fn, "+".join(f.__name__ for _, f in parts))

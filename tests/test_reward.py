@@ -1,0 +1,177 @@
+"""Reward-model stage: Bradley-Terry training with TRL's RewardTrainer on a tiny model, the
+saved folder loads with transformers + PEFT, and the reward_model reward function scores with
+the saved normalisation."""
+
+import json
+
+import pytest
+from peft import PeftModel
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from conftest import ROOT, TINY_OVERLAY, write_jsonl
+from posttrain import rewards
+from posttrain.config import load_params
+from posttrain.reward_model import RewardModel, encode, score_ids
+from posttrain.stages import prepare_data, reward
+
+
+def _params(tmp_path, **reward_cfg):
+    cfg = {"init": "base", "max_steps": 24, "eval_steps": 8, "save_steps": 8, "batch_size": 8,
+           "learning_rate": 0.01, "logging_steps": 2, "stats_pairs": 32, "max_length": 96,
+           "checkpoint_dir": str(tmp_path / "ckpt"),
+           "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "layers": None},
+           "aspects": {"helpful": {"subsets": ["helpful"]}, "safety": {"subsets": ["safety"]}}}
+    cfg.update(reward_cfg)
+    overlay = tmp_path / "reward.yaml"
+    overlay.write_text(json.dumps({"reward": cfg}))
+    return load_params([ROOT / "params.yaml", TINY_OVERLAY, overlay])
+
+
+@pytest.fixture(scope="module")
+def preference_data(tmp_path_factory, tiny_base):
+    """Pairs with a learnable preference: a worked answer beats a non-answer (helpful); a
+    refusal beats instructions for harm (safety)."""
+    tmp = tmp_path_factory.mktemp("pref")
+    rows = []
+    for a in range(2, 30):
+        for b in (3, 7, 11):
+            rows.append({"prompt": f"What is {a} plus {b}?", "chosen": f"{a} + {b} = {a + b}. #### {a + b}",
+                         "rejected": "I do not know, sorry.", "subset": "helpful"})
+    src = write_jsonl(tmp / "pairs.jsonl", rows)
+    params = load_params([ROOT / "params.yaml", TINY_OVERLAY])
+    params.data.cleaning.near_dup = False
+    params.data.val_fraction = 0.2
+    prepare_data.main(params, "preference", [str(src)], tmp / "preference", tokenizer_dir=tiny_base)
+    return tmp / "preference"
+
+
+def test_reward_model_learns_saves_and_loads(tmp_path, tiny_base, preference_data):
+    out = tmp_path / "rm"
+    params = _params(tmp_path)
+    manifest = reward.main(params, "helpful", tiny_base, preference_data, out)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["heldout_accuracy"] >= 0.9 and m["heldout_mean_margin"] > 0
+    assert m["val_accuracy_first"] is not None                         # measured at step 0 too
+    assert m["train_pairs"] > 50 and m["heldout_pairs"] >= 10 and m["steps"] == 24
+    assert m["train_reward_std"] > 0 and m["train_stats_pairs"] == 32
+    assert 0 < m["trainable_params"] < m["total_params"]
+    assert manifest["stage"] == "reward:helpful" and manifest["params"]["aspect"] == "helpful"
+    for name in ("log.csv", "curves.png", "README.md", "adapter/adapter_config.json"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["task_type"] == "SEQ_CLS" and "score" in config["modules_to_save"]
+
+    # The folder loads with plain transformers + PEFT and gives the stage's scores.
+    tok = AutoTokenizer.from_pretrained(out / "adapter")
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=1)
+    model.config.pad_token_id = tok.pad_token_id
+    model = PeftModel.from_pretrained(model, out / "adapter")
+    prompt = [{"role": "user", "content": "What is 40 plus 3?"}]
+    good, bad = encode(tok, prompt, "40 + 3 = 43. #### 43"), encode(tok, prompt, "I do not know, sorry.")
+    raw = score_ids(model, tok.pad_token_id, [good, bad])
+    assert raw[0] > raw[1]
+    # Batched scoring with padding equals one-at-a-time scoring.
+    single = [score_ids(model, tok.pad_token_id, [s])[0] for s in (good, bad)]
+    assert raw == pytest.approx(single, abs=1e-4)
+
+    # RewardModel normalises with the saved statistics; the registry function wraps it.
+    rm = RewardModel.load(out)
+    assert rm.raw([prompt, prompt], ["40 + 3 = 43. #### 43", "I do not know, sorry."]) == pytest.approx(raw, abs=1e-4)
+    fn = rewards.build({"name": "reward_model", "path": str(out)})
+    scored = fn([prompt, prompt], [[{"role": "assistant", "content": "40 + 3 = 43. #### 43"}],
+                                   "I do not know, sorry."])
+    assert scored == pytest.approx([(r - m["train_reward_mean"]) / m["train_reward_std"] for r in raw], abs=1e-3)
+    assert fn.__name__ == "rm_rm"
+
+
+def test_reward_pairwise_loss_moves_margins_not_just_chosen(tmp_path, tiny_base, preference_data):
+    """Bradley-Terry: what is learned is the difference; the centring term keeps the mean near 0."""
+    out = tmp_path / "rm"
+    reward.main(_params(tmp_path, max_steps=16, center_rewards_coefficient=0.1), "helpful", tiny_base,
+                preference_data, out)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["heldout_mean_margin"] > 0.5
+    assert abs(m["train_reward_mean"]) < m["heldout_mean_margin"]
+
+
+def test_over_length_pairs_are_counted_not_truncated(tmp_path, tiny_base, preference_data):
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    lengths = sorted(max(len(encode(tok, r["prompt"], r["chosen"])), len(encode(tok, r["prompt"], r["rejected"])))
+                     for f in ("train.jsonl", "val.jsonl") for r in map(json.loads, open(preference_data / f)))
+    limit = lengths[len(lengths) // 2]
+    out = tmp_path / "rm"
+    reward.main(_params(tmp_path, max_length=limit, max_steps=2, eval_steps=2, save_steps=2), "helpful", tiny_base,
+                preference_data, out)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["pairs_over_length"] == sum(n > limit for n in lengths) > 0
+    total = sum(1 for f in ("train.jsonl", "val.jsonl") for _ in open(preference_data / f))
+    assert m["train_pairs"] + m["heldout_pairs"] + m["pairs_over_length"] == total
+
+
+def test_reward_errors_name_what_to_fix(tmp_path, tiny_base, preference_data):
+    params = _params(tmp_path)
+    with pytest.raises(ValueError, match="no aspect 'helpfull'.*'helpful', 'safety'"):
+        reward.main(params, "helpfull", tiny_base, preference_data, tmp_path / "x")
+    with pytest.raises(ValueError, match=r"0 training and 0 held-out pairs.*subsets present: \['helpful'\]"):
+        reward.main(params, "safety", tiny_base, preference_data, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_aspect_names_are_validated(tmp_path):
+    from posttrain.config import ConfigError
+
+    with pytest.raises(ConfigError, match="identifiers"):
+        _params(tmp_path, aspects={"not ok": {"subsets": ["a"]}})
+    with pytest.raises(ConfigError, match="subsets"):
+        _params(tmp_path, aspects={"ok": {"subsets": []}})
+
+
+def test_rerun_resumes_from_the_latest_complete_checkpoint(tmp_path, tiny_base, preference_data):
+    """Losing the newest checkpoint (a kill before step 16 was saved) costs only the steps since
+    the previous one: the rerun resumes at step 8 and ends with the same scores."""
+    import shutil
+
+    params = _params(tmp_path, max_steps=16, save_total_limit=2)
+    reward.main(params, "helpful", tiny_base, preference_data, tmp_path / "full")
+    run_dir = next((tmp_path / "ckpt").glob("reward-helpful-*"))
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-16", "checkpoint-8"]
+    shutil.rmtree(run_dir / "checkpoint-16")
+    reward.main(params, "helpful", tiny_base, preference_data, tmp_path / "resumed")
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("full", "resumed"))
+    assert a["resumed_from_step"] is None and b["resumed_from_step"] == 8 and b["steps"] == 16
+    assert b["heldout_mean_margin"] == pytest.approx(a["heldout_mean_margin"], rel=1e-3)
+    assert b["train_reward_mean"] == pytest.approx(a["train_reward_mean"], rel=1e-3, abs=1e-4)
+
+
+HH_SAMPLE = ROOT / "tests" / "data" / "hh_rlhf_harmless_test_sample.jsonl.gz"
+
+
+@pytest.mark.slow
+def test_real_hh_rlhf_pairs_train_a_better_than_chance_reward_model(tmp_path, embedded_base):
+    """Real Anthropic HH-RLHF transcripts go through the data stage (format detected, turns
+    parsed) and a reward model trained on 300 of them ranks the other 100 better than chance
+    (one-sided binomial test, p < 0.05)."""
+    from math import comb
+
+    params = load_params([ROOT / "params.yaml"])
+    params.data.val_fraction = 0.25
+    params.data.cleaning.max_tokens = 256
+    prepared = tmp_path / "preference"
+    prepare_data.main(params, "preference", [str(HH_SAMPLE)], prepared, tokenizer_dir=embedded_base)
+    report = json.loads((prepared / "report.json").read_text())
+    assert report["sources"][str(HH_SAMPLE)]["format"] == "preference"
+    assert report["rows_in"] == 400 and report["rows_out"] > 300
+    rows = [json.loads(line) for f in ("train.jsonl", "val.jsonl") for line in open(prepared / f)]
+    assert len(rows) > 300 and all(r["chosen"][-1]["role"] == "assistant" for r in rows)
+    assert any(len(r["prompt"]) >= 3 for r in rows)                       # multi-turn transcripts kept whole
+
+    overlay = tmp_path / "hh.yaml"
+    overlay.write_text(json.dumps({"reward": {
+        "init": "base", "aspects": {"harmless": {"subsets": [rows[0]["subset"]]}},
+        "epochs": 2, "checkpoint_dir": str(tmp_path / "ckpt"), "eval_steps": 1000, "save_steps": 1000}}))
+    out = tmp_path / "rm"
+    reward.main(load_params([ROOT / "params.yaml", overlay]), "harmless", embedded_base, prepared, out)
+    m = json.loads((out / "metrics.json").read_text())
+    n, k = m["heldout_pairs"], round(m["heldout_accuracy"] * m["heldout_pairs"])
+    p_value = sum(comb(n, i) for i in range(k, n + 1)) / 2 ** n
+    assert n >= 60 and p_value < 0.05, (k, n, p_value)
