@@ -78,16 +78,24 @@ def _fake_eval(folder: Path, model: str, metrics: dict, partial=False):
 def test_report_table_charts_and_partial_flag(tmp_path):
     base = _fake_eval(tmp_path / "eval" / "base", "base", {"arithmetic_accuracy": 0.1, "perplexity": 9.0})
     sft = _fake_eval(tmp_path / "eval" / "sft", "sft", {"arithmetic_accuracy": 0.4, "perplexity": 3.0}, partial=True)
+    rm = tmp_path / "reward" / "helpful"
+    rm.mkdir(parents=True)
+    from posttrain.manifest import write_json, write_manifest
+
+    write_json(rm / "metrics.json", {"aspect": "helpful", "heldout_accuracy": 0.93, "heldout_mean_margin": 2.5,
+                                     "heldout_pairs": 30, "train_pairs": 268})
+    write_manifest(rm, stage="reward:helpful", params={}, seed=0)
     out = tmp_path / "report"
-    table = report.main([base, sft], [], out)
+    table = report.main([base, sft], [rm], out)
     assert table == {"base": {"arithmetic_accuracy": 0.1, "perplexity": 9.0},
                      "sft": {"arithmetic_accuracy": 0.4, "perplexity": 3.0}}
     assert json.loads((out / "metrics.json").read_text()) == table
     assert sorted(p.name for p in (out / "plots").iterdir()) == ["arithmetic_accuracy.png", "perplexity.png"]
     md = (out / "report.md").read_text()
     assert "| sft (partial) | 0.400 | 3.000 |" in md and "Partial evaluation" in md
+    assert "## Reward models" in md and "| helpful | 0.930 | 2.500 | 30 | 268 |" in md
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 and 'id="metrics"' in page
+    assert page.count("data:image/png;base64,") == 2 and 'id="metrics"' in page and 'id="reward-models"' in page
 
 
 def test_report_html_renders_in_headless_chromium(tmp_path):
@@ -112,3 +120,51 @@ def test_report_html_renders_in_headless_chromium(tmp_path):
     colours = img.getcolors(maxcolors=1 << 20) or []
     # the bar colour of the charts is on the page: the images decoded and rendered
     assert any(rgb == (0x4C, 0x72, 0xB0) and n > 500 for n, rgb in colours)
+
+
+@pytest.fixture(scope="module")
+def reward_models(tmp_path_factory, tiny_base):
+    """Two tiny reward models (helpful, safety), trained for a few steps by the real stage."""
+    from posttrain.stages import reward
+
+    tmp = tmp_path_factory.mktemp("rms")
+    rows = [{"prompt": f"Question {i}?", "chosen": f"A careful answer number {i}.", "rejected": "No.",
+             "subset": "helpful" if i % 2 else "safety"} for i in range(60)]
+    src = write_jsonl(tmp / "pairs.jsonl", rows)
+    params = load_params([ROOT / "params.yaml", TINY_OVERLAY])
+    params.data.cleaning.near_dup = False
+    params.data.val_fraction = 0.2
+    prepare_data.main(params, "preference", [str(src)], tmp / "pref", tokenizer_dir=tiny_base)
+    overlay = tmp / "rm.yaml"
+    overlay.write_text(json.dumps({"reward": {"init": "base", "checkpoint_dir": str(tmp / "ckpt")}}))
+    params = load_params([ROOT / "params.yaml", TINY_OVERLAY, overlay])
+    return {a: (reward.main(params, a, tiny_base, tmp / "pref", tmp / a), tmp / a)[1] for a in ("helpful", "safety")}
+
+
+def test_evaluate_scores_responses_with_reward_models_and_a_reference(tmp_path, tiny_base, eval_dir, reward_models):
+    ref = evaluate.main(_params(tmp_path), tiny_base, "sft", eval_dir, None, tmp_path / "sft",
+                        reward_dirs=reward_models)["metrics"]
+    assert ref["win_rate_vs_reference"] == 0.5                  # the reference ties with itself
+    samples = [json.loads(l) for l in (tmp_path / "sft" / "samples.jsonl").read_text().splitlines()]
+    by_task = {}
+    for s in samples:
+        by_task.setdefault(s["task"], []).append(set(s.get("rm_scores", {})))
+    assert all(k == {"helpful"} for k in by_task["posttrain_format"])
+    assert all(k == {"safety"} for k in by_task["harmful"])
+    assert all(k == {"helpful", "safety"} for k in by_task["benign"])
+    assert all(k == set() for k in by_task["posttrain_arithmetic"])
+    helpful = [s["rm_scores"]["helpful"] for s in samples if "helpful" in s.get("rm_scores", {})]
+    assert ref["helpful_rm_score"] == pytest.approx(sum(helpful) / len(helpful), abs=1e-5)
+
+    # Another model (here: the same weights answering with fewer tokens) against the reference.
+    other = evaluate.main(_params(tmp_path, max_new_tokens=3, safety_max_new_tokens=3), tiny_base, "short",
+                          eval_dir, None, tmp_path / "short", reward_dirs=reward_models,
+                          reference=tmp_path / "sft")["metrics"]
+    mine = {(s["task"], s["id"]): s for s in map(json.loads, open(tmp_path / "short" / "samples.jsonl"))}
+    theirs = {(s["task"], s["id"]): s for s in samples}
+    wins = [1.0 if a > b else 0.5 if a == b else 0.0
+            for k, s in mine.items() if "helpful" in s.get("rm_scores", {})
+            for a, b in [(s["rm_scores"]["helpful"], theirs[k]["rm_scores"]["helpful"])]]
+    assert other["win_rate_vs_reference"] == pytest.approx(sum(wins) / len(wins))
+    manifest = json.loads((tmp_path / "short" / "manifest.json").read_text())
+    assert {"reward:helpful", "reward:safety", "reference"} <= set(manifest["inputs"])

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="the model's name in the report")
     p.add_argument("--eval-data", type=Path, required=True, help="prepared eval data (results/data/eval)")
     p.add_argument("--heldout", type=Path, help="prepared SFT data whose val split is scored for perplexity")
+    p.add_argument("--reward", action="append", default=[], metavar="ASPECT=DIR",
+                   help="a reward model (results/reward/ASPECT) that scores the responses; repeatable")
+    p.add_argument("--reference", type=Path, help="the reference model's evaluation, for win_rate_vs_reference")
     p.add_argument("--out", type=Path, required=True)
     _params_arg(p)
 
@@ -134,12 +137,23 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "evaluate":
         from posttrain.stages import evaluate
 
-        evaluate.main(params, args.model, args.name, args.eval_data, args.heldout, args.out)
+        evaluate.main(params, args.model, args.name, args.eval_data, args.heldout, args.out,
+                      reward_dirs=_pairs_arg(args.reward, "--reward"), reference=args.reference)
     elif args.command == "report":
         from posttrain.stages import report
 
         report.main(args.eval, args.curves, args.out)
     return 0
+
+
+def _pairs_arg(values: list[str], flag: str) -> dict[str, Path]:
+    out = {}
+    for v in values:
+        key, sep, path = v.partition("=")
+        if not sep or not key or not path:
+            raise ValueError(f"{flag} {v!r}: expected NAME=DIR")
+        out[key] = Path(path)
+    return out
 
 
 def _plan(params, as_json: bool) -> int:

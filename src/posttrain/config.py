@@ -271,6 +271,14 @@ class EvaluateParams(Section):
     harness_tasks: list[str] = Field(default_factory=list)
     # Held-out SFT rows scored for perplexity (0 turns it off).
     perplexity_rows: int = Field(100, ge=0)
+    # Which responses each reward model scores (`<aspect>_rm_score`, the mean normalised score):
+    # eval subsets by aspect. An aspect not listed scores every non-arithmetic response.
+    rm_subsets: dict[str, list[str]] = Field(default_factory=lambda: {
+        "helpful": ["format", "benign"], "safety": ["harmful", "benign"]})
+    # win_rate_vs_reference: how often this aspect's reward model prefers a model's response to
+    # the reference model's response to the same prompt (ties count half).
+    reference: str = "sft"
+    win_rate_aspect: str = "helpful"
     seed: int = 0
 
 

@@ -111,7 +111,7 @@ def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
         table += _reward_models(params, table)
 
     if sources["eval"]:
-        table += _evaluation(table, sources)
+        table += _evaluation(params, table, sources)
 
     for s in table:
         s.param_files = param_files
@@ -135,26 +135,36 @@ def _reward_models(params: Params, table: list[Stage]) -> list[Stage]:
     return out
 
 
-def _evaluation(table: list[Stage], sources: dict) -> list[Stage]:
-    """An evaluate stage per model the DAG makes, and the report over all of them."""
+def _evaluation(params: Params, table: list[Stage], sources: dict) -> list[Stage]:
+    """An evaluate stage per model the DAG makes, and the report over all of them. With reward
+    models, every evaluation is scored by them and compared with the reference model's, so the
+    reference is evaluated first."""
     eval_data = str(RESULTS / "data" / "eval")
     heldout = str(RESULTS / "data" / "sft") if sources["sft"] else None
     models = {"base": str(RESULTS / "base")}
     if any(s.name == "sft" for s in table):
         models["sft"] = str(RESULTS / "sft")
-    stages, evals = [], []
-    for name, path in models.items():
-        out = str(RESULTS / "eval" / name)
+    rms = {s.name.removeprefix("reward_"): s.outs[0] for s in table if s.name.startswith("reward_")}
+    reference = params.evaluate.reference if rms and params.evaluate.reference in models else None
+    stages = []
+    for name in sorted(models, key=lambda n: n != reference):
+        path, out = models[name], str(RESULTS / "eval" / name)
         args = ["evaluate", "--model", path, "--name", name, "--eval-data", eval_data]
         deps = [path, eval_data]
         if heldout:
             args += ["--heldout", heldout]
             deps.append(heldout)
+        for aspect, folder in rms.items():
+            args += ["--reward", f"{aspect}={folder}"]
+            deps.append(folder)
+        if reference and name != reference:
+            args += ["--reference", str(RESULTS / "eval" / reference)]
+            deps.append(str(RESULTS / "eval" / reference))
         stages.append(Stage(f"evaluate_{name}", [*args, "--out", out], deps, [out], ["evaluate"],
                             metrics=[f"{out}/metrics.json"], all_cores=True))
-        evals.append(out)
+    evals = [str(RESULTS / "eval" / name) for name in models]  # the report lists models in DAG order
     report = str(RESULTS / "report")
-    curves = [m for n, m in models.items() if n != "base"]
+    curves = [m for n, m in models.items() if n != "base"] + list(rms.values())
     args = ["report"] + [a for e in evals for a in ("--eval", e)] + [a for c in curves for a in ("--curves", c)]
     stages.append(Stage("report", [*args, "--out", report], evals + curves, [report], [],
                         metrics=[f"{report}/metrics.json"], plots=[f"{report}/plots"]))

@@ -8,7 +8,10 @@
   model's chat template; an adapter is evaluated through `peft=` on its base;
 - safety: refusal rate on harmful prompts and over-refusal rate on benign-but-edgy prompts
   (rule-based refusal detector on greedy generations);
-- perplexity of the assistant turns of held-out SFT data.
+- perplexity of the assistant turns of held-out SFT data;
+- with reward models: each aspect's mean normalised score of the model's responses
+  (`helpful_rm_score`, `safety_rm_score`) and the win rate against the reference model's
+  responses to the same prompts (`win_rate_vs_reference`).
 Writes metrics.json (canonical names), harness.json (raw harness results), samples.jsonl
 (every generation with its verdict) and manifest.json.
 """
@@ -43,7 +46,8 @@ def resolve_model(folder: Path) -> tuple[Path, Path | None, dict]:
     return folder, None, manifest
 
 
-def main(params: Params, model_dir: Path, name: str, eval_dir: Path, heldout_dir: Path | None, out: Path) -> dict:
+def main(params: Params, model_dir: Path, name: str, eval_dir: Path, heldout_dir: Path | None, out: Path,
+         reward_dirs: dict[str, Path] | None = None, reference: Path | None = None) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = params.evaluate
@@ -81,14 +85,19 @@ def main(params: Params, model_dir: Path, name: str, eval_dir: Path, heldout_dir
                            batch_size=cfg.batch_size, seed=cfg.seed)
         refused = [is_refusal(o) for o in outputs]
         metrics[metric] = sum(refused) / len(refused)
-        samples += [{"task": subset, "prompt": r["prompt"][-1]["content"], "response": o, "refused": f}
+        samples += [{"task": subset, "id": r["id"], "prompt": r["prompt"][-1]["content"], "response": o, "refused": f}
                     for r, o, f in zip(picked, outputs, refused)]
     if heldout_dir is not None and cfg.perplexity_rows:
         held = [json.loads(line)["messages"] for line in open(heldout_dir / "val.jsonl")][: cfg.perplexity_rows]
         nll, n = assistant_nll(model, tokenizer, held, batch_size=cfg.batch_size)
         metrics["perplexity"] = math.exp(nll / n) if n else None
 
-    # 3. Outputs, manifest last.
+    del model
+    # 3. Reward-model scores of the responses, and the win rate against the reference model.
+    if reward_dirs:
+        metrics.update(_reward_metrics(samples, rows, reward_dirs, reference, name, cfg))
+
+    # 4. Outputs, manifest last.
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -100,11 +109,68 @@ def main(params: Params, model_dir: Path, name: str, eval_dir: Path, heldout_dir
     with open(out / "samples.jsonl", "w") as fh:
         for s in samples:
             fh.write(json.dumps(s, ensure_ascii=False, sort_keys=True) + "\n")
-    inputs = {"model": model_dir, "eval": eval_dir, **({"heldout": heldout_dir} if heldout_dir else {})}
+    inputs = {"model": model_dir, "eval": eval_dir, **({"heldout": heldout_dir} if heldout_dir else {}),
+              **{f"reward:{a}": d for a, d in (reward_dirs or {}).items()},
+              **({"reference": reference} if reference else {})}
     write_manifest(out, stage=f"evaluate:{name}", params=section(params, "evaluate"), seed=cfg.seed, inputs=inputs,
                    chat_template=tokenizer.chat_template, extra={"metrics": metrics, "partial": cfg.limit is not None})
     log.info("%s: %s", name, metrics)
     return record
+
+
+def _subset_of(sample: dict, by_id: dict) -> str | None:
+    if sample["task"] in ("harmful", "benign"):
+        return sample["task"]
+    row = by_id.get(sample.get("id"))
+    return row["subset"] if row else None
+
+
+def _reward_metrics(samples: list[dict], rows: list[dict], reward_dirs: dict[str, Path], reference: Path | None,
+                    name: str, cfg) -> dict:
+    """Scores every chosen response with each aspect's reward model (stored on the sample) and
+    returns `<aspect>_rm_score` and `win_rate_vs_reference`."""
+    from posttrain.reward_model import RewardModel
+
+    by_id = {r["id"]: r for r in rows}
+    metrics: dict = {}
+    ref_samples = None
+    if reference is not None:
+        require_manifest(reference, f"evaluate:{cfg.reference}")
+        ref_samples = {(s["task"], s.get("id") or s["prompt"]): s for s in map(json.loads, open(reference / "samples.jsonl"))}
+    for aspect, folder in sorted(reward_dirs.items()):
+        subsets = cfg.rm_subsets.get(aspect)
+        picked = [s for s in samples if s.get("response") is not None and
+                  (_subset_of(s, by_id) in subsets if subsets else _subset_of(s, by_id) != "arithmetic")]
+        if not picked:
+            continue
+        rm = RewardModel.load(folder)
+        prompts = [_prompt_of(s, by_id) for s in picked]
+        scores = rm.score(prompts, [s["response"] for s in picked], batch_size=cfg.batch_size)
+        for s, v in zip(picked, scores):
+            s.setdefault("rm_scores", {})[aspect] = round(v, 6)
+        metrics[f"{aspect}_rm_score"] = sum(scores) / len(scores)
+        if aspect != cfg.win_rate_aspect:
+            continue
+        if ref_samples is None:  # this model is the reference: every comparison is a tie
+            metrics["win_rate_vs_reference"] = 0.5
+            continue
+        pairs = [(s, ref_samples.get((s["task"], s.get("id") or s["prompt"]))) for s in picked]
+        pairs = [(s, r) for s, r in pairs if r is not None and r.get("response") is not None]
+        if not pairs:
+            raise ValueError(f"{reference}: no responses to the same prompts as {name}; re-run its evaluation")
+        ref_scores = rm.score([_prompt_of(r, by_id) for _, r in pairs], [r["response"] for _, r in pairs],
+                              batch_size=cfg.batch_size)
+        wins = [1.0 if s["rm_scores"][aspect] > round(v, 6) else 0.5 if s["rm_scores"][aspect] == round(v, 6) else 0.0
+                for (s, _), v in zip(pairs, ref_scores)]
+        metrics["win_rate_vs_reference"] = sum(wins) / len(wins)
+    return metrics
+
+
+def _prompt_of(sample: dict, by_id: dict) -> list[dict]:
+    row = by_id.get(sample.get("id"))
+    if row is not None:
+        return row["prompt"]
+    return [{"role": "user", "content": sample["prompt"]}]
 
 
 def _counts(rows: list[dict], limit: int | None) -> dict[str, int]:

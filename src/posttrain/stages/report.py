@@ -27,6 +27,10 @@ CANONICAL = {
 }
 
 
+# Reward-model stages get their own table: held-out pairwise accuracy is what says they can be trusted.
+RM_COLUMNS = ("heldout_accuracy", "heldout_mean_margin", "heldout_pairs", "train_pairs")
+
+
 def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path) -> dict:
     records = []
     for d in eval_dirs:
@@ -41,20 +45,24 @@ def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path) -> dict:
         shutil.rmtree(out)
     (out / "plots").mkdir(parents=True)
     charts = [_bar_chart(table, m, out / "plots" / f"{m}.png") for m in metrics]
-    curves = []
+    curves, rms = [], {}
     for d in curve_dirs:
         require_manifest(d, "a training stage")
+        label = d.name if d.parent.name == "results" else f"{d.parent.name}_{d.name}"  # sft, reward_helpful
         if (d / "curves.png").is_file():
-            dst = out / "plots" / f"curves_{d.name}.png"
+            dst = out / "plots" / f"curves_{label}.png"
             shutil.copy(d / "curves.png", dst)
             curves.append(dst)
+        stage_metrics = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").is_file() else {}
+        if "heldout_accuracy" in stage_metrics:
+            rms[stage_metrics["aspect"]] = {k: stage_metrics[k] for k in RM_COLUMNS}
 
     write_json(out / "metrics.json", table)
-    (out / "report.md").write_text(_markdown(table, metrics, partial, charts, curves))
-    (out / "report.html").write_text(_html(table, metrics, partial, charts, curves))
+    (out / "report.md").write_text(_markdown(table, metrics, partial, charts, curves, rms))
+    (out / "report.html").write_text(_html(table, metrics, partial, charts, curves, rms))
     write_manifest(out, stage="report", params={}, seed=None,
                    inputs={f"eval:{d.name}": d for d in eval_dirs} | {f"curves:{d.name}": d for d in curve_dirs},
-                   extra={"models": list(table), "partial": partial})
+                   extra={"models": list(table), "partial": partial, "reward_models": rms})
     return table
 
 
@@ -83,7 +91,7 @@ def _bar_chart(table: dict, metric: str, path: Path) -> Path:
     return path
 
 
-def _markdown(table, metrics, partial, charts, curves) -> str:
+def _markdown(table, metrics, partial, charts, curves, rms) -> str:
     lines = ["# posttrain report", ""]
     if partial:
         lines += [f"**Partial evaluation** (a `limit` was set) for: {', '.join(partial)}.", ""]
@@ -91,6 +99,10 @@ def _markdown(table, metrics, partial, charts, curves) -> str:
     for model, values in table.items():
         mark = " (partial)" if model in partial else ""
         lines.append(f"| {model}{mark} | " + " | ".join(_fmt(values.get(m)) for m in metrics) + " |")
+    if rms:
+        lines += ["", "## Reward models", "", "| aspect | " + " | ".join(RM_COLUMNS) + " |",
+                  "|---" * (len(RM_COLUMNS) + 1) + "|"]
+        lines += [f"| {a} | " + " | ".join(_fmt(v[c]) for c in RM_COLUMNS) + " |" for a, v in rms.items()]
     lines += ["", "## Metrics", ""] + [f"![{p.stem}](plots/{p.name})" for p in charts]
     if curves:
         lines += ["", "## Training curves", ""] + [f"![{p.stem}](plots/{p.name})" for p in curves]
@@ -102,7 +114,7 @@ def _img(path: Path, alt: str) -> str:
     return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
 
 
-def _html(table, metrics, partial, charts, curves) -> str:
+def _html(table, metrics, partial, charts, curves, rms) -> str:
     head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
     body = ""
     for model, values in table.items():
@@ -111,6 +123,13 @@ def _html(table, metrics, partial, charts, curves) -> str:
             f"<td>{_fmt(values.get(m))}</td>" for m in metrics) + "</tr>"
     note = (f'<p class="partial">Partial evaluation (a limit was set) for: {html.escape(", ".join(partial))}</p>'
             if partial else "")
+    rm_table = ""
+    if rms:
+        rm_head = "".join(f"<th>{html.escape(c)}</th>" for c in RM_COLUMNS)
+        rm_body = "".join(f"<tr><th>{html.escape(a)}</th>" + "".join(f"<td>{_fmt(v[c])}</td>" for c in RM_COLUMNS)
+                          + "</tr>" for a, v in rms.items())
+        rm_table = (f'<h2>Reward models</h2><table id="reward-models"><thead><tr><th>aspect</th>{rm_head}</tr>'
+                    f"</thead><tbody>{rm_body}</tbody></table>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>posttrain report</title>
 <style>
@@ -125,6 +144,7 @@ figure {{ margin: 0; }} figcaption {{ font-size: 0.8em; color: #666; }}
 <h1>posttrain report</h1>
 {note}
 <table id="metrics"><thead><tr><th>model</th>{head}</tr></thead><tbody>{body}</tbody></table>
+{rm_table}
 <h2>Metrics</h2><div class="grid" id="charts">{''.join(_img(p, p.stem) for p in charts)}</div>
 <h2>Training curves</h2><div class="grid" id="curves">{''.join(_img(p, p.stem) for p in curves)}</div>
 </body></html>
