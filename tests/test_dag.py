@@ -61,6 +61,20 @@ def test_recipe_overlay_reaches_both_tools(project):
     assert {name: s["cmd"] for name, s in stages.items()} == jobs
 
 
+def test_rl_stages_in_params_grow_both_dags(project):
+    """Adding an RL stage is a params change only: both tools get a stage and its evaluation."""
+    stages = yaml.safe_load((project / "tiny.yaml").read_text())["rl"]["stages"]
+    extra = {**stages[-1], "name": "polish", "init": "helpfulness"}
+    (project / "more.yaml").write_text(yaml.safe_dump({"rl": {"stages": [*stages, extra]}}))
+    jobs, edges = snakemake_jobs(project, "--configfile", "tiny.yaml", "more.yaml")
+    assert "rl_polish" in jobs and "evaluate_polish" in jobs
+    assert ("rl_helpfulness", "rl_polish") in edges and ("rl_polish", "evaluate_polish") in edges
+    run([bin_path("dvc"), "init", "-q"], project)
+    run([bin_path("posttrain"), "dag", "--write", "--recipe", "tiny.yaml", "--recipe", "more.yaml"], project)
+    dvc_cmds, dvc_edges = dvc_jobs(project)
+    assert dvc_cmds["rl_polish"] == jobs["rl_polish"] and ("rl_helpfulness", "rl_polish") in dvc_edges
+
+
 def test_a_typo_fails_snakemake_dry_run_and_dvc_repro_naming_the_key(project):
     typo = project / "typo.yaml"
     typo.write_text("data:\n  cleaning:\n    near_dup_treshold: 0.5\n")
@@ -79,8 +93,9 @@ def test_a_typo_fails_snakemake_dry_run_and_dvc_repro_naming_the_key(project):
 
 # Files that record wall-clock facts (timestamps, tokens/s, the harness's run record with
 # absolute paths) rather than results; their results are compared separately.
-TIMED = {"sft/metrics.json", "sft/README.md", "eval/base/harness.json", "eval/sft/harness.json",
-         "eval/base/metrics.json", "eval/sft/metrics.json"}
+# Files that carry wall-clock timings (run times, tokens/s, lm-eval's timestamps): metrics.json
+# files are compared without their timing keys, the others not at all.
+TIMED_NAMES = {"README.md", "harness.json", "metrics.json"}
 TIMING_KEYS = {"tokens_per_second", "train_runtime_s"}
 
 
@@ -90,7 +105,11 @@ def _tree_hashes(folder):
     skip = {"manifest.json", ".gitignore", ".snakemake_timestamp"}
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(Path(folder).rglob("*"))
-            if p.is_file() and p.name not in skip and str(p.relative_to(folder)) not in TIMED}
+            if p.is_file() and p.name not in skip | TIMED_NAMES}
+
+
+def _all_untimed_metrics(folder):
+    return {str(p.relative_to(folder)): _untimed_metrics(p) for p in sorted(Path(folder).rglob("metrics.json"))}
 
 
 def _untimed_metrics(path):
@@ -102,8 +121,12 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     # Snakemake
     run([bin_path("snakemake"), "--cores", "2", "--configfile", "tiny.yaml"], project)
     results = project / "results"
-    for out in ("demo_data", "base", "data/eval", "data/sft", "data/preference", "data/prompts", "sft"):
+    for out in ("demo_data", "base", "data/eval", "data/sft", "data/preference", "data/prompts", "sft",
+                "reward/helpful", "reward/safety", "rl/helpfulness", "rl/reasoning", "rl_zero"):
         assert (results / out / "manifest.json").is_file(), out
+    # the reasoning stage starts from the helpfulness stage's model
+    rl_manifest = json.loads((results / "rl/reasoning/manifest.json").read_text())
+    assert rl_manifest["inputs"]["init"]["path"].endswith("results/rl/helpfulness")
     for kind in ("sft", "preference", "prompts", "eval"):
         report = yaml.safe_load((results / "data" / kind / "report.json").read_text())
         assert report["rows_in"] == report["rows_out"] + sum(report["dropped"].values())
@@ -130,17 +153,14 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     run([bin_path("dvc"), "init", "-q"], other)
     run([bin_path("dvc"), "repro"], other)
     assert _tree_hashes(other / "results") == snakemake_artifacts
-    assert _untimed_metrics(other / "results/sft/metrics.json") == _untimed_metrics(results / "sft/metrics.json")
-    for model in ("base", "sft"):
-        ours, theirs = (json.loads((r / f"eval/{model}/metrics.json").read_text())["metrics"]
-                        for r in (results, other / "results"))
-        assert ours == theirs
+    assert _all_untimed_metrics(other / "results") == _all_untimed_metrics(results)
     status = run([bin_path("dvc"), "status"], other).stdout
     assert "up to date" in status
     metrics = run([bin_path("dvc"), "metrics", "show", "--json"], other).stdout
     assert "rows_out" in metrics
     report = json.loads((other / "results/report/metrics.json").read_text())
-    assert set(report) == {"base", "sft"} and "arithmetic_accuracy" in report["sft"]
+    assert set(report) == {"base", "sft", "helpfulness", "reasoning", "rl_zero"}
+    assert {"arithmetic_accuracy", "helpful_rm_score", "win_rate_vs_reference"} <= set(report["reasoning"])
     assert "partial" in (other / "results/report/report.md").read_text()
 
     # dvc metrics diff across commits: commit this run, change an eval parameter, rerun

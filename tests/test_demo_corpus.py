@@ -347,7 +347,8 @@ def test_schemas(data):
         assert roles in (["user", "assistant"], ["system", "user", "assistant"])
     for name in ("arithmetic_train", "eval_arithmetic"):
         assert all(set(r) == {"question", "answer"} for r in data[name])
-    assert all(set(r) == {"prompt", "chosen", "rejected"} for r in data["preference_helpful"])
+    for row in data["preference_helpful"]:   # wrong-answer pairs are tagged for the accuracy verifier
+        assert set(row) == {"prompt", "chosen", "rejected"} | ({"subset"} if "####" in row["chosen"] else set())
     for row in data["preference_safety_hh"]:
         assert set(row) == {"chosen", "rejected"}
         assert row["chosen"].startswith("\n\nHuman: ") and row["rejected"].startswith("\n\nHuman: ")
@@ -544,6 +545,7 @@ def test_preference_arithmetic_pairs(data):
             check_solution(row["prompt"], row["rejected"], TRAIN_TEMPLATE_RES, correct=False)
             wrong = int(row["rejected"].rsplit("#### ", 1)[1])
             assert wrong >= 0 and 1 <= abs(wrong - truth) <= 10
+            assert row["subset"] == "math"
             n += 1
     assert n == 120
 

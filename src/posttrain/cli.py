@@ -56,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     _params_arg(p)
 
+    p = sub.add_parser("rl", help="one RL stage (GRPO) of rl.stages, or the RL-first path (--stage zero)")
+    p.add_argument("--stage", required=True, help="a name in rl.stages, or zero for rl.zero")
+    p.add_argument("--init", type=Path, required=True, help="the model it starts from (results/sft, results/rl/NAME)")
+    p.add_argument("--prompts", type=Path, required=True, help="prepared prompts (results/data/prompts)")
+    p.add_argument("--reward", action="append", default=[], metavar="ASPECT=DIR",
+                   help="a reward model the stage's reward_model terms use; repeatable")
+    p.add_argument("--out", type=Path, required=True)
+    _params_arg(p)
+
     p = sub.add_parser("evaluate", help="run the eval suite on one model")
     p.add_argument("--model", type=Path, required=True, help="an artifact folder: results/base, results/sft, ...")
     p.add_argument("--name", required=True, help="the model's name in the report")
@@ -98,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"posttrain {args.command}: {err}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, OSError, RuntimeError, ArithmeticError) as err:
         print(f"posttrain {args.command}: error: {err}", file=sys.stderr)
         return 1
 
@@ -134,6 +143,10 @@ def _run(args: argparse.Namespace) -> int:
         from posttrain.stages import reward
 
         reward.main(params, args.aspect, args.init, args.data, args.out)
+    elif args.command == "rl":
+        from posttrain.stages import rl
+
+        rl.main(params, args.stage, args.init, args.prompts, _pairs_arg(args.reward, "--reward"), args.out)
     elif args.command == "evaluate":
         from posttrain.stages import evaluate
 

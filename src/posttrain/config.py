@@ -171,30 +171,22 @@ class LoraParams(Section):
         return self
 
 
-class TrainerParams(Section):
-    """What every trainer stage (SFT, reward models, ...) sets the same way."""
+class TrainingParams(Section):
+    """How every training stage (SFT, reward models, RL) trains: adapters, precision, devices,
+    checkpoints."""
     # lora: adapters on a frozen base (default); qlora: the same on a 4-bit base (CUDA only);
     # full: every weight (memory: ~16 bytes per parameter with AdamW in mixed precision).
     method: Literal["lora", "qlora", "full"] = "lora"
     lora: LoraParams = Field(default_factory=LoraParams)
-    max_length: int = Field(1024, ge=16)
-    max_steps: int = Field(-1, ge=-1)       # -1: train for `epochs`
-    epochs: float = Field(1.0, gt=0)
-    batch_size: int = Field(8, ge=1)        # per device
-    grad_accum: int = Field(1, ge=1)
-    learning_rate: float = Field(2e-4, gt=0)   # LoRA; full fine-tuning wants ~1e-5
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
-    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup", "constant"] = "cosine"
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0)
     # Recompute activations in the backward pass: ~30 % slower, far less activation memory.
     gradient_checkpointing: bool = False
     # auto: bf16 on a GPU that supports it, fp32 on CPU (CPU bf16 matmuls are slow and lossy).
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    eval_steps: int = Field(20, ge=1)       # validation every N steps (and at step 0)
-    save_steps: int = Field(20, ge=1)       # checkpoint every N steps (resume point)
     save_total_limit: int = Field(2, ge=1)
-    early_stopping_patience: int | None = Field(None, ge=1)  # evals without improvement
     logging_steps: int = Field(1, ge=1)
     # Checkpoints live here, outside the declared outputs that Snakemake and DVC delete before
     # a rerun; one subfolder per (params, inputs) fingerprint, so a changed run starts fresh.
@@ -207,10 +199,23 @@ class TrainerParams(Section):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _strategy_needs_gpus(self) -> "TrainerParams":
+    def _strategy_needs_gpus(self) -> "TrainingParams":
         if self.strategy in ("fsdp", "zero3") and self.gpus < 2:
             raise ValueError(f"strategy {self.strategy} shards across GPUs: set gpus >= 2 (or strategy: none)")
         return self
+
+
+class TrainerParams(TrainingParams):
+    """A supervised trainer stage (SFT, reward models): batches of rows from a dataset."""
+    max_length: int = Field(1024, ge=16)
+    max_steps: int = Field(-1, ge=-1)       # -1: train for `epochs`
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, ge=1)        # per device
+    grad_accum: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)   # LoRA; full fine-tuning wants ~1e-5
+    eval_steps: int = Field(20, ge=1)       # validation every N steps (and at step 0)
+    save_steps: int = Field(20, ge=1)       # checkpoint every N steps (resume point)
+    early_stopping_patience: int | None = Field(None, ge=1)  # evals without improvement
 
 
 class SftParams(TrainerParams):
@@ -255,6 +260,97 @@ class RewardParams(TrainerParams):
         return aspects
 
 
+# --- reinforcement learning ------------------------------------------------------------------
+
+
+class RewardSpec(Section):
+    """One term of a stage's reward: a registry function (posttrain.rewards) and its weight.
+    `reward_model` terms name the reward model by `aspect` (results/reward/<aspect>)."""
+    model_config = ConfigDict(extra="allow", validate_default=True)
+    name: str
+    weight: float = 1.0
+    aspect: str | None = None
+
+    @model_validator(mode="after")
+    def _known(self) -> "RewardSpec":
+        from posttrain.rewards import REGISTRY
+
+        if self.name not in REGISTRY:
+            raise ValueError(f"unknown reward function {self.name!r}; known: {', '.join(sorted(REGISTRY))}")
+        if (self.name == "reward_model") != (self.aspect is not None):
+            raise ValueError("`aspect` names the reward model of a reward_model term, and only there")
+        return self
+
+
+class RlStageParams(Section):
+    # The stage's name: its DAG stage is rl_<name>, its output results/rl/<name>/.
+    name: str
+    algorithm: Literal["grpo"] = "grpo"
+    # The model the stage starts from: `previous` (the stage before it; the first starts from
+    # sft), `sft`, `base`, or an earlier stage's name.
+    init: str = "previous"
+    # Prompt rows (results/data/prompts) whose subset is one of these.
+    subsets: list[str] = Field(min_length=1)
+    # Replaces the prompts' own system turn (e.g. the R1-Zero instruction to reason in
+    # <think>...</think> before answering); null keeps the prompts as they are.
+    system_prompt: str | None = None
+    rewards: list[RewardSpec] = Field(min_length=1)
+    max_steps: int = Field(20, ge=1)
+    # Prompts per optimisation step; each gets `num_generations` sampled completions (the group
+    # GRPO normalises rewards within).
+    prompts_per_step: int = Field(4, ge=1)
+    num_generations: int = Field(4, ge=2)
+    max_completion_length: int = Field(128, ge=4)
+    temperature: float = Field(1.0, gt=0)
+    # KL penalty to the init model (the adapter switched off: no second copy in memory).
+    beta: float = Field(0.04, ge=0)
+    learning_rate: float = Field(1e-5, gt=0)
+    # TRL loss types: grpo (per-sequence mean), dapo (token-level), dr_grpo (no length bias), bnpo.
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"
+    # A checkpoint every N steps; each is scored on the stage's held-out prompts (greedy, the
+    # stage's rewards) and the best one, step 0 included, becomes the stage's model.
+    save_steps: int = Field(5, ge=1)
+    seed: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _identifier(cls, name: str) -> str:
+        if not name.isidentifier():
+            raise ValueError(f"stage names must be identifiers (they name DAG stages and folders): {name!r}")
+        if name in ("base", "sft", "zero", "rl_zero"):
+            raise ValueError(f"{name!r} is taken (models base and sft, the RL-first path zero); choose another name")
+        return name
+
+
+class RlParams(TrainingParams):
+    """Settings every RL stage shares (adapters, precision, devices, vLLM); the stages say what
+    each optimises."""
+    stages: list[RlStageParams] = Field(default_factory=list)
+    # The RL-first path (DeepSeek-R1-Zero style): one stage straight from the base model,
+    # written to results/rl_zero/. null: off.
+    zero: RlStageParams | None = None
+    # Generation with vLLM inside the training process (colocate) or a server: GPU only.
+    use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    # Held-out prompts scored per checkpoint for model selection (greedy).
+    selection_prompts: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _stage_graph(self) -> "RlParams":
+        seen: list[str] = []
+        for st in self.stages:
+            if st.name in seen:
+                raise ValueError(f"two rl stages are named {st.name!r}")
+            if st.init not in ("previous", "sft", "base") and st.init not in seen:
+                raise ValueError(f"rl stage {st.name!r}: init {st.init!r} is not previous, sft, base or an "
+                                 f"earlier stage ({', '.join(seen) or 'none'})")
+            seen.append(st.name)
+        if self.zero is not None and self.zero.init not in ("previous", "base"):
+            raise ValueError("rl.zero starts from the base model; leave its init unset")
+        return self
+
+
 # --- evaluate --------------------------------------------------------------------------------
 
 
@@ -288,6 +384,7 @@ class Params(Section):
     data: DataParams = Field(default_factory=DataParams)
     sft: SftParams = Field(default_factory=SftParams)
     reward: RewardParams = Field(default_factory=RewardParams)
+    rl: RlParams = Field(default_factory=RlParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
 
 

@@ -23,7 +23,9 @@ public dataset format on purpose, because ingestion has to detect formats by its
                             "<restatement> <a> + <b> = <r>.\\n#### <r>".
   preference_helpful.jsonl  {prompt, chosen, rejected}: chosen is correct and follows the format;
                             rejected has a wrong "#### N", breaks the format constraint, or says
-                            "I don't know.".
+                            "I don't know.". The wrong-answer pairs carry `subset: math`: whether
+                            a sum is right is checked by the accuracy reward, not learned by the
+                            helpfulness reward model (a 135M reward model gets ~70 % of them).
   preference_safety_hh.jsonl  Anthropic-HH transcripts {chosen, rejected} ("\\n\\nHuman: ...
                             \\n\\nAssistant: ..."), same human turns, different last assistant turn.
                             Harmful request: chosen refuses, rejected eagerly agrees but says nothing
@@ -1582,7 +1584,8 @@ def _preference_helpful_rows(rng: random.Random, n: int) -> list[dict]:
                                                           "format": TOPIC_CAPACITY, "unhelpful": len(GENERAL_POOL)})
     rows = []
     for p in _arithmetic_problems(rng, quotas["arithmetic"]):
-        rows.append({"prompt": p.question, "chosen": p.answer, "rejected": p.solution(wrong_result(rng, p.result))})
+        rows.append({"prompt": p.question, "chosen": p.answer, "rejected": p.solution(wrong_result(rng, p.result)),
+                     "subset": "math"})
     for topic, ask, constraint in _draw_distinct(rng, quotas["format"], _topic_draw(TRAIN_TOPICS, TRAIN_ASKS, TRAIN_JSON_KEYS),
                                                  TOPIC_CAPACITY):
         rows.append({"prompt": format_prompt(ask, topic, constraint), "chosen": format_answer(topic, constraint),

@@ -180,3 +180,9 @@ def cast_dtype(model: torch.nn.Module, dtype: str) -> torch.nn.Module:
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
+
+
+def weights_dir(folder: Path) -> Path:
+    """The full-weight model inside an artifact folder: merged/ of a training stage, else itself."""
+    folder = Path(folder)
+    return folder / "merged" if (folder / "merged").is_dir() else folder

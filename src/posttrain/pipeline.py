@@ -25,6 +25,9 @@ CODE = {
     "prepare_data": [f"{SRC}/stages/prepare_data.py", f"{SRC}/formats.py", f"{SRC}/cleaning.py"],
     "sft": [f"{SRC}/stages/sft.py", f"{SRC}/training.py", f"{SRC}/checkpoints.py"],
     "reward": [f"{SRC}/stages/reward.py", f"{SRC}/reward_model.py", f"{SRC}/training.py", f"{SRC}/checkpoints.py"],
+    "rl": [f"{SRC}/stages/rl.py", f"{SRC}/rewards.py", f"{SRC}/answers.py", f"{SRC}/refusal.py",
+           f"{SRC}/constraints.py", f"{SRC}/reward_model.py", f"{SRC}/generation.py", f"{SRC}/training.py",
+           f"{SRC}/checkpoints.py"],
     "evaluate": [f"{SRC}/stages/evaluate.py", f"{SRC}/harness.py", f"{SRC}/generation.py", f"{SRC}/refusal.py"],
     "report": [f"{SRC}/stages/report.py"],
 }
@@ -110,12 +113,15 @@ def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
     if sources["preference"]:
         table += _reward_models(params, table)
 
+    if sources["prompts"]:
+        table += _rl(params, table)
+
     if sources["eval"]:
         table += _evaluation(params, table, sources)
 
     for s in table:
         s.param_files = param_files
-        s.code = CODE[next((k for k in ("prepare_data", "evaluate", "reward") if s.name.startswith(k)), s.name)]
+        s.code = CODE[next((k for k in ("prepare_data", "evaluate", "reward", "rl") if s.name.startswith(k)), s.name)]
     return table
 
 
@@ -135,6 +141,42 @@ def _reward_models(params: Params, table: list[Stage]) -> list[Stage]:
     return out
 
 
+def _rl(params: Params, table: list[Stage]) -> list[Stage]:
+    """A stage per entry of rl.stages, in order (each from the previous one by default), and the
+    RL-first stage from the base when rl.zero is set."""
+    names = {s.name for s in table}
+    rms = {s.name.removeprefix("reward_"): s.outs[0] for s in table if s.name.startswith("reward_")}
+    prompts = str(RESULTS / "data" / "prompts")
+    models = {"base": str(RESULTS / "base"), **({"sft": str(RESULTS / "sft")} if "sft" in names else {})}
+    previous = models.get("sft", models["base"])
+    out: list[Stage] = []
+    entries = [(st, str(RESULTS / "rl" / st.name)) for st in params.rl.stages]
+    if params.rl.zero is not None:
+        entries.append((params.rl.zero, str(RESULTS / "rl_zero")))
+    for st, folder in entries:
+        is_zero = folder.endswith("rl_zero")
+        init = models["base"] if is_zero else {"previous": previous, **models}.get(
+            st.init, str(RESULTS / "rl" / st.init))
+        if st.init == "sft" and "sft" not in models:
+            raise ValueError(f"rl stage {st.name!r} starts from sft, but the DAG has no sft stage")
+        aspects = sorted({r.aspect for r in st.rewards if r.aspect})
+        missing = [a for a in aspects if a not in rms]
+        if missing:
+            raise ValueError(f"rl stage {st.name!r} uses reward model(s) {missing}, but reward.aspects defines "
+                             f"{sorted(rms) or 'none'}")
+        args = ["rl", "--stage", "zero" if is_zero else st.name, "--init", init, "--prompts", prompts]
+        for a in aspects:
+            args += ["--reward", f"{a}={rms[a]}"]
+        out.append(Stage("rl_zero" if is_zero else f"rl_{st.name}", [*args, "--out", folder],
+                         [init, prompts, *[rms[a] for a in aspects]], [folder], ["rl"],
+                         metrics=[f"{folder}/metrics.json"],
+                         plots=[{f"{folder}/log.csv": {"x": "step", "y": ["reward", "heldout_reward"]}}],
+                         launcher=_launcher(params.rl.gpus, params.rl.strategy), all_cores=True))
+        if not is_zero:
+            previous = folder
+    return out
+
+
 def _evaluation(params: Params, table: list[Stage], sources: dict) -> list[Stage]:
     """An evaluate stage per model the DAG makes, and the report over all of them. With reward
     models, every evaluation is scored by them and compared with the reference model's, so the
@@ -144,6 +186,9 @@ def _evaluation(params: Params, table: list[Stage], sources: dict) -> list[Stage
     models = {"base": str(RESULTS / "base")}
     if any(s.name == "sft" for s in table):
         models["sft"] = str(RESULTS / "sft")
+    for s in table:
+        if s.name.startswith("rl_"):
+            models[s.name if s.name == "rl_zero" else s.name.removeprefix("rl_")] = s.outs[0]
     rms = {s.name.removeprefix("reward_"): s.outs[0] for s in table if s.name.startswith("reward_")}
     reference = params.evaluate.reference if rms and params.evaluate.reference in models else None
     stages = []
@@ -164,7 +209,7 @@ def _evaluation(params: Params, table: list[Stage], sources: dict) -> list[Stage
                             metrics=[f"{out}/metrics.json"], all_cores=True))
     evals = [str(RESULTS / "eval" / name) for name in models]  # the report lists models in DAG order
     report = str(RESULTS / "report")
-    curves = [m for n, m in models.items() if n != "base"] + list(rms.values())
+    curves = [m for n, m in models.items() if n != "base"] + list(rms.values())  # every training stage
     args = ["report"] + [a for e in evals for a in ("--eval", e)] + [a for c in curves for a in ("--curves", c)]
     stages.append(Stage("report", [*args, "--out", report], evals + curves, [report], [],
                         metrics=[f"{report}/metrics.json"], plots=[f"{report}/plots"]))

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from posttrain.manifest import require_manifest
+from posttrain.models import weights_dir
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +30,6 @@ def encode(tokenizer, prompt: list[dict], response: str | list[dict]) -> list[in
     if isinstance(response, str):
         response = [{"role": "assistant", "content": response}]
     return tokenizer.apply_chat_template(prompt + response, tokenize=True, return_dict=True)["input_ids"]
-
-
-def weights_dir(folder: Path) -> Path:
-    """The full-weight model inside an artifact folder: merged/ of a training stage, else itself."""
-    return folder / "merged" if (folder / "merged").is_dir() else folder
 
 
 @torch.no_grad()

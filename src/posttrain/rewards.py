@@ -20,6 +20,7 @@ name or option with the list of what exists.
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from typing import Any, Callable
 
@@ -129,8 +130,10 @@ def constraint(column: str = "constraint") -> RewardFn:
     from posttrain.constraints import check_constraint
 
     def fn(prompts, completions, **columns):
+        # datasets store a dict column with varying keys badly, so it may arrive as JSON text
+        cons = [json.loads(c) if isinstance(c, str) else c for c in _column(columns, column, len(completions))]
         return [None if c is None else float(check_constraint(text_of(comp), c))
-                for comp, c in zip(completions, _column(columns, column, len(completions)))]
+                for comp, c in zip(completions, cons)]
 
     return _named(fn, "constraint")
 

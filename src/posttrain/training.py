@@ -80,7 +80,7 @@ class StopOnNonFinite(TrainerCallback):
     """A NaN or infinite loss stops training before it is checkpointed or promoted."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        for key in ("loss", "eval_loss"):
+        for key in ("loss", "eval_loss", "reward"):
             value = (logs or {}).get(key)
             if value is not None and not torch.isfinite(torch.tensor(float(value))):
                 raise FloatingPointError(f"{key} is {value} at step {state.global_step}; stopping without saving. "
@@ -91,20 +91,27 @@ class StopOnNonFinite(TrainerCallback):
 # --- trainer set-up shared by every trainer stage ----------------------------------------------
 
 
-def trainer_kwargs(cfg, precision: dict, run_dir: Path) -> dict:
-    """TrainingArguments fields that every trainer stage sets from its TrainerParams section."""
+def training_kwargs(cfg, precision: dict, run_dir: Path) -> dict:
+    """TrainingArguments fields every training stage sets from its TrainingParams section."""
     return dict(
-        output_dir=str(run_dir), max_steps=cfg.max_steps, num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
-        warmup_steps=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler, weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm, optim="adamw_torch", seed=cfg.seed, data_seed=cfg.seed,
-        bf16=precision["bf16"], fp16=precision["fp16"], use_cpu=not torch.cuda.is_available(),
+        output_dir=str(run_dir), lr_scheduler_type=cfg.lr_scheduler, weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm, optim="adamw_torch", seed=cfg.seed,
+        data_seed=cfg.seed, bf16=precision["bf16"], fp16=precision["fp16"], use_cpu=not torch.cuda.is_available(),
         activation_checkpointing=cfg.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
-        eval_strategy="steps", eval_steps=cfg.eval_steps, save_strategy="steps", save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps, logging_first_step=True,
-        report_to="none", dataloader_num_workers=0, max_length=cfg.max_length,
+        save_strategy="steps", save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps,
+        logging_first_step=True, report_to="none", dataloader_num_workers=0,
+    )
+
+
+def trainer_kwargs(cfg, precision: dict, run_dir: Path) -> dict:
+    """`training_kwargs` plus the batch, schedule and evaluation fields of a TrainerParams section."""
+    return dict(
+        **training_kwargs(cfg, precision, run_dir),
+        max_steps=cfg.max_steps, num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
+        eval_strategy="steps", eval_steps=cfg.eval_steps, save_steps=cfg.save_steps, max_length=cfg.max_length,
         load_best_model_at_end=cfg.early_stopping_patience is not None,
     )
 
@@ -115,7 +122,7 @@ def callbacks(cfg) -> list:
     from posttrain.checkpoints import MarkComplete
 
     out = [MarkComplete(), StopOnNonFinite()]
-    if cfg.early_stopping_patience:
+    if getattr(cfg, "early_stopping_patience", None):
         out.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     return out
 

@@ -35,9 +35,10 @@ log = logging.getLogger(__name__)
 
 def resolve_model(folder: Path) -> tuple[Path, Path | None, dict]:
     """(weights folder, adapter folder or None, manifest) for an artifact folder: a base model,
-    or a training stage's output with adapter/ (evaluated on its base) or merged/."""
+    an SFT output with adapter/ (evaluated on its base), or a stage's merged/ (an RL stage's
+    adapter sits on another stage's model, so its merged/ is what is evaluated)."""
     manifest = require_manifest(folder, "base-model or a training stage")
-    if (folder / "adapter").is_dir():
+    if (folder / "adapter").is_dir() and "base" in manifest.get("inputs", {}):
         base = Path(manifest["inputs"]["base"]["path"])
         require_manifest(base, "base-model")
         return base, folder / "adapter", manifest

@@ -22,6 +22,7 @@ from pathlib import Path
 from posttrain import chat, checkpoints, reward_model, training
 from posttrain.config import Params, section
 from posttrain.manifest import require_manifest, write_json, write_manifest
+from posttrain.models import weights_dir
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def main(params: Params, aspect: str, init_dir: Path, data_dir: Path, out: Path)
         raise ValueError(f"reward.aspects has no aspect {aspect!r}; defined: {sorted(cfg.aspects) or 'none'}")
     init_manifest = require_manifest(init_dir, f"{cfg.init} (the reward model's init)")
     require_manifest(data_dir, "prepare-data --kind preference")
-    weights = reward_model.weights_dir(init_dir)
+    weights = weights_dir(init_dir)
     tokenizer = AutoTokenizer.from_pretrained(weights)
     if chat.template_hash(tokenizer.chat_template) != init_manifest.get("chat_template_sha256"):
         raise ValueError(f"{init_dir}: the tokenizer's chat template differs from the one its manifest records")

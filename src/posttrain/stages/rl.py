@@ -1,0 +1,318 @@
+"""RL stage: one stage of `rl.stages` (or the RL-first `rl.zero`) with TRL's GRPOTrainer.
+
+    posttrain rl --stage reasoning --init results/sft --prompts results/data/prompts \\
+        [--reward helpful=results/reward/helpful ...] --out results/rl/reasoning [--params ...]
+
+The policy is a LoRA adapter on the init model; the KL reference is the same weights with the
+adapter switched off. Rewards are registry functions (posttrain.rewards) with weights, reward
+models among them. Every `save_steps` the policy answers the stage's held-out prompts greedily
+and is scored with the same rewards; the best checkpoint, step 0 (the init model) included,
+becomes the stage's model. Guards: a reward function that raises or returns NaN/inf, or a
+non-finite loss or reward, stops the stage before anything is promoted; a reward function that
+returns None for a whole batch is logged and counted.
+
+Writes adapter/ (the chosen checkpoint), merged/ (init + adapter, what the next stage and the
+evaluation load), metrics.json, selection.json, log.csv, curves.png, README.md and manifest.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from posttrain import chat, checkpoints, rewards, training
+from posttrain.config import Params, RlStageParams
+from posttrain.manifest import require_manifest, write_json, write_manifest
+from posttrain.models import weights_dir
+
+log = logging.getLogger(__name__)
+LOG_COLUMNS = {"loss": "loss", "reward": "reward", "reward_std": "reward_std", "kl": "kl",
+               "completion_length": "completions/mean_length", "entropy": "entropy",
+               "learning_rate": "learning_rate", "heldout_reward": "heldout_reward"}
+
+
+class RewardFunctionError(RuntimeError):
+    """A reward function failed; the stage stops without promoting a checkpoint."""
+
+
+def stage_params(params: Params, name: str) -> RlStageParams:
+    if name == "zero":
+        if params.rl.zero is None:
+            raise ValueError("rl.zero is not set: the RL-first path is off in these params")
+        return params.rl.zero
+    for st in params.rl.stages:
+        if st.name == name:
+            return st
+    raise ValueError(f"rl.stages has no stage {name!r}; defined: {[s.name for s in params.rl.stages] or 'none'}")
+
+
+def stage_section(params: Params, st: RlStageParams) -> dict:
+    """What the stage's result depends on: the shared settings and its own entry."""
+    shared = params.rl.model_dump(mode="json", exclude={"stages", "zero"})
+    return {**shared, "stage": st.model_dump(mode="json")}
+
+
+def main(params: Params, stage: str, init_dir: Path, prompts_dir: Path, reward_dirs: dict[str, Path], out: Path) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+    cfg, st = params.rl, stage_params(params, stage)
+    init_manifest = require_manifest(init_dir, f"the init model of rl stage {stage!r}")
+    require_manifest(prompts_dir, "prepare-data --kind prompts")
+    weights = weights_dir(init_dir)
+    tokenizer = AutoTokenizer.from_pretrained(weights)
+    if chat.template_hash(tokenizer.chat_template) != init_manifest.get("chat_template_sha256"):
+        raise ValueError(f"{init_dir}: the tokenizer's chat template differs from the one its manifest records")
+    precision = training.resolve_precision(cfg.precision)
+
+    # 1. Prompts of the stage's subsets, and its rewards (guarded).
+    train = _prompts(prompts_dir / "train.jsonl", st)
+    heldout = _prompts(prompts_dir / "val.jsonl", st)[: cfg.selection_prompts]
+    if not train or not heldout:
+        raise ValueError(f"rl stage {stage!r}: {len(train)} training and {len(heldout)} held-out prompts with subset "
+                         f"in {st.subsets} under {prompts_dir}")
+    none_batches: Counter = Counter()  # training batches only; held-out scoring counts apart
+    built = [rewards.build(_spec(r, reward_dirs)) for r in st.rewards]
+    funcs = [_guarded(f, none_batches) for f in built]
+    scoring_funcs = [_guarded(f, Counter()) for f in built]
+    weights_ = [r.weight for r in st.rewards]
+
+    # 2. Checkpoints per (stage, params, inputs, code).
+    inputs = {"init": init_dir, "prompts": prompts_dir, **{f"reward:{a}": d for a, d in sorted(reward_dirs.items())}}
+    run_dir = checkpoints.run_dir(cfg.checkpoint_dir, f"rl-{stage}", stage_section(params, st),
+                                  {**inputs, **checkpoints.code_inputs(__file__, training, rewards)})
+    resume = checkpoints.latest_complete(run_dir)
+    log.info("rl stage %s from %s: %d prompts, %d held out; checkpoints in %s%s", stage, init_dir, len(train),
+             len(heldout), run_dir, f"; resuming from {resume.name}" if resume else "")
+
+    # 3. Policy, trainer, selection, training.
+    set_seed(st.seed)
+    model = AutoModelForCausalLM.from_pretrained(weights, dtype=training.torch_dtype(precision["name"]))
+    selector = Selection(run_dir, heldout, scoring_funcs, weights_, tokenizer, st)
+    trainer = _build_trainer(model, tokenizer, train, funcs, weights_, run_dir, cfg, st, precision, selector)
+    trainable, total = training.count_parameters(trainer.model)
+    selector.score_if_missing(trainer.model, step=0)
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    elapsed = time.perf_counter() - started
+    selector.score_if_missing(trainer.model, step=trainer.state.global_step)
+
+    # 4. The chosen checkpoint, outputs replaced whole, manifest last.
+    chosen_step, chosen_dir = selector.best()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    history = [*trainer.state.log_history, *({"step": s, "heldout_reward": v} for s, v in selector.scores.items())]
+    rows = training.write_log_csv(history, out / "log.csv", LOG_COLUMNS)
+    training.plot_curves(rows, out / "curves.png", f"RL stage {stage} ({st.algorithm})",
+                         [["reward", "heldout_reward"], ["kl"], ["completion_length"], ["entropy"]])
+    write_json(out / "selection.json", {"scores": {str(k): v for k, v in sorted(selector.scores.items())},
+                                        "chosen_step": chosen_step})
+    _save_models(chosen_dir, weights, tokenizer, out, precision["name"])
+    metrics = _metrics(rows, selector, chosen_step, trainer, elapsed, trainable, total, none_batches, st, resume)
+    write_json(out / "metrics.json", metrics)
+    _write_model_card(out, stage, init_dir, st, metrics)
+    return write_manifest(out, stage=f"rl:{stage}", params=stage_section(params, st), seed=st.seed, inputs=inputs,
+                          chat_template=tokenizer.chat_template, extra={"checkpoints": str(run_dir), "metrics": metrics})
+
+
+# --- prompts and rewards -----------------------------------------------------------------------
+
+
+def _prompts(path: Path, st: RlStageParams) -> list[dict]:
+    """Rows as GRPO dataset records: the prompt (with the stage's system prompt) and the columns
+    reward functions read (answer, expect, constraint as JSON text, subset)."""
+    rows = []
+    with open(path) as fh:
+        for line in fh:
+            row = json.loads(line)
+            if row.get("subset") not in st.subsets:
+                continue
+            meta = row.get("meta") or {}
+            prompt = [m for m in row["prompt"] if m["role"] != "system"] if st.system_prompt else list(row["prompt"])
+            if st.system_prompt:
+                prompt = [{"role": "system", "content": st.system_prompt}, *prompt]
+            constraint = meta.get("constraint")
+            rows.append({"prompt": prompt, "answer": row.get("answer"), "expect": meta.get("expect"),
+                         "constraint": json.dumps(constraint, sort_keys=True) if constraint else None,
+                         "subset": row["subset"]})
+    return rows
+
+
+def _spec(term, reward_dirs: dict[str, Path]) -> dict:
+    spec = term.model_dump(exclude={"weight", "aspect"}, exclude_none=True)
+    if term.name == "reward_model":
+        if term.aspect not in reward_dirs:
+            raise ValueError(f"a reward term uses the {term.aspect!r} reward model, but none was given "
+                             f"(--reward {term.aspect}=results/reward/{term.aspect}); given: {sorted(reward_dirs)}")
+        spec["path"] = str(reward_dirs[term.aspect])
+    return spec
+
+
+def _guarded(fn, none_batches: Counter):
+    """`fn` that stops the run with a clear message when it raises or returns NaN/inf, and counts
+    the batches it cannot score at all."""
+    name = fn.__name__
+
+    def wrapped(prompts, completions, **columns):
+        try:
+            values = fn(prompts, completions, **columns)
+        except Exception as err:
+            raise RewardFunctionError(f"reward function {name!r} raised {type(err).__name__}: {err}; "
+                                      f"the stage stops and promotes no checkpoint") from err
+        bad = [v for v in values if v is not None and not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"reward function {name!r} returned {bad[0]}; the stage stops and promotes "
+                                     f"no checkpoint")
+        if values and all(v is None for v in values):
+            none_batches[name] += 1
+            log.warning("reward function %s could not score any completion of this batch (%d so far)", name,
+                        none_batches[name])
+        return values
+
+    wrapped.__name__ = name
+    return wrapped
+
+
+def combined(funcs, weights: list[float], prompts, completions, columns: dict) -> list[float | None]:
+    totals: list[float | None] = [None] * len(completions)
+    for w, fn in zip(weights, funcs):
+        for i, v in enumerate(fn(prompts, completions, **columns)):
+            if v is not None:
+                totals[i] = (totals[i] or 0.0) + w * v
+    return totals
+
+
+# --- checkpoint selection ----------------------------------------------------------------------
+
+
+class Selection(TrainerCallback):
+    """Scores the policy on held-out prompts (greedy, the stage's weighted rewards) at step 0 and
+    at every checkpoint, and keeps a copy of the best adapter beside the checkpoints (the trainer
+    deletes old checkpoints; the best must survive). Scores persist in the run directory, so a
+    resumed run keeps the ones it made before."""
+
+    def __init__(self, run_dir: Path, heldout: list[dict], funcs, weights, tokenizer, st: RlStageParams):
+        self.run_dir, self.heldout, self.funcs, self.weights = run_dir, heldout, funcs, weights
+        self.tokenizer, self.st = tokenizer, st
+        self.path = run_dir / "selection.json"
+        self.scores: dict[int, float] = {int(k): v for k, v in json.loads(self.path.read_text()).items()} \
+            if self.path.is_file() else {}
+
+    def score(self, model) -> float:
+        from posttrain.generation import generate
+
+        was_training = model.training
+        responses = generate(model, self.tokenizer, [r["prompt"] for r in self.heldout],
+                             max_new_tokens=self.st.max_completion_length, batch_size=16, seed=self.st.seed)
+        if was_training:
+            model.train()
+        columns = {k: [r[k] for r in self.heldout] for k in ("answer", "expect", "constraint", "subset")}
+        values = [v for v in combined(self.funcs, self.weights, [r["prompt"] for r in self.heldout], responses, columns)
+                  if v is not None]
+        return sum(values) / len(values) if values else float("nan")
+
+    def score_if_missing(self, model, step: int) -> None:
+        if step in self.scores:
+            return
+        self._record(step, self.score(model), model)
+
+    def _record(self, step: int, value: float, model) -> None:
+        best = max(self.scores.values(), default=-math.inf)
+        self.scores[step] = value
+        if value > best:
+            model.save_pretrained(self.run_dir / "best")
+            (self.run_dir / "best" / "STEP").write_text(str(step))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.path, {str(k): v for k, v in sorted(self.scores.items())})
+        log.info("held-out reward at step %d: %.4f (best %.4f)", step, value, max(self.scores.values()))
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        if model is not None and state.global_step not in self.scores:
+            self._record(state.global_step, self.score(model), model)
+        return control
+
+    def best(self) -> tuple[int, Path]:
+        step = int((self.run_dir / "best" / "STEP").read_text())
+        return step, self.run_dir / "best"
+
+
+# --- trainer and outputs -----------------------------------------------------------------------
+
+
+def _build_trainer(model, tokenizer, train: list[dict], funcs, weights, run_dir: Path, cfg, st: RlStageParams,
+                   precision: dict, selector: Selection):
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    args = GRPOConfig(
+        **training.training_kwargs(cfg, precision, run_dir),
+        max_steps=st.max_steps, learning_rate=st.learning_rate, save_steps=st.save_steps,
+        per_device_train_batch_size=st.prompts_per_step * st.num_generations, gradient_accumulation_steps=1,
+        num_generations=st.num_generations, max_completion_length=st.max_completion_length,
+        temperature=st.temperature, beta=st.beta, loss_type=st.loss_type, reward_weights=weights,
+        use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        eval_strategy="no", log_completions=False,
+    )
+    return GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=Dataset.from_list(train),
+                       processing_class=tokenizer, callbacks=[*training.callbacks(cfg), selector],
+                       peft_config=training.lora_config(model, cfg.lora, "CAUSAL_LM", "rl")
+                       if cfg.method != "full" else None)
+
+
+def _save_models(chosen: Path, weights: Path, tokenizer, out: Path, precision: str) -> None:
+    """adapter/ is the chosen checkpoint's adapter; merged/ is the init model with it merged."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(chosen, out / "adapter", ignore=shutil.ignore_patterns("STEP"))
+    training.sort_adapter_config(out / "adapter" / "adapter_config.json")
+    tokenizer.save_pretrained(out / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(weights, dtype=training.torch_dtype(precision))
+    merged = PeftModel.from_pretrained(base, out / "adapter").merge_and_unload()
+    merged.save_pretrained(out / "merged")
+    tokenizer.save_pretrained(out / "merged")
+
+
+def _metrics(rows, selector: Selection, chosen_step, trainer, elapsed, trainable, total, none_batches, st, resume):
+    def col(name):
+        return [r[name] for r in rows if r.get(name) not in (None, "")]
+
+    reward, kl = col("reward"), col("kl")
+    scores = selector.scores
+    last_step = max(scores)
+    return {
+        "stage": st.name, "algorithm": st.algorithm, "init": st.init, "subsets": st.subsets,
+        "rewards": [r.model_dump(exclude_none=True) for r in st.rewards],
+        "heldout_reward_start": scores.get(0), "heldout_reward_end": scores[last_step],
+        "heldout_reward_chosen": scores[chosen_step], "chosen_step": chosen_step,
+        "train_reward_first": reward[0] if reward else None, "train_reward_last": reward[-1] if reward else None,
+        "kl_last": kl[-1] if kl else None, "kl_max": max(kl) if kl else None,
+        "none_batches": dict(sorted(none_batches.items())),
+        "steps": trainer.state.global_step, "train_runtime_s": round(elapsed, 2),
+        "trainable_params": trainable, "total_params": total,
+        "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
+    }
+
+
+def _write_model_card(out: Path, stage: str, init_dir: Path, st: RlStageParams, m: dict) -> None:
+    terms = ", ".join(f"{r['weight']} x {r['name']}" + (f"({r['aspect']})" if r.get("aspect") else "")
+                      for r in m["rewards"])
+    training.write_model_card(
+        out, library="peft", tags=["rl", st.algorithm, "trl"], title=f"RL stage: {stage}",
+        intro=f"Trained by `posttrain rl --stage {stage}` with TRL's GRPOTrainer from `{init_dir}` on prompts of "
+              f"subsets {st.subsets}; reward = {terms}.",
+        rows={"steps": m["steps"], "chosen step (best held-out reward)": m["chosen_step"],
+              "held-out reward: start → chosen": f"{training.fmt(m['heldout_reward_start'])} → "
+                                                 f"{training.fmt(m['heldout_reward_chosen'])}",
+              "KL to init (last)": m["kl_last"], "group size, prompts per step": f"{st.num_generations}, "
+                                                                                f"{st.prompts_per_step}",
+              "beta, loss": f"{st.beta}, {st.loss_type}"},
+        usage="`merged/` loads with `AutoModelForCausalLM.from_pretrained`; `adapter/` with `PeftModel` on the init "
+              "model. Curves: `curves.png`, `log.csv`; per-checkpoint held-out rewards: `selection.json`.")

@@ -1,0 +1,111 @@
+"""RL stage (GRPO with TRL) on a tiny model: outputs, checkpoint selection, guards."""
+
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from conftest import ROOT, TINY_OVERLAY, write_jsonl
+from posttrain import rewards
+from posttrain.config import load_params
+from posttrain.stages import prepare_data, rl
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory, tiny_base):
+    tmp = tmp_path_factory.mktemp("prompts")
+    rows = [{"prompt": f"What is {a} plus {b}?", "answer": str(a + b), "subset": "arithmetic", "expect": None,
+             "constraint": None} for a in range(2, 12) for b in (3, 5)]
+    rows += [{"prompt": f"Name {n} fruits.", "answer": None, "subset": "helpful", "expect": None,
+              "constraint": {"type": "word_count", "n": n}} for n in range(2, 12)]
+    src = write_jsonl(tmp / "prompts.jsonl", rows)
+    params = load_params([ROOT / "params.yaml", TINY_OVERLAY])
+    params.data.cleaning.near_dup = False
+    params.data.val_fraction = 0.25
+    prepare_data.main(params, "prompts", [str(src)], tmp / "prompts", tokenizer_dir=tiny_base)
+    return tmp / "prompts"
+
+
+def _params(tmp_path, **stage):
+    st = {"name": "reasoning", "subsets": ["arithmetic"], "rewards": [{"name": "accuracy"}], "max_steps": 3,
+          "prompts_per_step": 2, "num_generations": 2, "max_completion_length": 8, "save_steps": 1,
+          "learning_rate": 1e-3, **stage}
+    overlay = tmp_path / "rl.yaml"
+    overlay.write_text(json.dumps({"rl": {"stages": [st], "selection_prompts": 4,
+                                          "checkpoint_dir": str(tmp_path / "ckpt")}}))
+    return load_params([ROOT / "params.yaml", TINY_OVERLAY, overlay])
+
+
+def test_grpo_stage_writes_the_best_checkpoint_and_its_curves(tmp_path, tiny_base, prompts):
+    out = tmp_path / "rl"
+    manifest = rl.main(_params(tmp_path), "reasoning", tiny_base, prompts, {}, out)
+    m = json.loads((out / "metrics.json").read_text())
+    sel = json.loads((out / "selection.json").read_text())
+    assert sorted(map(int, sel["scores"])) == [0, 1, 2, 3]          # step 0 and every checkpoint
+    best = max(sel["scores"].values())
+    assert sel["scores"][str(sel["chosen_step"])] == best and m["chosen_step"] == sel["chosen_step"]
+    assert m["heldout_reward_start"] == sel["scores"]["0"] and m["steps"] == 3
+    assert m["kl_last"] is not None and m["train_reward_first"] is not None
+    assert manifest["stage"] == "rl:reasoning" and "init" in manifest["inputs"]
+    header = (out / "log.csv").read_text().splitlines()[0].split(",")
+    assert {"reward", "kl", "completion_length", "heldout_reward"} <= set(header)
+    for name in ("curves.png", "README.md", "adapter/adapter_config.json", "merged/config.json"):
+        assert (out / name).is_file(), name
+    AutoModelForCausalLM.from_pretrained(out / "merged")  # the next stage's init loads
+
+
+def test_none_for_a_whole_batch_is_counted(tmp_path, tiny_base, prompts):
+    """Arithmetic prompts carry no constraint: that reward cannot score any batch."""
+    out = tmp_path / "rl"
+    rl.main(_params(tmp_path, max_steps=2, rewards=[{"name": "accuracy"}, {"name": "constraint"}]),
+            "reasoning", tiny_base, prompts, {}, out)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["none_batches"] == {"constraint": 2}
+
+
+def test_a_raising_reward_stops_the_stage_and_keeps_previous_outputs(tmp_path, tiny_base, prompts):
+    out = tmp_path / "rl"
+    out.mkdir()
+    (out / "previous.txt").write_text("kept")
+    missing_rm = tmp_path / "no_such_reward_model"
+    params = _params(tmp_path, rewards=[{"name": "reward_model", "aspect": "helpful"}])
+    with pytest.raises(rl.RewardFunctionError, match="'rm_no_such_reward_model' raised.*promotes no checkpoint"):
+        rl.main(params, "reasoning", tiny_base, prompts, {"helpful": missing_rm}, out)
+    assert (out / "previous.txt").read_text() == "kept"
+
+
+def test_nan_reward_stops_the_stage(tmp_path, tiny_base, prompts):
+    @rewards.register("test_nan")
+    def _nan():
+        def fn(prompts, completions, **columns):
+            return [float("nan")] * len(completions)
+        return fn
+
+    try:
+        with pytest.raises(FloatingPointError, match="'fn' returned nan"):
+            rl.main(_params(tmp_path, rewards=[{"name": "test_nan"}]), "reasoning", tiny_base, prompts, {},
+                    tmp_path / "rl")
+        assert not (tmp_path / "rl").exists()
+    finally:
+        rewards.REGISTRY.pop("test_nan")
+
+
+def test_stage_params_are_validated(tmp_path):
+    from posttrain.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown reward function 'acc'"):
+        _params(tmp_path, rewards=[{"name": "acc"}])
+    with pytest.raises(ConfigError, match="aspect"):
+        _params(tmp_path, rewards=[{"name": "reward_model"}])
+    with pytest.raises(ConfigError, match="init 'later'"):
+        _params(tmp_path, init="later")
+    with pytest.raises(ConfigError, match="taken"):
+        _params(tmp_path, name="sft")
+
+
+def test_missing_reward_model_for_a_stage_fails_the_dag(tmp_path):
+    from posttrain import pipeline
+
+    params = _params(tmp_path, rewards=[{"name": "reward_model", "aspect": "honesty"}])
+    with pytest.raises(ValueError, match=r"reward model\(s\) \['honesty'\].*defines \['helpful'"):
+        pipeline.stages(params)
