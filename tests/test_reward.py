@@ -141,37 +141,27 @@ def test_rerun_resumes_from_the_latest_complete_checkpoint(tmp_path, tiny_base, 
     assert a["resumed_from_step"] is None and b["resumed_from_step"] == 8 and b["steps"] == 16
     assert b["heldout_mean_margin"] == pytest.approx(a["heldout_mean_margin"], rel=1e-3)
     assert b["train_reward_mean"] == pytest.approx(a["train_reward_mean"], rel=1e-3, abs=1e-4)
+    # A rerun of the finished run restores its final checkpoint: no step past max_steps.
+    reward.main(params, "helpful", tiny_base, preference_data, tmp_path / "again")
+    c = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert c["resumed_from_step"] == 16 and c["steps"] == 16
+    assert c["heldout_mean_margin"] == pytest.approx(b["heldout_mean_margin"], rel=1e-6)
 
 
 HH_SAMPLE = ROOT / "tests" / "data" / "hh_rlhf_harmless_test_sample.jsonl.gz"
 
 
-@pytest.mark.slow
-def test_real_hh_rlhf_pairs_train_a_better_than_chance_reward_model(tmp_path, embedded_base):
-    """Real Anthropic HH-RLHF transcripts go through the data stage (format detected, turns
-    parsed) and a reward model trained on 300 of them ranks the other 100 better than chance
-    (one-sided binomial test, p < 0.05)."""
-    from math import comb
-
-    params = load_params([ROOT / "params.yaml"])
-    params.data.val_fraction = 0.25
-    params.data.cleaning.max_tokens = 256
+def test_real_hh_rlhf_pairs_are_ingested_as_preference_pairs(tmp_path, tiny_base):
+    """Real Anthropic HH-RLHF transcripts go through the data stage: format detected, turns parsed
+    into prompt + chosen/rejected final turns, multi-turn histories kept whole."""
+    params = load_params([ROOT / "params.yaml", TINY_OVERLAY])
+    params.data.cleaning.max_tokens = 2048
     prepared = tmp_path / "preference"
-    prepare_data.main(params, "preference", [str(HH_SAMPLE)], prepared, tokenizer_dir=embedded_base)
+    prepare_data.main(params, "preference", [str(HH_SAMPLE)], prepared, tokenizer_dir=tiny_base)
     report = json.loads((prepared / "report.json").read_text())
     assert report["sources"][str(HH_SAMPLE)]["format"] == "preference"
-    assert report["rows_in"] == 400 and report["rows_out"] > 300
+    assert report["rows_in"] == 400 and report["rows_out"] > 350
     rows = [json.loads(line) for f in ("train.jsonl", "val.jsonl") for line in open(prepared / f)]
-    assert len(rows) > 300 and all(r["chosen"][-1]["role"] == "assistant" for r in rows)
+    assert all(r["chosen"][-1]["role"] == "assistant" and r["prompt"][-1]["role"] == "user" for r in rows)
+    assert all(r["chosen"] != r["rejected"] for r in rows)
     assert any(len(r["prompt"]) >= 3 for r in rows)                       # multi-turn transcripts kept whole
-
-    overlay = tmp_path / "hh.yaml"
-    overlay.write_text(json.dumps({"reward": {
-        "init": "base", "aspects": {"harmless": {"subsets": [rows[0]["subset"]]}},
-        "epochs": 2, "checkpoint_dir": str(tmp_path / "ckpt"), "eval_steps": 1000, "save_steps": 1000}}))
-    out = tmp_path / "rm"
-    reward.main(load_params([ROOT / "params.yaml", overlay]), "harmless", embedded_base, prepared, out)
-    m = json.loads((out / "metrics.json").read_text())
-    n, k = m["heldout_pairs"], round(m["heldout_accuracy"] * m["heldout_pairs"])
-    p_value = sum(comb(n, i) for i in range(k, n + 1)) / 2 ** n
-    assert n >= 60 and p_value < 0.05, (k, n, p_value)

@@ -109,3 +109,20 @@ def test_missing_reward_model_for_a_stage_fails_the_dag(tmp_path):
     params = _params(tmp_path, rewards=[{"name": "reward_model", "aspect": "honesty"}])
     with pytest.raises(ValueError, match=r"reward model\(s\) \['honesty'\].*defines \['helpful'"):
         pipeline.stages(params)
+
+
+def test_rerun_of_a_finished_stage_restores_instead_of_training_on(tmp_path, tiny_base, prompts):
+    """Outputs deleted after a finished run: the rerun restores the final checkpoint and writes the
+    same model (a resumed HF trainer would take one step past max_steps)."""
+    import hashlib
+    import shutil
+
+    params = _params(tmp_path, max_steps=2)
+    first = rl.main(params, "reasoning", tiny_base, prompts, {}, tmp_path / "rl")
+    digest = lambda: hashlib.sha256((tmp_path / "rl/adapter/adapter_model.safetensors").read_bytes()).hexdigest()  # noqa: E731
+    before, sel = digest(), (tmp_path / "rl/selection.json").read_text()
+    shutil.rmtree(tmp_path / "rl")
+    again = rl.main(params, "reasoning", tiny_base, prompts, {}, tmp_path / "rl")
+    assert again["metrics"]["steps"] == first["metrics"]["steps"] == 2
+    assert again["metrics"]["resumed_from_step"] == 2
+    assert digest() == before and (tmp_path / "rl/selection.json").read_text() == sel

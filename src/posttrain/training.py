@@ -182,13 +182,31 @@ def train_resumably(trainer, run_dir: Path, resume: Path | None) -> tuple[list[d
     if resume is None or not initial.is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(initial, {**trainer.evaluate(), "step": 0})
-    started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    elapsed = time.perf_counter() - started
+    result, elapsed = train_or_restore(trainer, resume)
     last = trainer.state.log_history[-1] if trainer.state.log_history else {}
     if last.get("step") != trainer.state.global_step or not any(k.startswith("eval_") for k in last):
         trainer.evaluate()
     return [json.loads(initial.read_text()), *trainer.state.log_history], result, elapsed
+
+
+def train_or_restore(trainer, resume: Path | None) -> tuple[object | None, float]:
+    """trainer.train(), resuming from `resume`; when `resume` is the run's final checkpoint (a
+    finished run whose outputs were deleted), restore it instead: resumed there, the HF trainer
+    would train one step past max_steps and the rerun would differ from the run it repeats.
+    Returns the train() result (None when restored) and this process's training seconds."""
+    from transformers import TrainerState
+
+    if resume is not None:
+        state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+        if state.max_steps and state.global_step >= state.max_steps:
+            log.info("%s is the run's final checkpoint (step %d): restoring it, nothing to train", resume.name,
+                     state.global_step)
+            trainer._load_from_checkpoint(str(resume))
+            trainer.state = state
+            return None, 0.0
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    return result, time.perf_counter() - started
 
 
 def sort_adapter_config(path: Path) -> None:

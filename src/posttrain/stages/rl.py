@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import shutil
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -98,9 +97,7 @@ def main(params: Params, stage: str, init_dir: Path, prompts_dir: Path, reward_d
     trainer = _build_trainer(model, tokenizer, train, funcs, weights_, run_dir, cfg, st, precision, selector)
     trainable, total = training.count_parameters(trainer.model)
     selector.score_if_missing(trainer.model, step=0)
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    elapsed = time.perf_counter() - started
+    _, elapsed = training.train_or_restore(trainer, resume)
     selector.score_if_missing(trainer.model, step=trainer.state.global_step)
 
     # 4. The chosen checkpoint, outputs replaced whole, manifest last.

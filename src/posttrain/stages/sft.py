@@ -156,7 +156,8 @@ def _metrics(rows, trainer, result, elapsed, trainable, total, cfg, precision, r
         "val_loss_reduction": (val[0] - val[-1]) / val[0] if len(val) > 1 and val[0] else None,
         "tokens_seen": tokens,
         # throughput of this process's training time (a resumed run counts only its own part)
-        "tokens_per_second": result.metrics.get("train_tokens_per_second") or (tokens / elapsed if elapsed else None),
+        "tokens_per_second": (result.metrics.get("train_tokens_per_second") if result else None)
+        or (tokens / elapsed if elapsed else None),
         "train_runtime_s": round(elapsed, 2),
         "trainable_params": trainable, "total_params": total,
         "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
