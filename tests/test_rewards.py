@@ -2,13 +2,12 @@
 
 import json
 from fractions import Fraction
-from pathlib import Path
-
 import pytest
 
+from conftest import SHARED_DATA
 from posttrain import answers, rewards
 
-GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_train_1000.jsonl"
+GSM8K = SHARED_DATA / "gsm8k_train_1000.jsonl"
 
 
 def score(name, completions, **columns):
@@ -82,7 +81,6 @@ def test_accuracy_reward_conversational_completions_and_gsm8k_gold():
     assert score("accuracy", completions, answer=["Natalia sold 48/2 = 24 clips...\n#### 72"]) == [1.0]
 
 
-@pytest.mark.skipif(not GSM8K.is_file(), reason="needs ../shared/data (public GSM8K sample)")
 def test_accuracy_on_real_gsm8k_solutions():
     rows = [json.loads(line) for line in open(GSM8K)]
     golds = [r["answer"].split("####")[-1].strip() for r in rows]
