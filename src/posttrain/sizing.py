@@ -60,7 +60,7 @@ def plan_sft(params, gpus: int = 8, strategy: str = "fsdp", micro_batch_tokens: 
     """Parameter counts and a per-GPU memory estimate for `params.sft` on `params.model.base`."""
     from peft import get_peft_model
 
-    from posttrain.stages.sft import ROUTER_MARKERS, lora_config
+    from posttrain.training import ROUTER_MARKERS, lora_config
 
     cfg = params.sft
     config = config_for(params.model.base)
@@ -70,7 +70,7 @@ def plan_sft(params, gpus: int = 8, strategy: str = "fsdp", micro_batch_tokens: 
     if cfg.method == "full":
         trainable, kinds = total, ["(all)"]
     else:
-        model = get_peft_model(model, lora_config(model, cfg))
+        model = get_peft_model(model, lora_config(model, cfg.lora, "CAUSAL_LM", "sft"))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         kinds = sorted({_kind(n) for n, p in model.named_parameters() if p.requires_grad})
     router = any(any(m in n for m in ROUTER_MARKERS) for n in kinds)
