@@ -163,6 +163,23 @@ def check_router_frozen(model, method: str, section: str) -> None:
         raise ValueError(f"router parameters would be trained: {bad[:3]}; remove 'gate' from {section}.lora.target_modules")
 
 
+def init_model(init_dir: Path, what: str) -> tuple[Path, object]:
+    """(full-weight folder, tokenizer) of the artifact a stage starts from, after checking its
+    manifest and that its tokenizer carries the chat template the manifest records."""
+    from transformers import AutoTokenizer
+
+    from posttrain import chat
+    from posttrain.manifest import require_manifest
+    from posttrain.models import weights_dir
+
+    manifest = require_manifest(init_dir, what)
+    weights = weights_dir(init_dir)
+    tokenizer = AutoTokenizer.from_pretrained(weights)
+    if chat.template_hash(tokenizer.chat_template) != manifest.get("chat_template_sha256"):
+        raise ValueError(f"{init_dir}: the tokenizer's chat template differs from the one its manifest records")
+    return weights, tokenizer
+
+
 def count_parameters(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

@@ -19,26 +19,21 @@ import shutil
 import statistics
 from pathlib import Path
 
-from posttrain import chat, checkpoints, reward_model, training
+from posttrain import checkpoints, reward_model, training
 from posttrain.config import Params, section
 from posttrain.manifest import require_manifest, write_json, write_manifest
-from posttrain.models import weights_dir
 
 log = logging.getLogger(__name__)
 
 
 def main(params: Params, aspect: str, init_dir: Path, data_dir: Path, out: Path) -> dict:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+    from transformers import AutoModelForSequenceClassification, set_seed
 
     cfg = params.reward
     if aspect not in cfg.aspects:
         raise ValueError(f"reward.aspects has no aspect {aspect!r}; defined: {sorted(cfg.aspects) or 'none'}")
-    init_manifest = require_manifest(init_dir, f"{cfg.init} (the reward model's init)")
+    weights, tokenizer = training.init_model(init_dir, f"{cfg.init} (the reward model's init)")
     require_manifest(data_dir, "prepare-data --kind preference")
-    weights = weights_dir(init_dir)
-    tokenizer = AutoTokenizer.from_pretrained(weights)
-    if chat.template_hash(tokenizer.chat_template) != init_manifest.get("chat_template_sha256"):
-        raise ValueError(f"{init_dir}: the tokenizer's chat template differs from the one its manifest records")
     precision = training.resolve_precision(cfg.precision)
     if cfg.method == "qlora":
         raise ValueError("reward.method: qlora is not supported for reward models; use lora or full")

@@ -26,10 +26,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from posttrain import chat, checkpoints, rewards, training
+from posttrain import checkpoints, rewards, training
 from posttrain.config import Params, RlStageParams
 from posttrain.manifest import require_manifest, write_json, write_manifest
-from posttrain.models import weights_dir
 
 log = logging.getLogger(__name__)
 LOG_COLUMNS = {"loss": "loss", "reward": "reward", "reward_std": "reward_std", "kl": "kl",
@@ -59,15 +58,11 @@ def stage_section(params: Params, st: RlStageParams) -> dict:
 
 
 def main(params: Params, stage: str, init_dir: Path, prompts_dir: Path, reward_dirs: dict[str, Path], out: Path) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers import AutoModelForCausalLM, set_seed
 
     cfg, st = params.rl, stage_params(params, stage)
-    init_manifest = require_manifest(init_dir, f"the init model of rl stage {stage!r}")
+    weights, tokenizer = training.init_model(init_dir, f"the init model of rl stage {stage!r}")
     require_manifest(prompts_dir, "prepare-data --kind prompts")
-    weights = weights_dir(init_dir)
-    tokenizer = AutoTokenizer.from_pretrained(weights)
-    if chat.template_hash(tokenizer.chat_template) != init_manifest.get("chat_template_sha256"):
-        raise ValueError(f"{init_dir}: the tokenizer's chat template differs from the one its manifest records")
     precision = training.resolve_precision(cfg.precision)
 
     # 1. Prompts of the stage's subsets, and its rewards (guarded).
