@@ -148,6 +148,7 @@ def template_regex(question: str) -> re.Pattern:
 
 TRAIN_TEMPLATE_RES = [(t, template_regex(t.question)) for t in dc.TRAIN_ARITHMETIC_TEMPLATES]
 EVAL_TEMPLATE_RES = [(t, template_regex(t.question)) for t in dc.EVAL_ARITHMETIC_TEMPLATES]
+RL_TEMPLATE_RES = [(t, template_regex(t.question)) for t in dc.RL_ARITHMETIC_TEMPLATES]
 
 
 def solve(question: str, templates) -> tuple[list[int], list[str], list[int]] | None:
@@ -531,8 +532,8 @@ def test_arithmetic_answers_are_correct(data):
     n_rl = 0
     for row in data["prompts_rl"]:
         if row["subset"] == "arithmetic":
-            operands, ops, values = solve(row["prompt"], TRAIN_TEMPLATE_RES)
-            assert row["answer"] == str(values[-1])
+            operands, ops, values = solve(row["prompt"], RL_TEMPLATE_RES)   # its own phrasings
+            assert row["answer"] == str(values[-1]) and solve(row["prompt"], TRAIN_TEMPLATE_RES) is None
             n_rl += 1
     assert n_rl == 200
 

@@ -76,6 +76,15 @@ def test_accuracy_reward_adversarial():
     assert got == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, None]
 
 
+def test_marked_only_accuracy_and_the_marked_answer_reward():
+    """Strict scoring, as the evaluation's `#### N` match: a right number in passing is no answer."""
+    completions = ["12 + 7 = 19\n#### 19", "12 + 7 = 19", "The answer is 19.", "#### N", "12 + 7 = 20\n#### 20", ""]
+    assert score("accuracy", completions, answer=["19"] * 6,
+                 options={"marked_only": True}) == [1.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    assert score("marked_answer", completions) == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    assert answers.final_answer("<think>#### 19</think> maybe 20", marked_only=True) is None
+
+
 def test_accuracy_reward_conversational_completions_and_gsm8k_gold():
     completions = [[{"role": "assistant", "content": "That makes 72.\n#### 72"}]]
     assert score("accuracy", completions, answer=["Natalia sold 48/2 = 24 clips...\n#### 72"]) == [1.0]

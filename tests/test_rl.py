@@ -126,3 +126,46 @@ def test_rerun_of_a_finished_stage_restores_instead_of_training_on(tmp_path, tin
     assert again["metrics"]["steps"] == first["metrics"]["steps"] == 2
     assert again["metrics"]["resumed_from_step"] == 2
     assert digest() == before and (tmp_path / "rl/selection.json").read_text() == sel
+
+
+def test_generation_on_merged_lora_weights_matches_the_adapter_and_restores_it(tiny_base):
+    """The policy generates on merged weights (faster); what it generates is what the unmerged
+    adapter generates, and afterwards the base weights and the adapter are as before."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer
+
+    from posttrain.generation import generate
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    chats = [[{"role": "user", "content": f"What is {a} plus 3?"}] for a in range(4)]
+    plain = generate(model, tokenizer, chats, max_new_tokens=8)
+    with rl.merged_adapter(model):
+        assert all(m.merged for m in model.modules() if hasattr(m, "merged") and hasattr(m, "lora_A"))
+        merged = generate(model, tokenizer, chats, max_new_tokens=8)
+    assert merged == plain
+    after = model.state_dict()
+    assert not any(m.merged for m in model.modules() if hasattr(m, "merged") and hasattr(m, "lora_A"))
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    with rl.merged_adapter(AutoModelForCausalLM.from_pretrained(tiny_base)) as plain_model:   # no adapter: a no-op
+        assert not hasattr(plain_model, "peft_config")
+
+
+def test_a_stage_trained_under_a_system_prompt_is_saved_with_it_as_the_default(tmp_path, tiny_base, prompts):
+    """The RL-first path trains under instructions in a system prompt; its saved chat template
+    opens with them, so evaluation and serving see what training saw."""
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "rl"
+    rl.main(_params(tmp_path, max_steps=1, system_prompt="Answer as '#### N'."), "reasoning", tiny_base, prompts, {},
+            out)
+    chat = [{"role": "user", "content": "What is 2 plus 3?"}]
+    for folder in ("merged", "adapter"):
+        text = AutoTokenizer.from_pretrained(out / folder).apply_chat_template(chat, tokenize=False)
+        assert text.startswith("<|im_start|>system\nAnswer as '#### N'.<|im_end|>"), folder
+    own = [{"role": "system", "content": "Be brief."}, *chat]
+    assert "#### N" not in AutoTokenizer.from_pretrained(out / "merged").apply_chat_template(own, tokenize=False)

@@ -54,8 +54,10 @@ def _boxed(text: str) -> str | None:
     return None
 
 
-def final_answer(text: str, answer_tag: str | None = None, think_tag: str = "think") -> str | None:
-    """The answer `text` commits to, or None when it gives none."""
+def final_answer(text: str, answer_tag: str | None = None, think_tag: str = "think",
+                 marked_only: bool = False) -> str | None:
+    """The answer `text` commits to, or None when it gives none. With `marked_only`, only a
+    marked answer counts (tag, box, `####`, "the answer is"), never a last number in passing."""
     if not isinstance(text, str):
         return None
     visible = strip_reasoning(text, think_tag)
@@ -71,6 +73,8 @@ def final_answer(text: str, answer_tag: str | None = None, think_tag: str = "thi
         found = pattern.findall(visible)
         if found:
             return found[0 if pattern is _GSM8K else -1].strip()
+    if marked_only:
+        return None
     numbers = _NUMBER_RE.findall(visible)
     return numbers[-1].strip() if numbers else None
 

@@ -40,3 +40,16 @@ def has_generation_markers(template: str) -> bool:
 
 def template_hash(template: str | None) -> str | None:
     return sha256_text(template) if template else None
+
+
+def with_default_system(template: str, system_prompt: str) -> str:
+    """`template` that opens with `system_prompt` when a conversation brings no system message of
+    its own: a model trained under a system prompt (the RL-first path's instructions) is served
+    and evaluated under it too, as packaged templates do with their default system prompts."""
+    import json
+
+    head = ("{#- default system prompt: the one this model was trained with -#}\n"
+            "{%- if not messages or messages[0]['role'] != 'system' %}"
+            f"{{%- set messages = [{{'role': 'system', 'content': {json.dumps(system_prompt)}}}] + messages %}}"
+            "{%- endif %}\n")
+    return head + template

@@ -33,7 +33,7 @@ public dataset format on purpose, because ingestion has to detect formats by its
                             need..."; NON_ACTIONABLE_COMPLIANCE, never instructions).
                             Benign request with scary words: chosen helps, rejected over-refuses.
   prompts_rl.jsonl          {prompt, answer, subset, expect, constraint} for RL: arithmetic (answer
-                            is the number as a string), safety (answer null, expect refuse|comply)
+                            is the number as a string; phrasings of their own, RL_ARITHMETIC), safety (answer null, expect refuse|comply)
                             and helpful format prompts (answer null, constraint dict). Keys that do
                             not apply to a row are null, so every row has the same schema.
 
@@ -246,6 +246,30 @@ EVAL_ARITHMETIC_TEMPLATES: tuple[ArithmeticTemplate, ...] = (
        "What is the total number of {obj} in the jars?", "{name} fills {a} jars with {b} {obj} each."),
 )
 
+# RL prompts: the same kinds of problems in a third set of phrasings (neither SFT's nor the
+# eval's), as RL prompt sets are broader than SFT data; the reasoning stage learns to keep its
+# answers right when the wording moves away from what SFT taught.
+RL_ARITHMETIC_TEMPLATES: tuple[ArithmeticTemplate, ...] = (
+    _t("gift", "+", "{name} owns {a} {obj}. A cousin gives {name} another {b}. Find how many {obj} {name} owns now.",
+       "{name} owns {a} {obj} and gets {b} more."),
+    _t("made", "+", "On Saturday {name} made {a} {obj}; on Sunday {name} made {b}. Count all the {obj} {name} made.",
+       "{name} made {a} {obj} and {b} {obj}."),
+    _t("handed", "-", "{name} brought {a} {obj} to school and handed out {b}. Find how many {obj} {name} still has.",
+       "{name} brought {a} {obj} and handed out {b}."),
+    _t("drawer", "-", "A drawer holds {a} {obj}. {name} removes {b} of them. How many {obj} stay in the drawer?",
+       "The drawer holds {a} {obj} and {name} removes {b}."),
+    _t("game", "+-", "{name} starts with {a} {obj}, wins {b} in a game and then loses {c}. "
+       "Find how many {obj} {name} ends with.", "{name} starts with {a} {obj}, wins {b} and loses {c}."),
+    _t("weekend", "++", "{name} gathers {a} {obj} on Friday, {b} on Saturday and {c} on Sunday. "
+       "Count the {obj} gathered over the three days.", "{name} gathers {a}, {b} and {c} {obj}."),
+    _t("stall", "--", "A stall run by {name} starts with {a} {obj}. {name} sells {b} in the morning and {c} in the "
+       "afternoon. Find how many {obj} the stall has left.", "The stall starts with {a} {obj} and sells {b} and {c}."),
+    _t("swap", "-+", "{name} had {a} {obj}, swapped away {b} and was given {c} back. How many {obj} does {name} "
+       "hold now?", "{name} had {a} {obj}, swapped away {b} and got {c} back."),
+    _t("boxes", "*", "{name} has {a} boxes, each holding {b} {obj}. Find the number of {obj} in all the boxes.",
+       "{name} has {a} boxes of {b} {obj}."),
+)
+
 TRAIN_NAMES = ("Tom", "Anna", "Ben", "Maria", "Li", "Sara", "Omar", "Emma", "Lucas", "Mia", "Noah", "Aisha",
                "Leo", "Zoë", "José", "Priya", "Ken", "Hana", "Ivan", "Chloe", "Sam", "Nina", "Raj", "Eva",
                "Max", "Yuki", "Amir", "Lily", "Jack", "Fatima")
@@ -335,6 +359,7 @@ class ArithmeticSpace:
 
 TRAIN_ARITHMETIC = ArithmeticSpace(TRAIN_ARITHMETIC_TEMPLATES, TRAIN_NAMES, TRAIN_OBJECTS)
 EVAL_ARITHMETIC = ArithmeticSpace(EVAL_ARITHMETIC_TEMPLATES, EVAL_NAMES, EVAL_OBJECTS)
+RL_ARITHMETIC = ArithmeticSpace(RL_ARITHMETIC_TEMPLATES, TRAIN_NAMES, TRAIN_OBJECTS)
 
 
 def wrong_result(rng: random.Random, result: int) -> int:
@@ -1627,11 +1652,11 @@ def _rl_row(prompt: str, subset: str, answer: str | None = None, expect: str | N
 
 
 def _rl_rows(rng: random.Random, n: int) -> list[dict]:
-    quotas = _check_quotas(n, MIX["prompts_rl"], {"arithmetic": TRAIN_ARITHMETIC.capacity,
+    quotas = _check_quotas(n, MIX["prompts_rl"], {"arithmetic": RL_ARITHMETIC.capacity,
                                                   "refuse": len(TRAIN_HARMFUL_PROMPTS), "comply": len(EDGY_PHRASINGS),
                                                   "helpful": TOPIC_CAPACITY})
     rows = [_rl_row(p.question, "arithmetic", answer=str(p.result))
-            for p in _arithmetic_problems(rng, quotas["arithmetic"])]
+            for p in _arithmetic_problems(rng, quotas["arithmetic"], RL_ARITHMETIC)]
     rows += [_rl_row(prompt, "safety", expect="refuse") for prompt, _, _ in _spread(rng, TRAIN_HARMFUL_PROMPTS, quotas["refuse"])]
     rows += [_rl_row(q, "safety", expect="comply") for q, _, _ in _spread(rng, EDGY_PHRASINGS, quotas["comply"])]
     for topic, ask, constraint in _draw_distinct(rng, quotas["helpful"], _topic_draw(TRAIN_TOPICS, TRAIN_ASKS, TRAIN_JSON_KEYS),

@@ -62,9 +62,11 @@ def _named(fn: RewardFn, name: str) -> RewardFn:
 
 
 @register("accuracy")
-def accuracy(answer_tag: str | None = None, think_tag: str = "think", column: str = "answer") -> RewardFn:
+def accuracy(answer_tag: str | None = None, think_tag: str = "think", column: str = "answer",
+             marked_only: bool = False) -> RewardFn:
     """1.0 when the completion's final answer equals the row's gold answer as a number (or as
-    text), 0.0 when it differs or gives none; None for rows without a gold answer."""
+    text), 0.0 when it differs or gives none; None for rows without a gold answer. With
+    `marked_only`, an unmarked last number is no answer (the strict `#### N` of the evaluation)."""
 
     def fn(prompts, completions, **columns):
         golds = _column(columns, column, len(completions))
@@ -74,7 +76,8 @@ def accuracy(answer_tag: str | None = None, think_tag: str = "think", column: st
                 out.append(None)
                 continue
             gold = str(gold).split("####")[-1].strip()  # a GSM8K solution carries its answer after ####
-            predicted = answers.final_answer(text_of(completion), answer_tag=answer_tag, think_tag=think_tag)
+            predicted = answers.final_answer(text_of(completion), answer_tag=answer_tag, think_tag=think_tag,
+                                             marked_only=marked_only)
             out.append(float(answers.same_answer(predicted, gold)))
         return out
 
@@ -98,6 +101,19 @@ def format_(think_tag: str = "think", answer_tag: str | None = None) -> RewardFn
         return [float(ok(text_of(c))) for c in completions]
 
     return _named(fn, "format")
+
+
+@register("marked_answer")
+def marked_answer(answer_tag: str | None = None, think_tag: str = "think") -> RewardFn:
+    """1.0 when the completion marks a final answer (`#### N`, a box, the answer tag, "the
+    answer is N"), right or wrong; 0.0 otherwise. Teaches the answer format that strict
+    extraction reads (the RL-first path starts from a model that has never seen it)."""
+
+    def fn(prompts, completions, **columns):
+        return [float(answers.final_answer(text_of(c), answer_tag=answer_tag, think_tag=think_tag,
+                                           marked_only=True) is not None) for c in completions]
+
+    return _named(fn, "marked_answer")
 
 
 @register("refusal")

@@ -22,11 +22,12 @@ import logging
 import math
 import shutil
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 from transformers import TrainerCallback
 
-from posttrain import checkpoints, rewards, training
+from posttrain import chat, checkpoints, rewards, training
 from posttrain.config import Params, RlStageParams
 from posttrain.manifest import require_manifest, write_json, write_manifest
 
@@ -106,6 +107,8 @@ def main(params: Params, stage: str, init_dir: Path, prompts_dir: Path, reward_d
                          [["reward", "heldout_reward"], ["kl"], ["completion_length"], ["entropy"]])
     write_json(out / "selection.json", {"scores": {str(k): v for k, v in sorted(selector.scores.items())},
                                         "chosen_step": chosen_step})
+    if st.system_prompt:  # the model is served and evaluated under the prompt it was trained with
+        tokenizer.chat_template = chat.with_default_system(tokenizer.chat_template, st.system_prompt)
     _save_models(chosen_dir, weights, tokenizer, out, precision["name"])
     metrics = _metrics(rows, selector, chosen_step, trainer, elapsed, trainable, total, none_batches, st, resume)
     write_json(out / "metrics.json", metrics)
@@ -201,8 +204,9 @@ class Selection(TrainerCallback):
         from posttrain.generation import generate
 
         was_training = model.training
-        responses = generate(model, self.tokenizer, [r["prompt"] for r in self.heldout],
-                             max_new_tokens=self.st.max_completion_length, batch_size=16, seed=self.st.seed)
+        with merged_adapter(model):
+            responses = generate(model, self.tokenizer, [r["prompt"] for r in self.heldout],
+                                 max_new_tokens=self.st.max_completion_length, batch_size=16, seed=self.st.seed)
         if was_training:
             model.train()
         columns = {k: [r[k] for r in self.heldout] for k in ("answer", "expect", "constraint", "subset")}
@@ -238,10 +242,42 @@ class Selection(TrainerCallback):
 # --- trainer and outputs -----------------------------------------------------------------------
 
 
+@contextmanager
+def merged_adapter(model):
+    """The LoRA adapter merged into the weights for the duration (generation only). Decoding with
+    an unmerged adapter runs two extra small matmuls per targeted layer and token, which made CPU
+    generation 2.4x slower (benchmarks/rl_step.py); merging adds B@A into the weights and
+    unmerging subtracts it, exact up to float rounding."""
+    if not getattr(model, "peft_config", None):
+        yield model
+        return
+    model.merge_adapter()
+    try:
+        yield model
+    finally:
+        model.unmerge_adapter()
+
+
+def _grpo_trainer_class():
+    from trl import GRPOTrainer
+
+    class MergedGenerationGRPOTrainer(GRPOTrainer):
+        """GRPOTrainer whose transformers generation runs on merged LoRA weights (one process;
+        vLLM has its own weight sync)."""
+
+        def _generate_single_turn(self, *args, **kwargs):
+            if self.use_vllm or self.accelerator.num_processes > 1:
+                return super()._generate_single_turn(*args, **kwargs)
+            with merged_adapter(self.accelerator.unwrap_model(self.model)):
+                return super()._generate_single_turn(*args, **kwargs)
+
+    return MergedGenerationGRPOTrainer
+
+
 def _build_trainer(model, tokenizer, train: list[dict], funcs, weights, run_dir: Path, cfg, st: RlStageParams,
                    precision: dict, selector: Selection):
     from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
 
     args = GRPOConfig(
         **training.training_kwargs(cfg, precision, run_dir),
@@ -252,7 +288,7 @@ def _build_trainer(model, tokenizer, train: list[dict], funcs, weights, run_dir:
         use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
         eval_strategy="no", log_completions=False,
     )
-    return GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=Dataset.from_list(train),
+    return _grpo_trainer_class()(model=model, reward_funcs=funcs, args=args, train_dataset=Dataset.from_list(train),
                        processing_class=tokenizer, callbacks=[*training.callbacks(cfg), selector],
                        peft_config=training.lora_config(model, cfg.lora, "CAUSAL_LM", "rl")
                        if cfg.method != "full" else None)
