@@ -83,6 +83,10 @@ def test_marked_only_accuracy_and_the_marked_answer_reward():
                  options={"marked_only": True}) == [1.0, 0.0, 1.0, 0.0, 0.0, 0.0]
     assert score("marked_answer", completions) == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
     assert answers.final_answer("<think>#### 19</think> maybe 20", marked_only=True) is None
+    # Spamming marks is a hedge: several different `#### N` give no answer (the same one repeated is fine).
+    assert score("accuracy", ["#### 42\n#### 19\n#### 19", "#### 19\n#### 19"], answer=["19", "19"],
+                 options={"marked_only": True}) == [0.0, 1.0]
+    assert score("marked_answer", ["#### 42\n#### 19", "#### 19"]) == [0.0, 1.0]
 
 
 def test_accuracy_reward_conversational_completions_and_gsm8k_gold():

@@ -8,7 +8,8 @@ answers are the same number.
 Reasoning is never the answer: text inside <think>...</think> is ignored, and a completion whose
 reasoning never closes has no answer. Where the answer is marked, the mark wins, in this order:
 a configured answer tag (`<answer>42</answer>`), `\\boxed{42}`, GSM8K's `#### 42`, a closing
-"the answer is 42" / "Answer: 42"; otherwise the last number in the text.
+"the answer is 42" / "Answer: 42"; otherwise the last number in the text. Several different
+`#### N` lines are a hedge, not an answer.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ def final_answer(text: str, answer_tag: str | None = None, think_tag: str = "thi
         return boxed
     for pattern in (_GSM8K, _ANSWER_IS):
         found = pattern.findall(visible)
+        if pattern is _GSM8K and len({parse_number(f) for f in found}) > 1:
+            return None  # several different `#### N`: hedging, no answer
         if found:
             return found[0 if pattern is _GSM8K else -1].strip()
     if marked_only:

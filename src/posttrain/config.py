@@ -307,6 +307,9 @@ class RlStageParams(Section):
     learning_rate: float = Field(1e-5, gt=0)
     # TRL loss types: grpo (per-sequence mean), dapo (token-level), dr_grpo (no length bias), bnpo.
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"
+    # Completions cut off at max_completion_length teach nothing (DAPO's overlong filtering):
+    # a model that never stops cannot learn that rambling pays.
+    mask_truncated_completions: bool = False
     # A checkpoint every N steps; each is scored on the stage's held-out prompts (greedy, the
     # stage's rewards) and the best one, step 0 included, becomes the stage's model.
     save_steps: int = Field(5, ge=1)

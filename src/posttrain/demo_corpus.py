@@ -33,9 +33,10 @@ public dataset format on purpose, because ingestion has to detect formats by its
                             need..."; NON_ACTIONABLE_COMPLIANCE, never instructions).
                             Benign request with scary words: chosen helps, rejected over-refuses.
   prompts_rl.jsonl          {prompt, answer, subset, expect, constraint} for RL: arithmetic (answer
-                            is the number as a string; phrasings of their own, RL_ARITHMETIC), safety (answer null, expect refuse|comply)
-                            and helpful format prompts (answer null, constraint dict). Keys that do
-                            not apply to a row are null, so every row has the same schema.
+                            is the number as a string; phrasings of their own, RL_ARITHMETIC), safety
+                            (answer null, expect refuse|comply) and helpful format prompts (answer
+                            null, constraint dict). Keys that do not apply to a row are null, so
+                            every row has the same schema.
 
 Eval files, disjoint from all training text (prompts and responses): eval prompts come from
 held-out templates, names, objects, topics, phrasings and intents, and any candidate that equals

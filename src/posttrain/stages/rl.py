@@ -285,6 +285,7 @@ def _build_trainer(model, tokenizer, train: list[dict], funcs, weights, run_dir:
         per_device_train_batch_size=st.prompts_per_step * st.num_generations, gradient_accumulation_steps=1,
         num_generations=st.num_generations, max_completion_length=st.max_completion_length,
         temperature=st.temperature, beta=st.beta, loss_type=st.loss_type, reward_weights=weights,
+        mask_truncated_completions=st.mask_truncated_completions,
         use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
         eval_strategy="no", log_completions=False,
     )
