@@ -45,8 +45,10 @@ def generation(model_dir: Path, prompts_dir: Path, n: int, tokens: int, lora_lay
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from posttrain.models import weights_dir
     from posttrain.stages.rl import merged_adapter
 
+    model_dir = weights_dir(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
     tok.padding_side = "left"
     rows = [json.loads(line) for line in open(prompts_dir / "train.jsonl")][:n]
@@ -79,8 +81,10 @@ def step_breakdown(model_dir: Path, prompts_dir: Path, steps: int, overlay: dict
     from posttrain.config import load_params
     from posttrain.stages import rl
 
+    from trl import GRPOTrainer
+
     spent = {"generation": 0.0, "scoring": 0.0}
-    cls = rl._grpo_trainer_class()
+    cls = GRPOTrainer  # the stage's trainer subclasses it and calls these through super()
 
     def clocked(method, key):
         def wrapper(self, *args, **kwargs):
@@ -116,7 +120,7 @@ def _train(rl, params, model_dir: Path, prompts_dir: Path, tmp: Path) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, help="a merged model folder (default: a tiny random model)")
+    ap.add_argument("--model", type=Path, help="a stage's model folder, e.g. results/sft (default: a tiny random model)")
     ap.add_argument("--prompts", type=Path, help="prepared prompts (results/data/prompts)")
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=48)
@@ -126,7 +130,9 @@ def main() -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
         model, prompts = (args.model, args.prompts) if args.model else _tiny(Path(tmp))
-        generation(model, prompts, args.rows, args.tokens, args.lora_layers)
+        for layers in sorted({None, args.lora_layers}, key=lambda n: n or 0):
+            print(f"LoRA on {'every layer' if layers is None else f'the top {layers} layers'}:")
+            generation(model, prompts, args.rows, args.tokens, layers)
         step_breakdown(model, prompts, args.steps, {"max_completion_length": args.tokens, "beta": 0.0})
     return 0
 
