@@ -247,8 +247,10 @@ def merged_adapter(model):
     """The LoRA adapter merged into the weights for the duration (generation only). Decoding with
     an unmerged adapter runs two extra small matmuls per targeted layer and token: with adapters
     on every layer, CPU sampling ran 1.2-1.35x faster merged (benchmarks/rl_step.py). Merging adds
-    B@A into the weights and unmerging subtracts it, exact up to float rounding."""
-    if not getattr(model, "peft_config", None):
+    B@A into the weights and unmerging subtracts it, exact up to float rounding; quantized weights
+    (QLoRA) would lose precision at every round trip, so they are left alone."""
+    quantized = getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_loaded_in_4bit", False)
+    if not getattr(model, "peft_config", None) or quantized:
         yield model
         return
     model.merge_adapter()
@@ -289,10 +291,11 @@ def _build_trainer(model, tokenizer, train: list[dict], funcs, weights, run_dir:
         use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
         eval_strategy="no", log_completions=False,
     )
-    return _grpo_trainer_class()(model=model, reward_funcs=funcs, args=args, train_dataset=Dataset.from_list(train),
-                       processing_class=tokenizer, callbacks=[*training.callbacks(cfg), selector],
-                       peft_config=training.lora_config(model, cfg.lora, "CAUSAL_LM", "rl")
-                       if cfg.method != "full" else None)
+    trainer_class = _grpo_trainer_class()
+    return trainer_class(model=model, reward_funcs=funcs, args=args, train_dataset=Dataset.from_list(train),
+                         processing_class=tokenizer, callbacks=[*training.callbacks(cfg), selector],
+                         peft_config=training.lora_config(model, cfg.lora, "CAUSAL_LM", "rl")
+                         if cfg.method != "full" else None)
 
 
 def _save_models(chosen: Path, weights: Path, tokenizer, out: Path, precision: str) -> None:
