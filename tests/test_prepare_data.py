@@ -152,3 +152,18 @@ def test_real_gsm8k_sample_as_sft_and_prompts(tmp_path, params, tiny_base):
     rows = read_jsonl(tmp_path / "prompts" / "train.jsonl")
     assert all(r["answer"] and r["reference"] for r in rows)
     assert rows[0]["subset"] == "gsm8k_train_1000"
+
+
+def test_prompts_keep_a_held_out_row_per_subset(tmp_path, params, tiny_base):
+    """RL checkpoint selection needs held-out prompts of each stage's subset, however small."""
+    rows = [{"prompt": f"What is {i} plus 2?", "answer": str(i + 2), "subset": "arithmetic"} for i in range(60)]
+    rows += [{"prompt": f"Name {n} colours.", "subset": "helpful"} for n in (2, 3, 4)]
+    rows += [{"prompt": "Just one row.", "subset": "lonely"}]
+    src = write_jsonl(tmp_path / "p.jsonl", rows)
+    p = params(cleaning={"near_dup": False}, val_fraction=0.05)
+    prepare_data.main(p, "prompts", [str(src)], tmp_path / "out", tokenizer_dir=tiny_base)
+    val = read_jsonl(tmp_path / "out" / "val.jsonl")
+    train = read_jsonl(tmp_path / "out" / "train.jsonl")
+    assert sum(r["subset"] == "helpful" for r in val) >= 1 and sum(r["subset"] == "helpful" for r in train) >= 1
+    assert [r["subset"] for r in train if r["subset"] == "lonely"] == ["lonely"]     # one row: stays for training
+    assert len(val) + len(train) == 64 and not {r["id"] for r in val} & {r["id"] for r in train}

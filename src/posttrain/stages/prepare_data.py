@@ -292,14 +292,30 @@ def _split(rows: list[dict], kind: str, cfg: DataParams) -> dict[str, list[dict]
     if kind == "eval":
         return {"test": rows}
     splits: dict[str, list[dict]] = {"train": [], "val": []}
+    # A salted hash of the content: stable across reruns and input order, independent of which
+    # other rows survive.
+    hashes = {row["id"]: int(cleaning.content_hash([cfg.seed, row["id"]])[:8], 16) / 0xFFFFFFFF for row in rows}
     for row in rows:
-        # A salted hash of the content: stable across reruns and input order, independent of
-        # which other rows survive.
-        h = int(cleaning.content_hash([cfg.seed, row["id"]])[:8], 16) / 0xFFFFFFFF
-        splits["val" if h < cfg.val_fraction else "train"].append(row)
+        splits["val" if hashes[row["id"]] < cfg.val_fraction else "train"].append(row)
+    if kind == "prompts" and cfg.val_fraction > 0:
+        _hold_out_one_per_subset(splits, hashes)
     if not splits["train"]:
         raise DataError(f"kind {kind!r}: every row fell into val; lower data.val_fraction")
     return splits
+
+
+def _hold_out_one_per_subset(splits: dict[str, list[dict]], hashes: dict[str, float]) -> None:
+    """RL stages select checkpoints on the held-out prompts of their own subsets: a subset with
+    two or more rows keeps its lowest-hash row in val even when the fraction rounds to none."""
+    held = {r.get("subset") for r in splits["val"]}
+    by_subset: dict = {}
+    for row in splits["train"]:
+        by_subset.setdefault(row.get("subset"), []).append(row)
+    for subset, rows in sorted(by_subset.items(), key=lambda kv: str(kv[0])):
+        if subset not in held and len(rows) >= 2:
+            pick = min(rows, key=lambda r: hashes[r["id"]])
+            splits["train"].remove(pick)
+            splits["val"].append(pick)
 
 
 def _summary(kind: str, reports: dict[str, SourceReport], splits: dict[str, list[dict]]) -> dict:
