@@ -85,8 +85,14 @@ def test_report_table_charts_and_partial_flag(tmp_path):
     write_json(rm / "metrics.json", {"aspect": "helpful", "heldout_accuracy": 0.93, "heldout_mean_margin": 2.5,
                                      "heldout_pairs": 30, "train_pairs": 268})
     write_manifest(rm, stage="reward:helpful", params={}, seed=0)
+    rl = tmp_path / "rl" / "safety"
+    rl.mkdir(parents=True)
+    write_json(rl / "metrics.json", {"stage": "safety", "algorithm": "grpo", "init": "previous", "steps": 8,
+                                     "chosen_step": 4, "heldout_reward_start": 0.125, "heldout_reward_chosen": 0.316,
+                                     "kl_max": 0.0018, "train_runtime_s": 196.7})
+    write_manifest(rl, stage="rl:safety", params={}, seed=0)
     out = tmp_path / "report"
-    table = report.main([base, sft], [rm], out)
+    table = report.main([base, sft], [rm, rl], out)
     assert table == {"base": {"arithmetic_accuracy": 0.1, "perplexity": 9.0},
                      "sft": {"arithmetic_accuracy": 0.4, "perplexity": 3.0}}
     assert json.loads((out / "metrics.json").read_text()) == table
@@ -94,8 +100,12 @@ def test_report_table_charts_and_partial_flag(tmp_path):
     md = (out / "report.md").read_text()
     assert "| sft (partial) | 0.400 | 3.000 |" in md and "Partial evaluation" in md
     assert "## Reward models" in md and "| helpful | 0.930 | 2.500 | 30 | 268 |" in md
+    assert "## RL stages" in md and "| safety | grpo | previous | 8 | 4 | 0.125 | 0.316 | 0.002 | 196.700 |" in md
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and 'id="metrics"' in page and 'id="reward-models"' in page
+    assert 'id="rl-stages"' in page and "<td>0.316</td>" in page
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["rl_stages"]["safety"]["chosen_step"] == 4
 
 
 def test_report_html_renders_in_headless_chromium(tmp_path):

@@ -27,8 +27,16 @@ CANONICAL = {
 }
 
 
-# Reward-model stages get their own table: held-out pairwise accuracy is what says they can be trusted.
-RM_COLUMNS = ("heldout_accuracy", "heldout_mean_margin", "heldout_pairs", "train_pairs")
+# Training stages whose own metrics say whether to trust them get a table each: a reward model's
+# held-out pairwise accuracy; an RL stage's held-out reward at its start and at the chosen
+# checkpoint, and how far it moved from its init (KL). (title, html id, row key, columns)
+STAGE_TABLES = {
+    "heldout_accuracy": ("Reward models", "reward-models", "aspect",
+                         ("heldout_accuracy", "heldout_mean_margin", "heldout_pairs", "train_pairs")),
+    "heldout_reward_chosen": ("RL stages", "rl-stages", "stage",
+                              ("algorithm", "init", "steps", "chosen_step", "heldout_reward_start",
+                               "heldout_reward_chosen", "kl_max", "train_runtime_s")),
+}
 
 
 def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path) -> dict:
@@ -45,7 +53,7 @@ def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path) -> dict:
         shutil.rmtree(out)
     (out / "plots").mkdir(parents=True)
     charts = [_bar_chart(table, m, out / "plots" / f"{m}.png") for m in metrics]
-    curves, rms = [], {}
+    curves, stages = [], {key: {} for key in STAGE_TABLES}
     for d in curve_dirs:
         require_manifest(d, "a training stage")
         label = d.name if d.parent.name == "results" else f"{d.parent.name}_{d.name}"  # sft, reward_helpful
@@ -54,15 +62,17 @@ def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path) -> dict:
             shutil.copy(d / "curves.png", dst)
             curves.append(dst)
         stage_metrics = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").is_file() else {}
-        if "heldout_accuracy" in stage_metrics:
-            rms[stage_metrics["aspect"]] = {k: stage_metrics[k] for k in RM_COLUMNS}
+        for key, (_, _, row, columns) in STAGE_TABLES.items():
+            if key in stage_metrics:
+                stages[key][stage_metrics[row]] = {c: stage_metrics.get(c) for c in columns}
 
     write_json(out / "metrics.json", table)
-    (out / "report.md").write_text(_markdown(table, metrics, partial, charts, curves, rms))
-    (out / "report.html").write_text(_html(table, metrics, partial, charts, curves, rms))
+    (out / "report.md").write_text(_markdown(table, metrics, partial, charts, curves, stages))
+    (out / "report.html").write_text(_html(table, metrics, partial, charts, curves, stages))
     write_manifest(out, stage="report", params={}, seed=None,
                    inputs={f"eval:{d.name}": d for d in eval_dirs} | {f"curves:{d.name}": d for d in curve_dirs},
-                   extra={"models": list(table), "partial": partial, "reward_models": rms})
+                   extra={"models": list(table), "partial": partial,
+                          "reward_models": stages["heldout_accuracy"], "rl_stages": stages["heldout_reward_chosen"]})
     return table
 
 
@@ -91,7 +101,7 @@ def _bar_chart(table: dict, metric: str, path: Path) -> Path:
     return path
 
 
-def _markdown(table, metrics, partial, charts, curves, rms) -> str:
+def _markdown(table, metrics, partial, charts, curves, stages) -> str:
     lines = ["# posttrain report", ""]
     if partial:
         lines += [f"**Partial evaluation** (a `limit` was set) for: {', '.join(partial)}.", ""]
@@ -99,10 +109,11 @@ def _markdown(table, metrics, partial, charts, curves, rms) -> str:
     for model, values in table.items():
         mark = " (partial)" if model in partial else ""
         lines.append(f"| {model}{mark} | " + " | ".join(_fmt(values.get(m)) for m in metrics) + " |")
-    if rms:
-        lines += ["", "## Reward models", "", "| aspect | " + " | ".join(RM_COLUMNS) + " |",
-                  "|---" * (len(RM_COLUMNS) + 1) + "|"]
-        lines += [f"| {a} | " + " | ".join(_fmt(v[c]) for c in RM_COLUMNS) + " |" for a, v in rms.items()]
+    for key, (title, _, row, columns) in STAGE_TABLES.items():
+        if stages[key]:
+            lines += ["", f"## {title}", "", f"| {row} | " + " | ".join(columns) + " |",
+                      "|---" * (len(columns) + 1) + "|"]
+            lines += [f"| {name} | " + " | ".join(_fmt(v[c]) for c in columns) + " |" for name, v in stages[key].items()]
     lines += ["", "## Metrics", ""] + [f"![{p.stem}](plots/{p.name})" for p in charts]
     if curves:
         lines += ["", "## Training curves", ""] + [f"![{p.stem}](plots/{p.name})" for p in curves]
@@ -114,7 +125,7 @@ def _img(path: Path, alt: str) -> str:
     return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
 
 
-def _html(table, metrics, partial, charts, curves, rms) -> str:
+def _html(table, metrics, partial, charts, curves, stages) -> str:
     head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
     body = ""
     for model, values in table.items():
@@ -123,13 +134,16 @@ def _html(table, metrics, partial, charts, curves, rms) -> str:
             f"<td>{_fmt(values.get(m))}</td>" for m in metrics) + "</tr>"
     note = (f'<p class="partial">Partial evaluation (a limit was set) for: {html.escape(", ".join(partial))}</p>'
             if partial else "")
-    rm_table = ""
-    if rms:
-        rm_head = "".join(f"<th>{html.escape(c)}</th>" for c in RM_COLUMNS)
-        rm_body = "".join(f"<tr><th>{html.escape(a)}</th>" + "".join(f"<td>{_fmt(v[c])}</td>" for c in RM_COLUMNS)
-                          + "</tr>" for a, v in rms.items())
-        rm_table = (f'<h2>Reward models</h2><table id="reward-models"><thead><tr><th>aspect</th>{rm_head}</tr>'
-                    f"</thead><tbody>{rm_body}</tbody></table>")
+    stage_tables = ""
+    for key, (title, table_id, row, columns) in STAGE_TABLES.items():
+        if not stages[key]:
+            continue
+        head_row = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+        rows = "".join(f"<tr><th>{html.escape(str(name))}</th>" + "".join(f"<td>{html.escape(_fmt(v[c]))}</td>"
+                                                                     for c in columns) + "</tr>"
+                       for name, v in stages[key].items())
+        stage_tables += (f'<h2>{title}</h2><table id="{table_id}"><thead><tr><th>{row}</th>{head_row}</tr>'
+                         f"</thead><tbody>{rows}</tbody></table>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>posttrain report</title>
 <style>
@@ -144,7 +158,7 @@ figure {{ margin: 0; }} figcaption {{ font-size: 0.8em; color: #666; }}
 <h1>posttrain report</h1>
 {note}
 <table id="metrics"><thead><tr><th>model</th>{head}</tr></thead><tbody>{body}</tbody></table>
-{rm_table}
+{stage_tables}
 <h2>Metrics</h2><div class="grid" id="charts">{''.join(_img(p, p.stem) for p in charts)}</div>
 <h2>Training curves</h2><div class="grid" id="curves">{''.join(_img(p, p.stem) for p in curves)}</div>
 </body></html>
