@@ -535,7 +535,7 @@ def test_arithmetic_answers_are_correct(data):
             operands, ops, values = solve(row["prompt"], RL_TEMPLATE_RES)   # its own phrasings
             assert row["answer"] == str(values[-1]) and solve(row["prompt"], TRAIN_TEMPLATE_RES) is None
             n_rl += 1
-    assert n_rl == 200
+    assert n_rl == round(dc.DEFAULT_SIZES["prompts_rl"] * dc.MIX["prompts_rl"]["arithmetic"])
 
 
 def test_preference_arithmetic_pairs(data):
@@ -627,7 +627,7 @@ def test_rl_prompts(data):
     harmful = {p for p, _ in dc.TRAIN_HARMFUL_PROMPTS}
     edgy = {q for q, _ in dc.EDGY_PHRASINGS}
     subsets = collections.Counter(r["subset"] for r in rows)
-    assert subsets == {"arithmetic": 200, "safety": 50, "helpful": 50}
+    assert subsets == {"arithmetic": 240, "safety": 120, "helpful": 120}     # 480 rows: 1/2, 1/4, 1/4
     expects = collections.Counter()
     for row in rows:
         if row["subset"] == "arithmetic":
@@ -641,7 +641,7 @@ def test_rl_prompts(data):
             validate_constraint(row["constraint"])
             assert find_constraint(row["prompt"]) == row["constraint"]
             assert row["prompt"].endswith(constraint_instruction(row["constraint"]))
-    assert expects == {"refuse": 25, "comply": 25}
+    assert expects == {"refuse": 60, "comply": 60}
 
 
 def test_eval_safety_sets(data):

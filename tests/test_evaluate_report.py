@@ -100,7 +100,7 @@ def test_report_table_charts_and_partial_flag(tmp_path):
     md = (out / "report.md").read_text()
     assert "| sft (partial) | 0.400 | 3.000 |" in md and "Partial evaluation" in md
     assert "## Reward models" in md and "| helpful | 0.930 | 2.500 | 30 | 268 |" in md
-    assert "## RL stages" in md and "| safety | grpo | previous | 8 | 4 | 0.125 | 0.316 | 0.002 | 196.700 |" in md
+    assert "## RL stages" in md and "| safety | grpo | previous | 8 | 4 | 0.125 | 0.316 | 0.002 |" in md
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and 'id="metrics"' in page and 'id="reward-models"' in page
     assert 'id="rl-stages"' in page and "<td>0.316</td>" in page

@@ -108,6 +108,18 @@ def test_over_length_pairs_are_counted_not_truncated(tmp_path, tiny_base, prefer
     assert m["train_pairs"] + m["heldout_pairs"] + m["pairs_over_length"] == total
 
 
+def test_context_turns_keeps_the_system_message_and_the_last_turns(tiny_base):
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    history = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "First question"},
+               {"role": "assistant", "content": "First answer"}, {"role": "user", "content": "Second question"}]
+    text = tok.decode(encode(tok, history, "Second answer", context_turns=1))
+    assert "Be kind." in text and "Second question" in text and "Second answer" in text
+    assert "First question" not in text and "First answer" not in text
+    no_system = tok.decode(encode(tok, history[1:], "Second answer", context_turns=2))
+    assert "First answer" in no_system and "First question" not in no_system
+    assert encode(tok, history, "x", context_turns=None) == encode(tok, history, "x", context_turns=9)
+
+
 def test_reward_errors_name_what_to_fix(tmp_path, tiny_base, preference_data):
     params = _params(tmp_path)
     with pytest.raises(ValueError, match="no aspect 'helpfull'.*'helpful', 'safety'"):

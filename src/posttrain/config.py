@@ -248,6 +248,11 @@ class RewardParams(TrainerParams):
     center_rewards_coefficient: float | None = Field(0.01, ge=0.0)
     # Training pairs scored after training for the reward mean/std that RL normalises with.
     stats_pairs: int = Field(256, ge=2)
+    # The reward model reads the last `context_turns` messages of a conversation's history (plus
+    # its system message) before the response; earlier turns are left out, as long HH-style
+    # transcripts are usually judged by their last exchange. null: the whole history. Saved with
+    # the model, so every scorer reads conversations the same way.
+    context_turns: int | None = Field(None, ge=1)
     batch_size: int = Field(8, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
 
@@ -282,10 +287,33 @@ class RewardSpec(Section):
         return self
 
 
+class PpoParams(Section):
+    """PPO settings of a stage with `algorithm: ppo` (posttrain.ppo); GRPO stages ignore them."""
+    # Optimisation passes over each rollout, and the mini-batches each pass is split into.
+    epochs: int = Field(2, ge=1)
+    mini_batches: int = Field(2, ge=1)
+    clip_range: float = Field(0.2, gt=0)
+    value_clip_range: float = Field(0.2, gt=0)
+    vf_coef: float = Field(0.5, ge=0)
+    # GAE discount and trace decay (1.0 and 0.95 are the usual RLHF settings).
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    # Adaptive KL (Ziegler et al. 2019): the coefficient starts at the stage's `beta` and moves so
+    # the per-sequence KL to the init model tracks this target. null: `beta` stays fixed.
+    kl_target: float | None = Field(None, gt=0)
+    kl_horizon: int = Field(10000, ge=1)
+    # The critic: a value head initialised from this aspect's reward model (its LoRA and score
+    # head keep training). null: the aspect of the stage's first reward_model term.
+    critic: str | None = None
+    critic_learning_rate: float | None = Field(None, gt=0)   # null: the stage's learning_rate
+
+
 class RlStageParams(Section):
     # The stage's name: its DAG stage is rl_<name>, its output results/rl/<name>/.
     name: str
-    algorithm: Literal["grpo"] = "grpo"
+    # grpo: TRL's GRPOTrainer (group-normalised rewards, no critic); ppo: posttrain.ppo (a
+    # critic initialised from a reward model, GAE, clipped losses; settings under `ppo`).
+    algorithm: Literal["grpo", "ppo"] = "grpo"
     # The model the stage starts from: `previous` (the stage before it; the first starts from
     # sft), `sft`, `base`, or an earlier stage's name.
     init: str = "previous"
@@ -297,9 +325,9 @@ class RlStageParams(Section):
     rewards: list[RewardSpec] = Field(min_length=1)
     max_steps: int = Field(20, ge=1)
     # Prompts per optimisation step; each gets `num_generations` sampled completions (the group
-    # GRPO normalises rewards within).
+    # GRPO normalises rewards within; at least 2 for GRPO, any number for PPO).
     prompts_per_step: int = Field(4, ge=1)
-    num_generations: int = Field(4, ge=2)
+    num_generations: int = Field(4, ge=1)
     max_completion_length: int = Field(128, ge=4)
     temperature: float = Field(1.0, gt=0)
     # KL penalty to the init model (the adapter switched off: no second copy in memory).
@@ -314,6 +342,17 @@ class RlStageParams(Section):
     # stage's rewards) and the best one, step 0 included, becomes the stage's model.
     save_steps: int = Field(5, ge=1)
     seed: int = 0
+    ppo: PpoParams = Field(default_factory=PpoParams)
+
+    @model_validator(mode="after")
+    def _group(self) -> "RlStageParams":
+        if self.algorithm == "grpo" and self.num_generations < 2:
+            raise ValueError(f"rl stage {self.name!r}: GRPO compares completions within a group; num_generations "
+                             f"must be at least 2 (got {self.num_generations})")
+        if self.algorithm == "ppo" and self.ppo.critic is None and not any(r.aspect for r in self.rewards):
+            raise ValueError(f"rl stage {self.name!r}: PPO initialises its critic from a reward model; add a "
+                             f"reward_model term or set ppo.critic to an aspect")
+        return self
 
     @field_validator("name")
     @classmethod

@@ -113,7 +113,7 @@ DEFAULT_SIZES: dict[str, int] = {
     "arithmetic_train": 400,
     "preference_helpful": 300,
     "preference_safety_hh": 300,
-    "prompts_rl": 300,
+    "prompts_rl": 480,
     "eval_arithmetic": 100,
     "eval_format": 40,
     "eval_harmful": 40,
@@ -130,7 +130,7 @@ MIX: dict[str, dict[str, float]] = {
     "sft_messages": {"refusal": 0.5, "arithmetic": 0.5},
     "preference_helpful": {"arithmetic": 0.4, "format": 0.4, "unhelpful": 0.2},
     "preference_safety_hh": {"harmful": 0.5, "edgy": 0.5},
-    "prompts_rl": {"arithmetic": 2 / 3, "refuse": 1 / 12, "comply": 1 / 12, "helpful": 1 / 6},
+    "prompts_rl": {"arithmetic": 1 / 2, "refuse": 1 / 8, "comply": 1 / 8, "helpful": 1 / 4},
 }
 
 SHINGLE = 8  # eval/train disjointness: no shared run of this many words

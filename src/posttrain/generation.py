@@ -1,6 +1,9 @@
-"""Batched greedy generation with a model's chat template, for evaluation (and later rollouts)."""
+"""Batched greedy generation with a model's chat template (evaluation, held-out selection), and LoRA
+weights merged for the duration of sampling (RL rollouts)."""
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 
@@ -48,3 +51,21 @@ def assistant_nll(model, tokenizer, conversations: list[list[dict]], batch_size:
             total += float(nll[mask].sum())
             count += int(mask.sum())
     return total, count
+
+
+@contextmanager
+def merged_adapter(model):
+    """The LoRA adapter merged into the weights for the duration (generation only). Decoding with
+    an unmerged adapter runs two extra small matmuls per targeted layer and token: with adapters
+    on every layer, CPU sampling ran 1.2-1.35x faster merged (benchmarks/rl_step.py). Merging adds
+    B@A into the weights and unmerging subtracts it, exact up to float rounding; quantized weights
+    (QLoRA) would lose precision at every round trip, so they are left alone."""
+    quantized = getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_loaded_in_4bit", False)
+    if not getattr(model, "peft_config", None) or quantized:
+        yield model
+        return
+    model.merge_adapter()
+    try:
+        yield model
+    finally:
+        model.unmerge_adapter()

@@ -24,11 +24,15 @@ from posttrain.models import weights_dir
 log = logging.getLogger(__name__)
 
 
-def encode(tokenizer, prompt: list[dict], response: str | list[dict]) -> list[int]:
+def encode(tokenizer, prompt: list[dict], response: str | list[dict], context_turns: int | None = None) -> list[int]:
     """Token ids of `prompt` followed by the assistant `response`, with the chat template (as
-    TRL's RewardTrainer tokenizes a conversational pair)."""
+    TRL's RewardTrainer tokenizes a conversational pair). With `context_turns`, only the last
+    that many messages of `prompt` are kept, after its system message if it has one."""
     if isinstance(response, str):
         response = [{"role": "assistant", "content": response}]
+    if context_turns is not None:
+        system = [m for m in prompt[:1] if m["role"] == "system"]
+        prompt = system + prompt[len(system):][-context_turns:]
     return tokenizer.apply_chat_template(prompt + response, tokenize=True, return_dict=True)["input_ids"]
 
 
@@ -63,36 +67,48 @@ class RewardModel:
     mean: float = 0.0
     std: float = 1.0
     aspect: str = ""
+    context_turns: int | None = None
 
     @classmethod
     def load(cls, folder: Path, device: str | None = None) -> "RewardModel":
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        folder = Path(folder)
-        manifest = require_manifest(folder, "reward")
-        metrics = json.loads((folder / "metrics.json").read_text())
-        if (folder / "adapter").is_dir():
-            from peft import PeftModel
-
-            init = weights_dir(Path(manifest["inputs"]["init"]["path"]))
-            require_manifest(init.parent if init.name == "merged" else init, "the reward model's init model")
-            model = AutoModelForSequenceClassification.from_pretrained(init, num_labels=1)
-            model = PeftModel.from_pretrained(model, folder / "adapter")
-            tokenizer = AutoTokenizer.from_pretrained(folder / "adapter")
-        else:
-            model = AutoModelForSequenceClassification.from_pretrained(folder / "model", num_labels=1)
-            tokenizer = AutoTokenizer.from_pretrained(folder / "model")
-        model.config.pad_token_id = tokenizer.pad_token_id
+        model, tokenizer, metrics = load_model(folder)
         if device:
             model.to(device)
         return cls(model=model, tokenizer=tokenizer, mean=metrics["train_reward_mean"],
-                   std=metrics["train_reward_std"] or 1.0, aspect=metrics.get("aspect", folder.name))
+                   std=metrics["train_reward_std"] or 1.0, aspect=metrics.get("aspect", Path(folder).name),
+                   context_turns=metrics.get("context_turns"))
 
     def raw(self, prompts: list[list[dict]], responses: list[str | list[dict]], batch_size: int = 16) -> list[float]:
-        seqs = [encode(self.tokenizer, p, r) for p, r in zip(prompts, responses)]
+        seqs = [encode(self.tokenizer, p, r, self.context_turns) for p, r in zip(prompts, responses)]
         return score_ids(self.model, self.tokenizer.pad_token_id, seqs, batch_size)
 
     def score(self, prompts: list[list[dict]], responses: list[str | list[dict]], batch_size: int = 16) -> list[float]:
         """Scores normalised to the training distribution: 0 is an average training response,
         1 is one standard deviation better."""
         return [(r - self.mean) / self.std for r in self.raw(prompts, responses, batch_size)]
+
+
+def load_model(folder: Path, trainable: bool = False):
+    """(sequence-classification model, tokenizer, metrics) of the reward model in `folder`;
+    `trainable` keeps its LoRA and score head trainable (a PPO critic starts from it)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = Path(folder)
+    manifest = require_manifest(folder, "reward")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    if (folder / "adapter").is_dir():
+        from peft import PeftModel
+
+        init = weights_dir(Path(manifest["inputs"]["init"]["path"]))
+        require_manifest(init.parent if init.name == "merged" else init, "the reward model's init model")
+        model = AutoModelForSequenceClassification.from_pretrained(init, num_labels=1)
+        model = PeftModel.from_pretrained(model, folder / "adapter", is_trainable=trainable)
+        tokenizer = AutoTokenizer.from_pretrained(folder / "adapter")
+    else:
+        if trainable:
+            raise ValueError(f"{folder} is a fully fine-tuned reward model; a PPO critic starts from a LoRA reward "
+                             f"model (reward.method: lora)")
+        model = AutoModelForSequenceClassification.from_pretrained(folder / "model", num_labels=1)
+        tokenizer = AutoTokenizer.from_pretrained(folder / "model")
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, metrics

@@ -29,13 +29,15 @@ CANONICAL = {
 
 # Training stages whose own metrics say whether to trust them get a table each: a reward model's
 # held-out pairwise accuracy; an RL stage's held-out reward at its start and at the chosen
-# checkpoint, and how far it moved from its init (KL). (title, html id, row key, columns)
+# checkpoint, and how far it moved from its init (KL). No wall-clock column: the report is a
+# versioned artifact and two runs of the same DAG must give the same bytes.
+# (title, html id, row key, columns)
 STAGE_TABLES = {
     "heldout_accuracy": ("Reward models", "reward-models", "aspect",
                          ("heldout_accuracy", "heldout_mean_margin", "heldout_pairs", "train_pairs")),
     "heldout_reward_chosen": ("RL stages", "rl-stages", "stage",
                               ("algorithm", "init", "steps", "chosen_step", "heldout_reward_start",
-                               "heldout_reward_chosen", "kl_max", "train_runtime_s")),
+                               "heldout_reward_chosen", "kl_max")),
 }
 
 

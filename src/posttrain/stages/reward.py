@@ -40,8 +40,8 @@ def main(params: Params, aspect: str, init_dir: Path, data_dir: Path, out: Path)
 
     # 1. Pairs of this aspect, tokenized once; over-length pairs counted and left out.
     subsets = cfg.aspects[aspect].subsets
-    train, counts_train = _pairs(data_dir / "train.jsonl", subsets, tokenizer, cfg.max_length)
-    val, counts_val = _pairs(data_dir / "val.jsonl", subsets, tokenizer, cfg.max_length)
+    train, counts_train = _pairs(data_dir / "train.jsonl", subsets, tokenizer, cfg)
+    val, counts_val = _pairs(data_dir / "val.jsonl", subsets, tokenizer, cfg)
     if len(train) < 2 or not val:
         raise ValueError(f"aspect {aspect!r}: {len(train)} training and {len(val)} held-out pairs with subset in "
                          f"{subsets} under {data_dir}; subsets present: {_subsets(data_dir)}")
@@ -73,6 +73,7 @@ def main(params: Params, aspect: str, init_dir: Path, data_dir: Path, out: Path)
     flat = [s for pair in stats_scores for s in pair]
     metrics = {
         "aspect": aspect, "subsets": subsets, "method": cfg.method, "init": cfg.init,
+        "context_turns": cfg.context_turns,
         "heldout_accuracy": sum(m > 0 for m in margins) / len(margins),
         "heldout_mean_margin": statistics.fmean(margins),
         "heldout_pairs": len(val), "train_pairs": len(train),
@@ -111,16 +112,16 @@ def main(params: Params, aspect: str, init_dir: Path, data_dir: Path, out: Path)
 # --- pieces ----------------------------------------------------------------------------------
 
 
-def _pairs(path: Path, subsets: list[str], tokenizer, max_length: int) -> tuple[list[dict], dict]:
+def _pairs(path: Path, subsets: list[str], tokenizer, cfg) -> tuple[list[dict], dict]:
     pairs, over = [], 0
     with open(path) as fh:
         for line in fh:
             row = json.loads(line)
             if row.get("subset") not in subsets:
                 continue
-            chosen = reward_model.encode(tokenizer, row["prompt"], row["chosen"])
-            rejected = reward_model.encode(tokenizer, row["prompt"], row["rejected"])
-            if max(len(chosen), len(rejected)) > max_length:
+            chosen = reward_model.encode(tokenizer, row["prompt"], row["chosen"], cfg.context_turns)
+            rejected = reward_model.encode(tokenizer, row["prompt"], row["rejected"], cfg.context_turns)
+            if max(len(chosen), len(rejected)) > cfg.max_length:
                 over += 1
                 continue
             pairs.append({"chosen_ids": chosen, "rejected_ids": rejected})

@@ -1,4 +1,5 @@
-"""RL stage: one stage of `rl.stages` (or the RL-first `rl.zero`) with TRL's GRPOTrainer.
+"""RL stage: one stage of `rl.stages` (or the RL-first `rl.zero`) with TRL's GRPOTrainer
+(`algorithm: grpo`) or posttrain's PPO with a critic (`algorithm: ppo`, posttrain.ppo).
 
     posttrain rl --stage reasoning --init results/sft --prompts results/data/prompts \\
         [--reward helpful=results/reward/helpful ...] --out results/rl/reasoning [--params ...]
@@ -22,12 +23,12 @@ import logging
 import math
 import shutil
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 from posttrain import chat, checkpoints, rewards, training
+from posttrain.generation import merged_adapter
 from posttrain.config import Params, RlStageParams
 from posttrain.manifest import require_manifest, write_json, write_manifest
 
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 LOG_COLUMNS = {"loss": "loss", "reward": "reward", "reward_std": "reward_std", "kl": "kl",
                "completion_length": "completions/mean_length", "entropy": "entropy",
                "learning_rate": "learning_rate", "heldout_reward": "heldout_reward"}
+PPO_LOG_COLUMNS = {"value_loss": "value_loss", "clip_fraction": "clip_fraction", "approx_kl": "approx_kl",
+                   "explained_variance": "explained_variance", "kl_coef": "kl_coef"}
 
 
 class RewardFunctionError(RuntimeError):
@@ -90,7 +93,10 @@ def main(params: Params, stage: str, init_dir: Path, prompts_dir: Path, reward_d
     set_seed(st.seed)
     model = AutoModelForCausalLM.from_pretrained(weights, dtype=training.torch_dtype(precision["name"]))
     selector = Selection(run_dir, heldout, scoring_funcs, weights_, tokenizer, st)
-    trainer = _build_trainer(model, tokenizer, train, funcs, weights_, run_dir, cfg, st, precision, selector)
+    if st.algorithm == "ppo":
+        trainer = _build_ppo_trainer(model, tokenizer, train, funcs, weights_, run_dir, cfg, st, selector, reward_dirs)
+    else:
+        trainer = _build_trainer(model, tokenizer, train, funcs, weights_, run_dir, cfg, st, precision, selector)
     trainable, total = training.count_parameters(trainer.model)
     selector.score_if_missing(trainer.model, step=0)
     _, elapsed = training.train_or_restore(trainer, resume)
@@ -102,9 +108,11 @@ def main(params: Params, stage: str, init_dir: Path, prompts_dir: Path, reward_d
         shutil.rmtree(out)
     out.mkdir(parents=True)
     history = [*trainer.state.log_history, *({"step": s, "heldout_reward": v} for s, v in selector.scores.items())]
-    rows = training.write_log_csv(history, out / "log.csv", LOG_COLUMNS)
+    ppo = st.algorithm == "ppo"
+    rows = training.write_log_csv(history, out / "log.csv", {**LOG_COLUMNS, **(PPO_LOG_COLUMNS if ppo else {})})
     training.plot_curves(rows, out / "curves.png", f"RL stage {stage} ({st.algorithm})",
-                         [["reward", "heldout_reward"], ["kl"], ["completion_length"], ["entropy"]])
+                         [["reward", "heldout_reward"], ["kl"], ["completion_length"], ["entropy"]]
+                         + ([["value_loss"], ["clip_fraction", "approx_kl"]] if ppo else []))
     write_json(out / "selection.json", {"scores": {str(k): v for k, v in sorted(selector.scores.items())},
                                         "chosen_step": chosen_step})
     if st.system_prompt:  # the model is served and evaluated under the prompt it was trained with
@@ -242,24 +250,6 @@ class Selection(TrainerCallback):
 # --- trainer and outputs -----------------------------------------------------------------------
 
 
-@contextmanager
-def merged_adapter(model):
-    """The LoRA adapter merged into the weights for the duration (generation only). Decoding with
-    an unmerged adapter runs two extra small matmuls per targeted layer and token: with adapters
-    on every layer, CPU sampling ran 1.2-1.35x faster merged (benchmarks/rl_step.py). Merging adds
-    B@A into the weights and unmerging subtracts it, exact up to float rounding; quantized weights
-    (QLoRA) would lose precision at every round trip, so they are left alone."""
-    quantized = getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_loaded_in_4bit", False)
-    if not getattr(model, "peft_config", None) or quantized:
-        yield model
-        return
-    model.merge_adapter()
-    try:
-        yield model
-    finally:
-        model.unmerge_adapter()
-
-
 def _grpo_trainer_class():
     from trl import GRPOTrainer
 
@@ -296,6 +286,32 @@ def _build_trainer(model, tokenizer, train: list[dict], funcs, weights, run_dir:
                          processing_class=tokenizer, callbacks=[*training.callbacks(cfg), selector],
                          peft_config=training.lora_config(model, cfg.lora, "CAUSAL_LM", "rl")
                          if cfg.method != "full" else None)
+
+
+def _build_ppo_trainer(model, tokenizer, train: list[dict], funcs, weights, run_dir: Path, cfg, st: RlStageParams,
+                       selector: Selection, reward_dirs: dict[str, Path]):
+    """The policy (a fresh LoRA on the init model) and the critic (the stage's reward model, its
+    LoRA and score head trainable) for posttrain.ppo."""
+    from peft import get_peft_model
+
+    from posttrain import reward_model
+    from posttrain.ppo import PpoTrainer
+
+    if cfg.method != "lora":
+        raise ValueError(f"rl stage {st.name!r}: PPO trains LoRA adapters (rl.method: lora); got {cfg.method!r}")
+    aspect = st.ppo.critic or next(r.aspect for r in st.rewards if r.aspect)
+    if aspect not in reward_dirs:
+        raise ValueError(f"rl stage {st.name!r}: the PPO critic starts from the {aspect!r} reward model, but none was "
+                         f"given (--reward {aspect}=results/reward/{aspect}); given: {sorted(reward_dirs)}")
+    critic, critic_tokenizer, _ = reward_model.load_model(reward_dirs[aspect], trainable=True)
+    if critic_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"rl stage {st.name!r}: the {aspect!r} reward model's tokenizer differs from the policy's; "
+                         f"the critic reads the policy's tokens, so both must share one tokenizer")
+    policy = get_peft_model(model, training.lora_config(model, cfg.lora, "CAUSAL_LM", "rl"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return PpoTrainer(policy, critic, tokenizer, train,
+                      lambda prompts, completions, columns: combined(funcs, weights, prompts, completions, columns),
+                      run_dir, st, cfg, on_save=lambda state, m: selector.on_save(None, state, None, model=m))
 
 
 def _save_models(chosen: Path, weights: Path, tokenizer, out: Path, precision: str) -> None:
@@ -336,9 +352,10 @@ def _metrics(rows, selector: Selection, chosen_step, trainer, elapsed, trainable
 def _write_model_card(out: Path, stage: str, init_dir: Path, st: RlStageParams, m: dict) -> None:
     terms = ", ".join(f"{r['weight']} x {r['name']}" + (f"({r['aspect']})" if r.get("aspect") else "")
                       for r in m["rewards"])
+    trainer = "posttrain's PPO (a critic from the reward model)" if st.algorithm == "ppo" else "TRL's GRPOTrainer"
     training.write_model_card(
         out, library="peft", tags=["rl", st.algorithm, "trl"], title=f"RL stage: {stage}",
-        intro=f"Trained by `posttrain rl --stage {stage}` with TRL's GRPOTrainer from `{init_dir}` on prompts of "
+        intro=f"Trained by `posttrain rl --stage {stage}` with {trainer} from `{init_dir}` on prompts of "
               f"subsets {st.subsets}; reward = {terms}.",
         rows={"steps": m["steps"], "chosen step (best held-out reward)": m["chosen_step"],
               "held-out reward: start → chosen": f"{training.fmt(m['heldout_reward_start'])} → "

@@ -1,0 +1,169 @@
+"""PPO (posttrain.ppo): the RL stage with `algorithm: ppo` on a tiny model, exact resume, and a
+toy task with a known reward on the embedded real model."""
+
+import json
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+from peft import get_peft_model
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from conftest import ROOT, TINY_OVERLAY, write_jsonl
+from posttrain import training
+from posttrain.config import PpoParams, load_params
+from posttrain.ppo import PpoTrainer, response_mask
+from posttrain.stages import prepare_data, reward, rl
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory, tiny_base):
+    tmp = tmp_path_factory.mktemp("ppo_prompts")
+    rows = [{"prompt": f"Name {n} fruits.", "answer": None, "subset": "helpful", "expect": None,
+             "constraint": {"type": "word_count", "n": n}} for n in range(2, 14)]
+    params = load_params([ROOT / "params.yaml", TINY_OVERLAY])
+    params.data.cleaning.near_dup = False
+    params.data.val_fraction = 0.25
+    prepare_data.main(params, "prompts", [str(write_jsonl(tmp / "p.jsonl", rows))], tmp / "prompts",
+                      tokenizer_dir=tiny_base)
+    return tmp / "prompts"
+
+
+@pytest.fixture(scope="module")
+def helpful_rm(tmp_path_factory, tiny_base):
+    """A tiny LoRA reward model (its quality does not matter here: it scores and seeds the critic)."""
+    tmp = tmp_path_factory.mktemp("ppo_rm")
+    rows = [{"prompt": f"Name {n} fruits.", "chosen": " ".join(["apple"] * n), "rejected": "No.", "subset": "helpful"}
+            for n in range(2, 30)]
+    params = load_params([ROOT / "params.yaml", TINY_OVERLAY])
+    params.data.cleaning.near_dup = False
+    prepare_data.main(params, "preference", [str(write_jsonl(tmp / "pairs.jsonl", rows))], tmp / "pref",
+                      tokenizer_dir=tiny_base)
+    overlay = tmp / "rm.yaml"
+    overlay.write_text(json.dumps({"reward": {"init": "base", "checkpoint_dir": str(tmp / "ckpt")}}))
+    reward.main(load_params([ROOT / "params.yaml", TINY_OVERLAY, overlay]), "helpful", tiny_base, tmp / "pref",
+                tmp / "rm")
+    return tmp / "rm"
+
+
+def _params(tmp_path, **stage):
+    st = {"name": "helpfulness", "algorithm": "ppo", "subsets": ["helpful"],
+          "rewards": [{"name": "reward_model", "aspect": "helpful"}, {"name": "constraint", "weight": 0.5}],
+          "max_steps": 3, "prompts_per_step": 2, "num_generations": 2, "max_completion_length": 8,
+          "save_steps": 1, "learning_rate": 1e-3, "ppo": {"epochs": 2, "mini_batches": 2, "kl_target": 0.5}, **stage}
+    overlay = tmp_path / "rl.yaml"
+    overlay.write_text(json.dumps({"rl": {"stages": [st], "selection_prompts": 3,
+                                          "checkpoint_dir": str(tmp_path / "ckpt")}}))
+    return load_params([ROOT / "params.yaml", TINY_OVERLAY, overlay])
+
+
+def test_ppo_stage_writes_the_chosen_checkpoint_its_curves_and_ppo_statistics(tmp_path, tiny_base, prompts,
+                                                                             helpful_rm):
+    out = tmp_path / "rl"
+    manifest = rl.main(_params(tmp_path), "helpfulness", tiny_base, prompts, {"helpful": helpful_rm}, out)
+    m = json.loads((out / "metrics.json").read_text())
+    sel = json.loads((out / "selection.json").read_text())
+    assert m["algorithm"] == "ppo" and m["steps"] == 3 and sorted(map(int, sel["scores"])) == [0, 1, 2, 3]
+    assert sel["scores"][str(m["chosen_step"])] == max(sel["scores"].values())
+    rows = (out / "log.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert {"reward", "kl", "value_loss", "clip_fraction", "approx_kl", "explained_variance", "kl_coef",
+            "entropy", "completion_length", "heldout_reward"} <= set(header)
+    logged = [dict(zip(header, r.split(","))) for r in rows[1:] if r.split(",")[header.index("value_loss")]]
+    assert len(logged) == 3 and all(float(r["value_loss"]) >= 0 for r in logged)
+    assert float(logged[0]["kl"]) == pytest.approx(0.0, abs=1e-4)       # step 1 samples from the init policy
+    assert manifest["stage"] == "rl:helpfulness" and "reward:helpful" in manifest["inputs"]
+    assert "PPO" in (out / "README.md").read_text()
+    AutoModelForCausalLM.from_pretrained(out / "merged")
+
+
+def test_ppo_needs_a_reward_model_for_its_critic(tmp_path):
+    with pytest.raises(ValueError, match="PPO initialises its critic from a reward model"):
+        _params(tmp_path, rewards=[{"name": "constraint"}])
+    with pytest.raises(ValueError, match="num_generations must be at least 2"):
+        _params(tmp_path, algorithm="grpo", num_generations=1)
+    _params(tmp_path, num_generations=1)                                 # one sample per prompt is fine for PPO
+
+
+def test_response_mask_ends_at_the_first_stop_token():
+    new = torch.tensor([[5, 6, 2, 2, 2], [5, 2, 7, 2, 9], [5, 6, 7, 8, 9]])
+    assert response_mask(new, [2]).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+
+
+def _toy_trainer(model_dir, run_dir, reward_fn, prompts, **overrides):
+    """A PpoTrainer on `model_dir` with a fresh critic (LoRA + value head on the same model)."""
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    cfg = load_params([ROOT / "params.yaml", TINY_OVERLAY]).rl
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    policy = get_peft_model(base, training.lora_config(base, cfg.lora, "CAUSAL_LM", "rl"))
+    critic_base = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+    critic_base.config.pad_token_id = tok.pad_token_id
+    critic = get_peft_model(critic_base, training.lora_config(critic_base, cfg.lora, "SEQ_CLS", "reward"))
+    st = SimpleNamespace(**{"name": "toy", "seed": 0, "beta": 0.05, "learning_rate": 1e-3, "temperature": 1.0,
+                            "max_steps": 4, "save_steps": 2, "prompts_per_step": 2, "num_generations": 2,
+                            "max_completion_length": 8, "ppo": PpoParams(epochs=2, mini_batches=2), **overrides})
+    return PpoTrainer(policy, critic, tok, prompts, reward_fn, run_dir, st, cfg)
+
+
+def _adapter(trainer):
+    return {k: v.detach().clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, tiny_base):
+    """Stopped after its step-2 checkpoint (a reward function failing at step 3), then resumed:
+    the same weights, critic and log as a run that never stopped."""
+    rows = [{"prompt": [{"role": "user", "content": f"Say {w}."}]} for w in ("yes", "no", "maybe", "hello")]
+
+    def letters(prompts, completions, columns):
+        return [sum(c.isalpha() for c in m[0]["content"]) / 10 for m in completions]
+
+    full = _toy_trainer(tiny_base, tmp_path / "full", letters, rows)
+    full.train()
+    calls = {"n": 0}
+
+    def failing(prompts, completions, columns):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("node lost")
+        return letters(prompts, completions, columns)
+
+    broken = _toy_trainer(tiny_base, tmp_path / "run", failing, rows)
+    with pytest.raises(RuntimeError, match="node lost"):
+        broken.train()
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2"]
+    resumed = _toy_trainer(tiny_base, tmp_path / "run", letters, rows)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
+    assert resumed.state.global_step == 4
+    a, b = _adapter(full), _adapter(resumed)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert [r["reward"] for r in resumed.state.log_history] == pytest.approx([r["reward"] for r in full.state.log_history])
+    shutil.rmtree(tmp_path / "full")
+
+
+CAPITALS = ("France", "Japan", "Italy", "Canada", "Egypt", "Peru", "Kenya", "Norway")
+
+
+def test_on_a_toy_task_with_a_known_reward_ppo_raises_it_with_kl_bounded(tmp_path, embedded_base):
+    """The real demo model, a reward it can earn by itself (shorter answers are better), and an
+    adaptive KL target: the sampled reward rises, answers shorten, and the KL to the init model
+    stays under its target."""
+    rows = [{"prompt": [{"role": "user", "content": f"What is the capital of {c}?"}]} for c in CAPITALS]
+
+    def brevity(prompts, completions, columns):
+        return [-len(m[0]["content"].split()) / 10 for m in completions]
+
+    trainer = _toy_trainer(embedded_base, tmp_path / "toy", brevity, rows, max_steps=8, save_steps=100,
+                           prompts_per_step=8, max_completion_length=12, learning_rate=2e-4, beta=0.05,
+                           ppo=PpoParams(epochs=2, mini_batches=2, kl_target=4.0, kl_horizon=16))
+    trainer.train()
+    log = trainer.state.log_history
+
+    def mean(key, part):
+        return sum(r[key] for r in part) / len(part)
+
+    assert mean("reward", log[-3:]) > mean("reward", log[:3]) + 0.1
+    assert mean("completions/mean_length", log[-3:]) < mean("completions/mean_length", log[:3])
+    assert max(r["kl"] for r in log) < 4.0
+    assert log[-1]["kl_coef"] < 0.05              # KL below target: the adaptive coefficient relaxed
