@@ -8,6 +8,12 @@ from contextlib import contextmanager
 import torch
 
 
+def stop_ids(tokenizer) -> list[int]:
+    """Token ids that end an assistant turn: EOS and ChatML's <|im_end|> where the vocabulary has it."""
+    return [t for t in {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+            if isinstance(t, int) and t != tokenizer.unk_token_id]
+
+
 def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 64,
              batch_size: int = 8, temperature: float = 0.0, seed: int = 0) -> list[str]:
     """One completion per conversation (a list of messages ending with a user turn).
@@ -15,8 +21,7 @@ def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_token
     torch.manual_seed(seed)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only: pad on the left so generation continues the prompt
-    stops = [t for t in {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
-             if isinstance(t, int) and t != tokenizer.unk_token_id]
+    stops = stop_ids(tokenizer)
     outputs: list[str] = []
     model.eval()
     try:

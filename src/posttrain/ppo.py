@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from posttrain import checkpoints, ppo_math
-from posttrain.generation import merged_adapter
+from posttrain.generation import merged_adapter, stop_ids
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,7 @@ class PpoTrainer:
                    "lr": st.ppo.critic_learning_rate or st.learning_rate}]
         self.optimizer = torch.optim.AdamW(params, weight_decay=cfg.weight_decay)
         self.state = TrainerState(max_steps=st.max_steps, global_step=0, log_history=[])
-        self.stops = [t for t in {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
-                      if isinstance(t, int) and t != tokenizer.unk_token_id]
+        self.stops = stop_ids(tokenizer)
 
     # --- the loop ------------------------------------------------------------------------------
 
