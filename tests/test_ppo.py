@@ -86,6 +86,15 @@ def test_ppo_needs_a_reward_model_for_its_critic(tmp_path):
     _params(tmp_path, num_generations=1)                                 # one sample per prompt is fine for PPO
 
 
+def test_a_critic_from_a_reward_model_the_rewards_do_not_use_is_an_input_of_the_stage(tmp_path):
+    from posttrain import pipeline
+
+    params = _params(tmp_path, rewards=[{"name": "constraint"}], ppo={"critic": "helpful"})
+    stage = next(s for s in pipeline.stages(params) if s.name == "rl_helpfulness")
+    assert "results/reward/helpful" in stage.deps
+    assert stage.args[stage.args.index("--reward") + 1] == "helpful=results/reward/helpful"
+
+
 def test_response_mask_ends_at_the_first_stop_token():
     new = torch.tensor([[5, 6, 2, 2, 2], [5, 2, 7, 2, 9], [5, 6, 7, 8, 9]])
     assert response_mask(new, [2]).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]

@@ -159,7 +159,8 @@ def _rl(params: Params, table: list[Stage]) -> list[Stage]:
             st.init, str(RESULTS / "rl" / st.init))
         if st.init == "sft" and "sft" not in models:
             raise ValueError(f"rl stage {st.name!r} starts from sft, but the DAG has no sft stage")
-        aspects = sorted({r.aspect for r in st.rewards if r.aspect})
+        # reward models the stage reads: its reward terms', and a PPO critic's starting point
+        aspects = sorted({r.aspect for r in st.rewards if r.aspect} | ({st.ppo.critic} if st.ppo.critic else set()))
         missing = [a for a in aspects if a not in rms]
         if missing:
             raise ValueError(f"rl stage {st.name!r} uses reward model(s) {missing}, but reward.aspects defines "
