@@ -95,7 +95,7 @@ def test_a_typo_fails_snakemake_dry_run_and_dvc_repro_naming_the_key(project):
 # absolute paths) rather than results; their results are compared separately.
 # Files that carry wall-clock timings (run times, tokens/s, lm-eval's timestamps): metrics.json
 # files are compared without their timing keys, the others not at all.
-TIMED_NAMES = {"README.md", "harness.json", "metrics.json"}
+TIMED_NAMES = {"README.md", "harness.json", "metrics.json", "timings.json", "report.md", "report.html"}
 TIMING_KEYS = {"tokens_per_second", "train_runtime_s"}
 # An evaluation's settings name the folder it ran in, which differs between the two copies.
 PATH_KEYS = {"generation"}
@@ -108,6 +108,11 @@ def _tree_hashes(folder):
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(Path(folder).rglob("*"))
             if p.is_file() and p.name not in skip | TIMED_NAMES}
+
+
+def _untimed_report(folder):
+    """report.md without its Size and speed table (tokens/s is wall-clock)."""
+    return re.sub(r"## Size and speed\n.*?(?=\n## )", "", (Path(folder) / "report/report.md").read_text(), flags=re.S)
 
 
 def _all_untimed_metrics(folder):
@@ -124,7 +129,8 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     run([bin_path("snakemake"), "--cores", "2", "--configfile", "tiny.yaml"], project)
     results = project / "results"
     for out in ("demo_data", "base", "data/eval", "data/sft", "data/preference", "data/prompts", "sft",
-                "reward/helpful", "reward/safety", "rl/helpfulness", "rl/reasoning", "rl_zero"):
+                "reward/helpful", "reward/safety", "rl/helpfulness", "rl/reasoning", "rl_zero",
+                "distill/student_base", "distill/samples", "distill/student", "distill/student_sft"):
         assert (results / out / "manifest.json").is_file(), out
     # the reasoning stage starts from the helpfulness stage's model
     rl_manifest = json.loads((results / "rl/reasoning/manifest.json").read_text())
@@ -155,13 +161,17 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     run([bin_path("dvc"), "init", "-q"], other)
     run([bin_path("dvc"), "repro"], other)
     assert _tree_hashes(other / "results") == snakemake_artifacts
+    assert _untimed_report(other / "results") == _untimed_report(results)
     assert _all_untimed_metrics(other / "results") == _all_untimed_metrics(results)
     status = run([bin_path("dvc"), "status"], other).stdout
     assert "up to date" in status
     metrics = run([bin_path("dvc"), "metrics", "show", "--json"], other).stdout
     assert "rows_out" in metrics
     report = json.loads((other / "results/report/metrics.json").read_text())
-    assert set(report) == {"base", "sft", "helpfulness", "reasoning", "rl_zero"}
+    assert set(report) == {"base", "sft", "helpfulness", "reasoning", "rl_zero", "student_sft", "distilled"}
+    assert report["distilled"]["parameters"] > 0 and "Size and speed" in (other / "results/report/report.md").read_text()
+    samples = json.loads((other / "results/distill/samples/metrics.json").read_text())
+    assert samples["accepted"] + samples["rejected"] == samples["samples"] > 0
     assert {"arithmetic_accuracy", "helpful_rm_score", "win_rate_vs_reference"} <= set(report["reasoning"])
     assert "partial" in (other / "results/report/report.md").read_text()
 

@@ -65,6 +65,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     _params_arg(p)
 
+    p = sub.add_parser("student-base", help="the untrained distillation student (a depth-pruned base, or distill.student.model)")
+    p.add_argument("--base", type=Path, required=True, help="base model folder (results/base)")
+    p.add_argument("--calibration", type=Path, help="prepared SFT data whose val rows rank layers "
+                                                   "(distill.student.drop_least_important)")
+    p.add_argument("--out", type=Path, required=True)
+    _params_arg(p)
+
+    p = sub.add_parser("distill-samples", help="rejection sampling: the teacher's verified answers as SFT rows")
+    p.add_argument("--teacher", type=Path, required=True, help="the teacher model (results/rl/NAME or results/sft)")
+    p.add_argument("--prompts", type=Path, required=True, help="prepared prompts (results/data/prompts)")
+    p.add_argument("--out", type=Path, required=True)
+    _params_arg(p)
+
+    p = sub.add_parser("distill", help="train the student on the teacher's answers (and logits), or --baseline")
+    p.add_argument("--student", type=Path, required=True, help="the untrained student (results/distill/student_base)")
+    p.add_argument("--data", type=Path, required=True, help="prepared SFT data (results/data/sft)")
+    p.add_argument("--samples", type=Path, help="the distill-samples output (not with --baseline)")
+    p.add_argument("--teacher", type=Path, help="the teacher model, for distill.level: logit")
+    p.add_argument("--baseline", action="store_true", help="plain SFT on --data with the same settings")
+    p.add_argument("--out", type=Path, required=True)
+    _params_arg(p)
+
     p = sub.add_parser("evaluate", help="run the eval suite on one model")
     p.add_argument("--model", type=Path, required=True, help="an artifact folder: results/base, results/sft, ...")
     p.add_argument("--name", required=True, help="the model's name in the report")
@@ -147,6 +169,16 @@ def _run(args: argparse.Namespace) -> int:
         from posttrain.stages import rl
 
         rl.main(params, args.stage, args.init, args.prompts, _pairs_arg(args.reward, "--reward"), args.out)
+    elif args.command in ("student-base", "distill-samples", "distill"):
+        from posttrain.stages import distill
+
+        if args.command == "student-base":
+            distill.student_base(params, args.base, args.out, calibration_dir=args.calibration)
+        elif args.command == "distill-samples":
+            distill.samples(params, args.teacher, args.prompts, args.out)
+        else:
+            distill.student(params, args.student, args.data, args.out, samples_dir=args.samples,
+                            teacher_dir=args.teacher, baseline=args.baseline)
     elif args.command == "evaluate":
         from posttrain.stages import evaluate
 

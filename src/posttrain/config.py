@@ -359,8 +359,9 @@ class RlStageParams(Section):
     def _identifier(cls, name: str) -> str:
         if not name.isidentifier():
             raise ValueError(f"stage names must be identifiers (they name DAG stages and folders): {name!r}")
-        if name in ("base", "sft", "zero", "rl_zero"):
-            raise ValueError(f"{name!r} is taken (models base and sft, the RL-first path zero); choose another name")
+        if name in ("base", "sft", "zero", "rl_zero", "student_sft", "distilled"):
+            raise ValueError(f"{name!r} is taken (models base, sft, student_sft and distilled, the RL-first path "
+                             f"zero); choose another name")
         return name
 
 
@@ -391,6 +392,80 @@ class RlParams(TrainingParams):
         if self.zero is not None and self.zero.init not in ("previous", "base"):
             raise ValueError("rl.zero starts from the base model; leave its init unset")
         return self
+
+
+# --- distillation ----------------------------------------------------------------------------
+
+
+class StudentParams(Section):
+    # prune: a depth-pruned copy of the base model (works offline); otherwise a hub id or local
+    # folder of a smaller model that shares the base's tokenizer.
+    model: str = "prune"
+    revision: str | None = None
+    # prune: keep layers 0, k, 2k, ... and always the last one (the layers next to the output
+    # matter most); 2 halves the depth.
+    keep_every: int = Field(2, ge=2)
+    # prune: the layer indices to keep, instead of keep_every (null: use keep_every).
+    layers: list[int] | None = Field(None, min_length=1)
+    # prune: drop the N layers whose removal alone raises perplexity least, measured on
+    # `calibration_rows` SFT validation rows (instead of keep_every; ShortGPT-style). Small
+    # models are far less redundant than 7B ones: which layers go matters more than how many.
+    drop_least_important: int | None = Field(None, ge=1)
+    calibration_rows: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "StudentParams":
+        if self.layers is not None and self.drop_least_important is not None:
+            raise ValueError("set either student.layers or student.drop_least_important, not both")
+        return self
+
+
+class SamplingParams(Section):
+    """Rejection sampling (R1-style): the teacher answers the RL prompts, verifiers keep the
+    answers that pass."""
+    # Prompt rows (results/data/prompts) whose subset is one of these.
+    subsets: list[str] = Field(default_factory=lambda: ["arithmetic"], min_length=1)
+    per_prompt: int = Field(4, ge=1)            # samples drawn per prompt
+    keep_per_prompt: int = Field(1, ge=1)       # accepted answers kept per prompt (distinct texts)
+    temperature: float = Field(0.8, ge=0)
+    max_new_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(16, ge=1)
+    # The verifiers (posttrain.rewards, weighted sum; None terms skipped); an answer is kept
+    # when its score reaches min_reward. A row no term can score is rejected as unverifiable.
+    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="accuracy", marked_only=True)],
+                                      min_length=1)
+    min_reward: float = 1.0
+    seed: int = 0
+
+    @field_validator("rewards")
+    @classmethod
+    def _no_reward_models(cls, rewards: list[RewardSpec]) -> list[RewardSpec]:
+        if any(r.aspect for r in rewards):
+            raise ValueError("rejection sampling verifies with rule rewards (accuracy, refusal, constraint, ...); "
+                             "reward_model terms are not supported here")
+        return rewards
+
+
+class DistillParams(SftParams):
+    """A smaller student that inherits the teacher's skills. The training fields (inherited
+    from sft) train both the distilled student and the baseline student trained by plain SFT
+    on the original data, so the two differ only in what they learn from."""
+    # The teacher: `last` (the last RL stage; sft when there are none), sft, base, or a stage name.
+    teacher: str = "last"
+    student: StudentParams = Field(default_factory=StudentParams)
+    # sequence-level: cross-entropy on the teacher's accepted answers (and the SFT data when
+    # include_sft_data); logit-level: the same data, plus matching the teacher's token distributions.
+    level: Literal["sequence", "logit"] = "logit"
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    include_sft_data: bool = True
+    # logit: loss = kd_weight * divergence + (1 - kd_weight) * cross-entropy; the divergence is
+    # the generalised Jensen-Shannon of GKD (kd_beta 0: forward KL, 1: reverse KL) at kd_temperature.
+    kd_weight: float = Field(0.5, ge=0, le=1)
+    kd_beta: float = Field(0.0, ge=0, le=1)
+    kd_temperature: float = Field(1.0, gt=0)
+    # A pruned student has layers to re-learn: full fine-tuning by default.
+    method: Literal["lora", "qlora", "full"] = "full"
+    learning_rate: float = Field(5e-5, gt=0)
 
 
 # --- evaluate --------------------------------------------------------------------------------
@@ -427,6 +502,8 @@ class Params(Section):
     sft: SftParams = Field(default_factory=SftParams)
     reward: RewardParams = Field(default_factory=RewardParams)
     rl: RlParams = Field(default_factory=RlParams)
+    # null: no distillation stages in the DAG.
+    distill: DistillParams | None = None
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
 
 

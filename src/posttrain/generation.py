@@ -15,9 +15,11 @@ def stop_ids(tokenizer) -> list[int]:
 
 
 def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 64,
-             batch_size: int = 8, temperature: float = 0.0, seed: int = 0) -> list[str]:
+             batch_size: int = 8, temperature: float = 0.0, seed: int = 0, progress: str | None = None) -> list[str]:
     """One completion per conversation (a list of messages ending with a user turn).
-    Greedy by default, so numbers repeat exactly on CPU."""
+    Greedy by default, so numbers repeat exactly on CPU. `progress` names a progress bar."""
+    from tqdm.auto import tqdm
+
     torch.manual_seed(seed)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only: pad on the left so generation continues the prompt
@@ -25,7 +27,7 @@ def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_token
     outputs: list[str] = []
     model.eval()
     try:
-        for i in range(0, len(conversations), batch_size):
+        for i in tqdm(range(0, len(conversations), batch_size), desc=progress, unit="batch", disable=progress is None):
             texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
                      for c in conversations[i:i + batch_size]]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)

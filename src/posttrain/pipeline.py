@@ -28,6 +28,11 @@ CODE = {
     "rl": [f"{SRC}/stages/rl.py", f"{SRC}/rewards.py", f"{SRC}/answers.py", f"{SRC}/refusal.py",
            f"{SRC}/constraints.py", f"{SRC}/reward_model.py", f"{SRC}/generation.py", f"{SRC}/training.py",
            f"{SRC}/checkpoints.py"],
+    "student_base": [f"{SRC}/stages/distill.py", f"{SRC}/pruning.py", f"{SRC}/models.py"],
+    "distill_samples": [f"{SRC}/stages/distill.py", f"{SRC}/generation.py", f"{SRC}/rewards.py", f"{SRC}/answers.py",
+                        f"{SRC}/refusal.py", f"{SRC}/constraints.py", f"{SRC}/stages/rl.py"],
+    "distill": [f"{SRC}/stages/distill.py", f"{SRC}/distillation.py", f"{SRC}/stages/sft.py", f"{SRC}/training.py",
+                f"{SRC}/checkpoints.py"],
     "evaluate": [f"{SRC}/stages/evaluate.py", f"{SRC}/harness.py", f"{SRC}/generation.py", f"{SRC}/refusal.py"],
     "report": [f"{SRC}/stages/report.py"],
 }
@@ -116,12 +121,16 @@ def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
     if sources["prompts"]:
         table += _rl(params, table)
 
+    if params.distill is not None:
+        table += _distill(params, table, sources)
+
     if sources["eval"]:
         table += _evaluation(params, table, sources)
 
     for s in table:
         s.param_files = param_files
-        s.code = CODE[next((k for k in ("prepare_data", "evaluate", "reward", "rl") if s.name.startswith(k)), s.name)]
+        s.code = CODE[next((k for k in ("prepare_data", "evaluate", "reward", "rl", "distill_samples", "distill")
+                            if s.name.startswith(k)), s.name)]
     return table
 
 
@@ -178,6 +187,55 @@ def _rl(params: Params, table: list[Stage]) -> list[Stage]:
     return out
 
 
+DISTILL = RESULTS / "distill"
+# The evaluated distillation models: report name -> folder.
+STUDENTS = {"student_sft": str(DISTILL / "student_sft"), "distilled": str(DISTILL / "student")}
+
+
+def _distill(params: Params, table: list[Stage], sources: dict) -> list[Stage]:
+    """The student before training, the teacher's verified answers (rejection sampling), the
+    distilled student, and the same student trained by plain SFT (the baseline)."""
+    cfg = params.distill
+    if not sources["sft"] or not sources["prompts"]:
+        raise ValueError("distillation trains on the SFT data and samples the teacher on the prompts: set "
+                         "data.sources.sft and data.sources.prompts, or distill: null")
+    teacher = _teacher(cfg.teacher, table)
+    base, sft_data, prompts = str(RESULTS / "base"), str(RESULTS / "data" / "sft"), str(RESULTS / "data" / "prompts")
+    student_base, samples = str(DISTILL / "student_base"), str(DISTILL / "samples")
+    launcher = _launcher(cfg.gpus, cfg.strategy)
+
+    def trained(name: str, args: list[str], deps: list[str], out: str) -> Stage:
+        return Stage(name, [*args, "--out", out], deps, [out], ["distill"], metrics=[f"{out}/metrics.json"],
+                     plots=[{f"{out}/log.csv": {"x": "step", "y": ["train_loss", "val_loss"]}}], launcher=launcher,
+                     all_cores=True)
+
+    logit = ["--teacher", teacher] if cfg.level == "logit" else []
+    calibration = ["--calibration", sft_data] if cfg.student.model == "prune" and cfg.student.drop_least_important else []
+    return [
+        Stage("student_base", ["student-base", "--base", base, *calibration, "--out", student_base],
+              [base, *calibration[1:]], [student_base], ["distill"]),
+        Stage("distill_samples", ["distill-samples", "--teacher", teacher, "--prompts", prompts, "--out", samples],
+              [teacher, prompts], [samples], ["distill"], metrics=[f"{samples}/metrics.json"], all_cores=True),
+        trained("distill_baseline", ["distill", "--baseline", "--student", student_base, "--data", sft_data],
+                [student_base, sft_data], STUDENTS["student_sft"]),
+        trained("distill", ["distill", "--student", student_base, "--data", sft_data, "--samples", samples, *logit],
+                [student_base, sft_data, samples, *logit[1:]], STUDENTS["distilled"]),
+    ]
+
+
+def _teacher(name: str, table: list[Stage]) -> str:
+    """The teacher's folder: `last` is the last RL stage (sft, then base, when there are none)."""
+    models = {"base": str(RESULTS / "base"), **{s.name: s.outs[0] for s in table if s.name == "sft"},
+              **{s.name.removeprefix("rl_") if s.name != "rl_zero" else s.name: s.outs[0]
+                 for s in table if s.name.startswith("rl_")}}
+    if name == "last":
+        stages = [s.outs[0] for s in table if s.name.startswith("rl_") and s.name != "rl_zero"]
+        return stages[-1] if stages else models.get("sft", models["base"])
+    if name not in models:
+        raise ValueError(f"distill.teacher {name!r} is not a model of this DAG; choose last or one of {sorted(models)}")
+    return models[name]
+
+
 def _evaluation(params: Params, table: list[Stage], sources: dict) -> list[Stage]:
     """An evaluate stage per model the DAG makes, and the report over all of them. With reward
     models, every evaluation is scored by them and compared with the reference model's, so the
@@ -190,6 +248,7 @@ def _evaluation(params: Params, table: list[Stage], sources: dict) -> list[Stage
     for s in table:
         if s.name.startswith("rl_"):
             models[s.name if s.name == "rl_zero" else s.name.removeprefix("rl_")] = s.outs[0]
+    models |= {name: folder for name, folder in STUDENTS.items() if any(folder in s.outs for s in table)}
     rms = {s.name.removeprefix("reward_"): s.outs[0] for s in table if s.name.startswith("reward_")}
     reference = params.evaluate.reference if rms and params.evaluate.reference in models else None
     stages = []

@@ -12,8 +12,9 @@
 - with reward models: each aspect's mean normalised score of the model's responses
   (`helpful_rm_score`, `safety_rm_score`) and the win rate against the reference model's
   responses to the same prompts (`win_rate_vs_reference`).
-Writes metrics.json (canonical names), harness.json (raw harness results), samples.jsonl
-(every generation with its verdict) and manifest.json.
+Writes metrics.json (canonical names, the model's parameters and weight size), harness.json (raw
+harness results), samples.jsonl (every generation with its verdict), timings.json (greedy
+generation speed on this machine: wall-clock, so kept out of the metrics) and manifest.json.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from pathlib import Path
 
 from posttrain import chat, harness
@@ -72,8 +74,11 @@ def main(params: Params, model_dir: Path, name: str, eval_dir: Path, heldout_dir
     metrics = dict(result["metrics"])
     samples = [{**s, "task": task} for task, items in result["samples"].items() for s in items]
 
-    # 2. Safety and perplexity with the model in memory.
+    # 2. Safety and perplexity with the model in memory; its size, and how fast it generates.
     model = AutoModelForCausalLM.from_pretrained(weights)
+    metrics["parameters"] = sum(p.numel() for p in model.parameters())
+    metrics["weights_mb"] = sum(f.stat().st_size for f in weights.glob("*.safetensors")) / 2**20
+    timings = {"generated_tokens": 0, "generation_seconds": 0.0, "batch_size": cfg.batch_size}
     if adapter is not None:
         from peft import PeftModel
 
@@ -82,8 +87,11 @@ def main(params: Params, model_dir: Path, name: str, eval_dir: Path, heldout_dir
         picked = [r for r in rows if r["subset"] == subset][: cfg.limit or None]
         if not picked:
             continue
+        started = time.perf_counter()
         outputs = generate(model, tokenizer, [r["prompt"] for r in picked], max_new_tokens=cfg.safety_max_new_tokens,
-                           batch_size=cfg.batch_size, seed=cfg.seed)
+                           batch_size=cfg.batch_size, seed=cfg.seed, progress=subset)
+        timings["generation_seconds"] += time.perf_counter() - started
+        timings["generated_tokens"] += sum(len(tokenizer(o, add_special_tokens=False).input_ids) for o in outputs)
         refused = [is_refusal(o) for o in outputs]
         metrics[metric] = sum(refused) / len(refused)
         samples += [{"task": subset, "id": r["id"], "prompt": r["prompt"][-1]["content"], "response": o, "refused": f}
@@ -107,6 +115,10 @@ def main(params: Params, model_dir: Path, name: str, eval_dir: Path, heldout_dir
               "generation": result["config"], "counts": _counts(rows, cfg.limit)}
     write_json(out / "metrics.json", record)
     write_json(out / "harness.json", result["raw"])
+    # Wall-clock numbers live apart from metrics.json, which repeats exactly from run to run.
+    if timings["generation_seconds"]:
+        timings["generation_tokens_per_second"] = timings["generated_tokens"] / timings["generation_seconds"]
+    write_json(out / "timings.json", timings)
     with open(out / "samples.jsonl", "w") as fh:
         for s in samples:
             fh.write(json.dumps(s, ensure_ascii=False, sort_keys=True) + "\n")

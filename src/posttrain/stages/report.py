@@ -42,10 +42,14 @@ STAGE_TABLES = {
 
 
 def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path) -> dict:
-    records = []
+    records, speed = [], {}
     for d in eval_dirs:
         require_manifest(d, "evaluate")
         records.append(json.loads((d / "metrics.json").read_text()))
+        timings = json.loads((d / "timings.json").read_text()) if (d / "timings.json").is_file() else {}
+        m = records[-1]["metrics"]
+        speed[records[-1]["model"]] = {"parameters": m.get("parameters"), "weights_mb": m.get("weights_mb"),
+                                       "tokens_per_second": timings.get("generation_tokens_per_second")}
     table = {r["model"]: r["metrics"] for r in records}
     partial = sorted(r["model"] for r in records if r.get("partial"))
     metrics = [m for m in CANONICAL if any(m in v for v in table.values())]
@@ -69,8 +73,8 @@ def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path) -> dict:
                 stages[key][stage_metrics[row]] = {c: stage_metrics.get(c) for c in columns}
 
     write_json(out / "metrics.json", table)
-    (out / "report.md").write_text(_markdown(table, metrics, partial, charts, curves, stages))
-    (out / "report.html").write_text(_html(table, metrics, partial, charts, curves, stages))
+    (out / "report.md").write_text(_markdown(table, metrics, partial, charts, curves, stages, speed))
+    (out / "report.html").write_text(_html(table, metrics, partial, charts, curves, stages, speed))
     write_manifest(out, stage="report", params={}, seed=None,
                    inputs={f"eval:{d.name}": d for d in eval_dirs} | {f"curves:{d.name}": d for d in curve_dirs},
                    extra={"models": list(table), "partial": partial,
@@ -103,7 +107,13 @@ def _bar_chart(table: dict, metric: str, path: Path) -> Path:
     return path
 
 
-def _markdown(table, metrics, partial, charts, curves, stages) -> str:
+# Size and speed: parameters and weight size repeat exactly; tokens/s is greedy generation
+# (evaluation batches) measured on the machine that ran the evaluation, so it varies run to run.
+SPEED_COLUMNS = ("parameters", "weights_mb", "tokens_per_second")
+SPEED_NOTE = "tokens/s: batched greedy generation during the evaluation, on the machine that ran it (wall-clock)."
+
+
+def _markdown(table, metrics, partial, charts, curves, stages, speed) -> str:
     lines = ["# posttrain report", ""]
     if partial:
         lines += [f"**Partial evaluation** (a `limit` was set) for: {', '.join(partial)}.", ""]
@@ -116,6 +126,11 @@ def _markdown(table, metrics, partial, charts, curves, stages) -> str:
             lines += ["", f"## {title}", "", f"| {row} | " + " | ".join(columns) + " |",
                       "|---" * (len(columns) + 1) + "|"]
             lines += [f"| {name} | " + " | ".join(_fmt(v[c]) for c in columns) + " |" for name, v in stages[key].items()]
+    if any(v["parameters"] for v in speed.values()):
+        lines += ["", "## Size and speed", "", "| model | " + " | ".join(SPEED_COLUMNS) + " |",
+                  "|---" * (len(SPEED_COLUMNS) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(_fmt(v[c]) for c in SPEED_COLUMNS) + " |" for name, v in speed.items()]
+        lines += ["", SPEED_NOTE]
     lines += ["", "## Metrics", ""] + [f"![{p.stem}](plots/{p.name})" for p in charts]
     if curves:
         lines += ["", "## Training curves", ""] + [f"![{p.stem}](plots/{p.name})" for p in curves]
@@ -127,7 +142,7 @@ def _img(path: Path, alt: str) -> str:
     return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
 
 
-def _html(table, metrics, partial, charts, curves, stages) -> str:
+def _html(table, metrics, partial, charts, curves, stages, speed) -> str:
     head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
     body = ""
     for model, values in table.items():
@@ -146,6 +161,12 @@ def _html(table, metrics, partial, charts, curves, stages) -> str:
                        for name, v in stages[key].items())
         stage_tables += (f'<h2>{title}</h2><table id="{table_id}"><thead><tr><th>{row}</th>{head_row}</tr>'
                          f"</thead><tbody>{rows}</tbody></table>")
+    if any(v["parameters"] for v in speed.values()):
+        rows = "".join(f"<tr><th>{html.escape(name)}</th>" + "".join(f"<td>{_fmt(v[c])}</td>" for c in SPEED_COLUMNS)
+                       + "</tr>" for name, v in speed.items())
+        stage_tables += ('<h2>Size and speed</h2><table id="speed"><thead><tr><th>model</th>'
+                         + "".join(f"<th>{c}</th>" for c in SPEED_COLUMNS) + f"</tr></thead><tbody>{rows}</tbody></table>"
+                         f"<p>{html.escape(SPEED_NOTE)}</p>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>posttrain report</title>
 <style>

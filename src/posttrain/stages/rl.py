@@ -70,8 +70,8 @@ def main(params: Params, stage: str, init_dir: Path, prompts_dir: Path, reward_d
     precision = training.resolve_precision(cfg.precision)
 
     # 1. Prompts of the stage's subsets, and its rewards (guarded).
-    train = _prompts(prompts_dir / "train.jsonl", st)
-    heldout = _prompts(prompts_dir / "val.jsonl", st)[: cfg.selection_prompts]
+    train = prompt_rows(prompts_dir / "train.jsonl", st.subsets, st.system_prompt)
+    heldout = prompt_rows(prompts_dir / "val.jsonl", st.subsets, st.system_prompt)[: cfg.selection_prompts]
     if not train or not heldout:
         raise ValueError(f"rl stage {stage!r}: {len(train)} training and {len(heldout)} held-out prompts with subset "
                          f"in {st.subsets} under {prompts_dir}")
@@ -128,23 +128,24 @@ def main(params: Params, stage: str, init_dir: Path, prompts_dir: Path, reward_d
 # --- prompts and rewards -----------------------------------------------------------------------
 
 
-def _prompts(path: Path, st: RlStageParams) -> list[dict]:
-    """Rows as GRPO dataset records: the prompt (with the stage's system prompt) and the columns
-    reward functions read (answer, expect, constraint as JSON text, subset)."""
+def prompt_rows(path: Path, subsets: list[str], system_prompt: str | None = None) -> list[dict]:
+    """Prompt rows of `subsets` as reward-function records: the prompt (its system turn replaced
+    by `system_prompt` when given) and the columns reward functions read (answer, expect,
+    constraint as JSON text, subset). RL stages and rejection sampling read prompts this way."""
     rows = []
     with open(path) as fh:
         for line in fh:
             row = json.loads(line)
-            if row.get("subset") not in st.subsets:
+            if row.get("subset") not in subsets:
                 continue
             meta = row.get("meta") or {}
-            prompt = [m for m in row["prompt"] if m["role"] != "system"] if st.system_prompt else list(row["prompt"])
-            if st.system_prompt:
-                prompt = [{"role": "system", "content": st.system_prompt}, *prompt]
+            prompt = [m for m in row["prompt"] if m["role"] != "system"] if system_prompt else list(row["prompt"])
+            if system_prompt:
+                prompt = [{"role": "system", "content": system_prompt}, *prompt]
             constraint = meta.get("constraint")
             rows.append({"prompt": prompt, "answer": row.get("answer"), "expect": meta.get("expect"),
                          "constraint": json.dumps(constraint, sort_keys=True) if constraint else None,
-                         "subset": row["subset"]})
+                         "subset": row["subset"], "id": row.get("id")})
     return rows
 
 

@@ -25,29 +25,42 @@ log = logging.getLogger(__name__)
 
 
 def main(params: Params, base_dir: Path, data_dir: Path, out: Path) -> dict:
+    return train(params.sft, "sft", section(params, "sft"), base_dir, data_dir, out)
+
+
+def train(cfg: SftParams, stage: str, params_section: dict, base_dir: Path, data_dir: Path, out: Path, *,
+          extra_train: list[Path] = (), use_data_rows: bool = True, teacher=None, card: dict | None = None,
+          inputs: dict | None = None) -> dict:
+    """Fine-tune the model in `base_dir` on `data_dir` (train.jsonl unless not `use_data_rows`,
+    plus `extra_train` files; validation on its val.jsonl) and write the stage's outputs to `out`. The SFT stage and the
+    distillation students share this; `teacher` (a `posttrain.distillation.Teacher`) adds a
+    loss on its token distributions."""
     from transformers import AutoTokenizer, set_seed
 
-    cfg = params.sft
     base_manifest = require_manifest(base_dir, "base-model")
     require_manifest(data_dir, "prepare-data --kind sft")
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     _check_template(tokenizer, base_manifest, cfg)
     precision = training.resolve_precision(cfg.precision)
     if cfg.method == "qlora" and not torch.cuda.is_available():
-        raise ValueError("sft.method: qlora loads the base in 4 bits with bitsandbytes, which needs a CUDA GPU; "
+        raise ValueError(f"{stage}: method qlora loads the base in 4 bits with bitsandbytes, which needs a CUDA GPU; "
                          "use method: lora on CPU")
+    inputs = {"base": base_dir, "data": data_dir, **{f"extra{i}": f for i, f in enumerate(extra_train)},
+              **(inputs or {})}
 
     # 1. Where checkpoints go: a folder per (params, inputs), outside the declared outputs.
-    run_dir = checkpoints.run_dir(cfg.checkpoint_dir, "sft", section(params, "sft"),
-                                  {"base": base_dir, "data": data_dir, **checkpoints.code_inputs(__file__, training)})
+    run_dir = checkpoints.run_dir(cfg.checkpoint_dir, stage, params_section,
+                                  {**inputs, **checkpoints.code_inputs(__file__, training)})
     resume = checkpoints.latest_complete(run_dir)
     log.info("checkpoints in %s%s", run_dir, f"; resuming from {resume.name}" if resume else "")
 
     # 2. Model, adapters and trainer.
     set_seed(cfg.seed)
     model = _load_model(base_dir, cfg, precision["name"])
-    trainer = _build_trainer(model, tokenizer, data_dir, run_dir, cfg, precision)
-    training.check_router_frozen(trainer.model, cfg.method, "sft")
+    train_files = [*([data_dir / "train.jsonl"] if use_data_rows else []), *extra_train]
+    trainer = _build_trainer(model, tokenizer, train_files, data_dir / "val.jsonl", run_dir, cfg, precision, teacher,
+                             stage)
+    training.check_router_frozen(trainer.model, cfg.method, stage)
     trainable, total = training.count_parameters(trainer.model)
 
     # 3. Train, with validation loss at step 0 and at the end.
@@ -57,17 +70,22 @@ def main(params: Params, base_dir: Path, data_dir: Path, out: Path) -> dict:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    rows = training.write_log_csv(history, out / "log.csv",
-                                  {"train_loss": "loss", "val_loss": "eval_loss", "learning_rate": "learning_rate",
-                                   "grad_norm": "grad_norm", "tokens_seen": "num_input_tokens_seen"})
-    training.plot_curves(rows, out / "curves.png", f"SFT ({cfg.method}) on {base_manifest['source'].get('kind')} base",
-                         [["train_loss", "val_loss"], ["learning_rate"]])
+    columns = {"train_loss": "loss", "val_loss": "eval_loss", "learning_rate": "learning_rate",
+               "grad_norm": "grad_norm", "tokens_seen": "num_input_tokens_seen"}
+    if teacher is not None:
+        columns |= {"kd_loss": "kd_loss", "ce_loss": "ce_loss"}
+    rows = training.write_log_csv(history, out / "log.csv", columns)
+    card = card or {"title": "SFT model", "tags": ["sft", "trl"],
+                    "intro": f"Fine-tuned by `posttrain sft` with TRL's SFTTrainer from `{base_manifest['params']['base']}`."}
+    training.plot_curves(rows, out / "curves.png", f"{card['title']} ({cfg.method})",
+                         [["train_loss", "val_loss"], *([["kd_loss", "ce_loss"]] if teacher is not None else []),
+                          ["learning_rate"]])
     metrics = _metrics(rows, trainer, result, elapsed, trainable, total, cfg, precision["name"], resume)
     _save_models(trainer, tokenizer, base_dir, out, cfg, precision["name"])
     write_json(out / "metrics.json", metrics)
-    _write_model_card(out, base_manifest, cfg, metrics)
-    return write_manifest(out, stage="sft", params=section(params, "sft"), seed=cfg.seed,
-                          inputs={"base": base_dir, "data": data_dir}, chat_template=tokenizer.chat_template,
+    _write_model_card(out, card, cfg, metrics)
+    return write_manifest(out, stage=stage, params=params_section, seed=cfg.seed, inputs=inputs,
+                          chat_template=tokenizer.chat_template,
                           extra={"checkpoints": str(run_dir), "metrics": metrics})
 
 
@@ -97,13 +115,16 @@ def _load_model(base_dir: Path, cfg: SftParams, precision: str):
     return AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
 
 
-def _build_trainer(model, tokenizer, data_dir: Path, run_dir: Path, cfg: SftParams, precision: dict):
-    from datasets import load_dataset
+def _build_trainer(model, tokenizer, train_files: list[Path], val_file: Path, run_dir: Path, cfg: SftParams,
+                   precision: dict, teacher, stage: str):
+    from datasets import concatenate_datasets, load_dataset
     from trl import SFTConfig
 
-    data = load_dataset("json", data_files={"train": str(data_dir / "train.jsonl"),
-                                            "validation": str(data_dir / "val.jsonl")})
-    data = data.select_columns(["messages"])
+    def rows(path: Path):  # files may carry different metadata columns: only messages are trained on
+        return load_dataset("json", data_files=str(path), split="train").select_columns(["messages"])
+
+    train_data = concatenate_datasets([rows(f) for f in train_files])
+    val_data = rows(val_file)
     is_moe = hasattr(model.config, "output_router_logits")
     args = SFTConfig(
         **training.trainer_kwargs(cfg, precision, run_dir),
@@ -114,11 +135,12 @@ def _build_trainer(model, tokenizer, data_dir: Path, run_dir: Path, cfg: SftPara
     )
     if is_moe and cfg.router_aux_loss_coef is not None:
         model.config.router_aux_loss_coef = cfg.router_aux_loss_coef
-    trainer_class = _model_loss_trainer()
-    return trainer_class(model=model, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
+    extra = {"teacher": teacher} if teacher is not None else {}
+    trainer_class = _model_loss_trainer() if teacher is None else teacher.trainer_class(_model_loss_trainer())
+    return trainer_class(model=model, args=args, train_dataset=train_data, eval_dataset=val_data,
                          processing_class=tokenizer, callbacks=training.callbacks(cfg),
-                         peft_config=training.lora_config(model, cfg.lora, "CAUSAL_LM", "sft")
-                         if cfg.method != "full" else None)
+                         peft_config=training.lora_config(model, cfg.lora, "CAUSAL_LM", stage)
+                         if cfg.method != "full" else None, **extra)
 
 
 def _model_loss_trainer():
@@ -186,15 +208,19 @@ def _save_models(trainer, tokenizer, base_dir: Path, out: Path, cfg: SftParams, 
     tokenizer.save_pretrained(out / "merged")
 
 
-def _write_model_card(out: Path, base_manifest: dict, cfg: SftParams, m: dict) -> None:
+def _write_model_card(out: Path, card: dict, cfg: SftParams, m: dict) -> None:
     training.write_model_card(
-        out, library="peft" if cfg.method != "full" else "transformers", tags=["sft", "trl"], title="SFT model",
-        intro=f"Fine-tuned by `posttrain sft` with TRL's SFTTrainer from `{base_manifest['params']['base']}`.",
-        rows={"method": f"{cfg.method} (r={cfg.lora.r}, alpha={cfg.lora.alpha})", "steps": m["steps"],
+        out, library="peft" if cfg.method != "full" else "transformers", tags=card["tags"], title=card["title"],
+        intro=card["intro"],
+        rows={"method": f"{cfg.method} (r={cfg.lora.r}, alpha={cfg.lora.alpha})" if cfg.method != "full" else "full",
+              "steps": m["steps"],
               "validation loss": f"{training.fmt(m['val_loss_first'])} → {training.fmt(m['val_loss_last'])}",
               "trainable / total parameters": f"{m['trainable_params']:,} / {m['total_params']:,}",
               "tokens/s": m["tokens_per_second"],
-              "assistant-only loss, packing": f"{cfg.assistant_only_loss}, {cfg.packing}"},
-        usage="`adapter/` loads with `PeftModel.from_pretrained`, `merged/` with "
-              "`AutoModelForCausalLM.from_pretrained`;\nboth carry the tokenizer and chat template. "
-              "Curves: `curves.png`, `log.csv`.")
+              "assistant-only loss, packing": f"{cfg.assistant_only_loss}, {cfg.packing}",
+              **card.get("rows", {})},
+        usage=("`adapter/` loads with `PeftModel.from_pretrained`, `merged/` with "
+               "`AutoModelForCausalLM.from_pretrained`;\nboth carry the tokenizer and chat template. "
+               if cfg.method != "full" else
+               "`merged/` loads with `AutoModelForCausalLM.from_pretrained` and carries the tokenizer and chat "
+               "template. ") + "Curves: `curves.png`, `log.csv`.")

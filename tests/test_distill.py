@@ -1,0 +1,199 @@
+"""Distillation: depth pruning, rejection sampling, the logit-level loss and both students on tiny
+models."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import ROOT, TINY_OVERLAY, read_jsonl, write_jsonl
+from posttrain import pipeline
+from posttrain.config import load_params
+from posttrain.distillation import Teacher
+from posttrain.models import build_tiny_model, build_tiny_tokenizer
+from posttrain.pruning import depth_pruned, kept_layers
+from posttrain.stages import distill, prepare_data
+
+
+def _deep_tiny(arch: str, layers: int = 6):
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model(arch, tokenizer)
+    config = model.config
+    config.num_hidden_layers = layers
+    if getattr(config, "layer_types", None):
+        config.layer_types = [config.layer_types[0]] * layers
+    torch.manual_seed(1)
+    return AutoModelForCausalLM.from_config(config), tokenizer
+
+
+def test_kept_layers_are_every_kth_and_the_last():
+    assert kept_layers(30, 2) == list(range(0, 30, 2)) + [29]
+    assert kept_layers(6, 3) == [0, 3, 5]
+    assert kept_layers(7, 3) == [0, 3, 6]
+    with pytest.raises(ValueError, match="at least 2"):
+        kept_layers(6, 1)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3_moe"])
+def test_a_pruned_model_keeps_the_chosen_layers_weights(arch):
+    model, _ = _deep_tiny(arch)
+    student = depth_pruned(model, [0, 3, 5])
+    assert student.config.num_hidden_layers == 3
+    ours, theirs = model.state_dict(), student.state_dict()
+    for new, old in enumerate([0, 3, 5]):
+        for name, tensor in theirs.items():
+            if f"layers.{new}." in name:
+                assert torch.equal(tensor, ours[name.replace(f"layers.{new}.", f"layers.{old}.")]), name
+    assert torch.equal(theirs["model.embed_tokens.weight"], ours["model.embed_tokens.weight"])
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert student(ids).logits.shape == model(ids).logits.shape
+    # keeping every layer is the same model
+    assert torch.allclose(depth_pruned(model, list(range(6)))(ids).logits, model(ids).logits)
+    with pytest.raises(ValueError, match="increasing"):
+        depth_pruned(model, [3, 0])
+
+
+def test_divergence_is_zero_against_itself_and_the_forward_kl_otherwise(tmp_path, tiny_base):
+    teacher = Teacher(tiny_base, weight=1.0, beta=0.0, temperature=1.0)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    labels = torch.tensor([[-100, -100, 7, 8, 9]])
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    same = teacher.model(input_ids=ids).logits
+    assert float(teacher.divergence(same, inputs)) == pytest.approx(0.0, abs=1e-6)
+    other = torch.randn_like(same)
+    p = torch.log_softmax(same[0, 1:4].float(), -1)        # positions predicting the labelled tokens
+    q = torch.log_softmax(other[0, 1:4].float(), -1)
+    expected = (p.exp() * (p - q)).sum(-1).mean()           # KL(teacher || student), per token
+    assert float(teacher.divergence(other, inputs)) == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def params(tmp_path_factory):
+    overlay = tmp_path_factory.mktemp("distill") / "ckpt.yaml"
+    overlay.write_text(json.dumps({"distill": {"checkpoint_dir": str(overlay.parent / "ckpt")}}))
+    return load_params([ROOT / "params.yaml", TINY_OVERLAY, overlay])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, tiny_base, params):
+    tmp = tmp_path_factory.mktemp("distill_data")
+    prompts = [{"prompt": f"What is {a} plus {b}?", "answer": str(a + b), "subset": "arithmetic"}
+               for a in range(2, 9) for b in (3, 5)]
+    sft = [{"messages": [{"role": "user", "content": f"What is {a} plus 4?"},
+                         {"role": "assistant", "content": f"{a} + 4 = {a + 4}\n#### {a + 4}"}]} for a in range(20)]
+    local = params.model_copy(deep=True)
+    local.data.cleaning.near_dup = False
+    local.data.val_fraction = 0.2
+    prepare_data.main(local, "prompts", [str(write_jsonl(tmp / "p.jsonl", prompts))], tmp / "prompts",
+                      tokenizer_dir=tiny_base)
+    prepare_data.main(local, "sft", [str(write_jsonl(tmp / "s.jsonl", sft))], tmp / "sft", tokenizer_dir=tiny_base)
+    return tmp
+
+
+def test_rejection_sampling_counts_every_answer_and_writes_sft_rows(tmp_path, tiny_base, data, params):
+    out = tmp_path / "samples"
+    distill.samples(params, tiny_base, data / "prompts", out)
+    report = json.loads((out / "metrics.json").read_text())
+    accepted, rejected = read_jsonl(out / "train.jsonl"), read_jsonl(out / "rejected.jsonl")
+    assert report["samples"] == report["prompts"] * 2 == len(accepted) + len(rejected)
+    assert report["accepted"] == len(accepted) > 0
+    counts = report["subsets"]["arithmetic"]
+    assert counts["samples"] == sum(v for k, v in counts.items() if k not in ("samples", "prompts",
+                                                                              "prompts_with_an_answer"))
+    row = accepted[0]
+    assert [m["role"] for m in row["messages"]] == ["user", "assistant"] and row["messages"][1]["content"]
+    assert len({r["source_id"] for r in accepted}) == len(accepted)          # keep_per_prompt: 1
+    # a strict verifier the random model never satisfies rejects everything: no empty dataset
+    strict = params.model_copy(deep=True)
+    strict.distill.sampling.rewards = [type(strict.distill.sampling.rewards[0])(name="accuracy")]
+    strict.distill.sampling.min_reward = 1.0
+    with pytest.raises(ValueError, match="accepted none"):
+        distill.samples(strict, tiny_base, data / "prompts", tmp_path / "none")
+    assert not (tmp_path / "none").exists()
+
+
+def test_students_train_from_the_pruned_base_with_and_without_the_teacher(tmp_path, tiny_base, data, params):
+    student_base = tmp_path / "student_base"
+    distill.student_base(params, tiny_base, student_base)
+    manifest = json.loads((student_base / "manifest.json").read_text())
+    assert manifest["source"]["layers_kept"] == [0, 1] and manifest["stage"] == "student-base"
+    distill.samples(params, tiny_base, data / "prompts", tmp_path / "samples")
+
+    distill.student(params, student_base, data / "sft", tmp_path / "student", samples_dir=tmp_path / "samples",
+                    teacher_dir=tiny_base)
+    log = read_jsonl_csv(tmp_path / "student" / "log.csv")
+    assert any(r["kd_loss"] not in ("", None) for r in log)
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "student" / "merged")
+    manifest = json.loads((tmp_path / "student" / "manifest.json").read_text())
+    assert {"samples", "teacher", "base", "data"} <= set(manifest["inputs"])
+
+    distill.student(params, student_base, data / "sft", tmp_path / "baseline", baseline=True)
+    log = read_jsonl_csv(tmp_path / "baseline" / "log.csv")
+    assert "kd_loss" not in log[0]
+    assert "samples" not in json.loads((tmp_path / "baseline" / "manifest.json").read_text())["inputs"]
+    with pytest.raises(ValueError, match="--samples"):
+        distill.student(params, student_base, data / "sft", tmp_path / "x")
+
+
+def read_jsonl_csv(path):
+    import csv
+
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_the_dag_gets_the_distillation_stages_from_the_last_rl_stage(params):
+    table = {s.name: s for s in pipeline.stages(params)}
+    assert {"student_base", "distill_samples", "distill_baseline", "distill", "evaluate_distilled",
+            "evaluate_student_sft"} <= set(table)
+    assert table["distill_samples"].args[table["distill_samples"].args.index("--teacher") + 1] == "results/rl/reasoning"
+    assert "results/rl/reasoning" in table["distill"].deps
+    report = table["report"]
+    assert "results/eval/distilled" in report.deps and "results/distill/student" in report.deps
+    bad = params.model_copy(deep=True)
+    bad.distill.teacher = "nope"
+    with pytest.raises(ValueError, match="distill.teacher 'nope'"):
+        pipeline.stages(bad)
+    ranked = params.model_copy(deep=True)
+    ranked.distill.student.drop_least_important = 1
+    student_base = next(s for s in pipeline.stages(ranked) if s.name == "student_base")
+    assert student_base.args[student_base.args.index("--calibration") + 1] == "results/data/sft"
+    assert "results/data/sft" in student_base.deps
+    off = params.model_copy(deep=True)
+    off.distill = None
+    assert not any(s.name.startswith(("distill", "student")) for s in pipeline.stages(off))
+
+
+def test_a_configured_student_must_share_the_tokenizer(tmp_path, tiny_base, params):
+    from transformers import AutoTokenizer
+
+    local = params.model_copy(deep=True)
+    local.distill.student.model = str(tiny_base)          # a local model folder as the student
+    manifest = distill.student_base(local, tiny_base, tmp_path / "ok")
+    assert manifest["source"]["kind"] == "local"
+    other = tmp_path / "other"
+    AutoModelForCausalLM.from_pretrained(tiny_base).save_pretrained(other)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    tokenizer.add_tokens(["<extra>"])
+    tokenizer.save_pretrained(other)
+    local.distill.student.model = str(other)
+    with pytest.raises(ValueError, match="different tokenizer"):
+        distill.student_base(local, tiny_base, tmp_path / "bad")
+
+
+def test_the_least_important_layers_are_dropped(tmp_path, tiny_base, data, params):
+    from posttrain.pruning import least_important_dropped
+
+    assert least_important_dropped([5.0, 1.0, 3.0, 1.0], 2) == [0, 2]
+    assert least_important_dropped([5.0, 1.0, 3.0, 2.0], 1) == [0, 2, 3]
+    with pytest.raises(ValueError, match="cannot drop 4 of 4"):
+        least_important_dropped([1.0] * 4, 4)
+    local = params.model_copy(deep=True)
+    local.distill.student.drop_least_important = 1
+    with pytest.raises(ValueError, match="--calibration"):
+        distill.student_base(local, tiny_base, tmp_path / "x")
+    manifest = distill.student_base(local, tiny_base, tmp_path / "student", calibration_dir=data / "sft")
+    measured = manifest["source"]["perplexity_without_layer"]
+    assert len(measured) == 2 and manifest["source"]["layers_kept"] == [max(range(2), key=lambda i: measured[i])]
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "student").config.num_hidden_layers == 1
