@@ -30,7 +30,7 @@ from collections import Counter
 from pathlib import Path
 
 from posttrain import chat, models, pruning, rewards
-from posttrain.config import DistillParams, Params
+from posttrain.config import DistillParams, Params, SftParams
 from posttrain.manifest import require_manifest, write_json, write_manifest
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ def student(params: Params, student_dir: Path, data_dir: Path, out: Path, *, sam
 
     cfg = _cfg(params)
     if baseline:
-        section = _section(params, *_training_fields(cfg))
+        section = _section(params, *SftParams.model_fields)  # the training fields, not sampling or KD
         card = {"title": "Student trained by plain SFT", "tags": ["distillation", "baseline", "trl"],
                 "intro": "The student architecture fine-tuned by `posttrain distill --baseline` on the original SFT "
                          "data, with the distilled student's training settings: what distillation is measured against."}
@@ -228,9 +228,3 @@ def student(params: Params, student_dir: Path, data_dir: Path, out: Path, *, sam
                                                          **({"teacher": teacher_dir} if teacher else {})},
                      use_data_rows=cfg.include_sft_data)
 
-
-def _training_fields(cfg: DistillParams) -> list[str]:
-    """The fields of the distill section that train a student (those it inherits from sft)."""
-    from posttrain.config import SftParams
-
-    return list(SftParams.model_fields)

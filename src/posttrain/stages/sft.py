@@ -45,8 +45,7 @@ def train(cfg: SftParams, stage: str, params_section: dict, base_dir: Path, data
     if cfg.method == "qlora" and not torch.cuda.is_available():
         raise ValueError(f"{stage}: method qlora loads the base in 4 bits with bitsandbytes, which needs a CUDA GPU; "
                          "use method: lora on CPU")
-    inputs = {"base": base_dir, "data": data_dir, **{f"extra{i}": f for i, f in enumerate(extra_train)},
-              **(inputs or {})}
+    inputs = {"base": base_dir, "data": data_dir, **(inputs or {})}  # callers name what extra_train comes from
 
     # 1. Where checkpoints go: a folder per (params, inputs), outside the declared outputs.
     run_dir = checkpoints.run_dir(cfg.checkpoint_dir, stage, params_section,
