@@ -197,3 +197,29 @@ def test_the_least_important_layers_are_dropped(tmp_path, tiny_base, data, param
     measured = manifest["source"]["perplexity_without_layer"]
     assert len(measured) == 2 and manifest["source"]["layers_kept"] == [max(range(2), key=lambda i: measured[i])]
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "student").config.num_hidden_layers == 1
+
+
+def test_a_student_pruned_from_the_teacher_keeps_the_teachers_weights(tmp_path, tiny_base, params):
+    import shutil
+
+    import torch
+
+    teacher = tmp_path / "teacher"                      # a "trained" teacher: the base with one layer changed
+    shutil.copytree(tiny_base, teacher)
+    model = AutoModelForCausalLM.from_pretrained(teacher)
+    with torch.no_grad():
+        model.model.layers[1].self_attn.q_proj.weight += 1.0
+    model.save_pretrained(teacher)
+    local = params.model_copy(deep=True)
+    local.distill.student.prune_from = "teacher"
+    local.distill.student.layers = [1]
+    with pytest.raises(ValueError, match="--teacher"):
+        distill.student_base(local, tiny_base, tmp_path / "x")
+    manifest = distill.student_base(local, tiny_base, tmp_path / "student", teacher_dir=teacher)
+    assert manifest["source"]["from"] == str(teacher) and "teacher" in manifest["inputs"]
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "student")
+    assert torch.equal(student.model.layers[0].self_attn.q_proj.weight, model.model.layers[1].self_attn.q_proj.weight)
+
+    stage = next(s for s in pipeline.stages(local) if s.name == "student_base")
+    teacher_dir = next(s for s in pipeline.stages(local) if s.name == "distill_samples").deps[0]
+    assert stage.args[stage.args.index("--teacher") + 1] == teacher_dir and teacher_dir in stage.deps

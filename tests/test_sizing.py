@@ -36,3 +36,28 @@ def test_memory_estimate_for_8_gpus_fsdp(plan):
     assert mem["trainable_state"] == pytest.approx(642_514_944 * 16 / 8 / 1024**3, abs=0.01)
     assert mem["logits"] == pytest.approx(4 * 4096 * 151936 * 4 / 1024**3, abs=0.01)
     assert 15 < mem["total"] < 40   # fits an 80 GB H100 with room for buffers
+
+
+def test_ppo_memory_plan_one_shared_base_for_policy_reference_and_critic():
+    from posttrain import pipeline
+    from posttrain.sizing import plan_ppo
+
+    params = load_params([ROOT / "params.yaml", ROOT / "recipes" / "qwen3-30b-a3b.yaml"])
+    ppo = plan_ppo(params, "helpfulness", gpus=8)
+    mem, shard = ppo.memory_gb_per_gpu, 30_532_122_624 * 2 / 8 / 1024**3
+    assert ppo.critic_base == "shared" and ppo.rollout_sequences == 64
+    assert mem["weights"] == pytest.approx(shard, abs=0.01)          # one bf16 copy for three roles
+    assert mem["reward_model"] == pytest.approx(shard, abs=0.01)     # the frozen scorer
+    assert ppo.policy_trainable_params == 642_514_944
+    assert ppo.critic_trainable_params == 642_514_944 + 2048         # the reward model's LoRA + score head
+    assert mem["total"] < 60                                         # fits an 80 GB GPU
+    copy = params.model_copy(deep=True)
+    copy.rl.stages[0].ppo.critic_base = "copy"
+    assert plan_ppo(copy, "helpfulness", gpus=8).memory_gb_per_gpu["weights"] == pytest.approx(2 * shard, abs=0.01)
+    other = params.model_copy(deep=True)
+    other.reward.init = "base"
+    with pytest.raises(ValueError, match="critic_base: shared needs reward.init"):
+        plan_ppo(other, "helpfulness")
+    # one process spans the node's GPUs; the GRPO stage keeps its 8 FSDP processes
+    table = {s.name: s for s in pipeline.stages(params)}
+    assert table["rl_helpfulness"].launcher == "" and "--num_processes 8" in table["rl_reasoning"].launcher

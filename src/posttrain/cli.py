@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", type=Path, required=True, help="base model folder (results/base)")
     p.add_argument("--calibration", type=Path, help="prepared SFT data whose val rows rank layers "
                                                    "(distill.student.drop_least_important)")
+    p.add_argument("--teacher", type=Path, help="the teacher, whose layers are pruned (distill.student.prune_from: "
+                                                 "teacher)")
     p.add_argument("--out", type=Path, required=True)
     _params_arg(p)
 
@@ -104,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     _params_arg(p)
 
-    p = sub.add_parser("plan", help="size a recipe's SFT on the meta device: parameters, adapters, GPU memory")
+    p = sub.add_parser("plan", help="size a recipe's SFT and PPO stages on the meta device: parameters, adapters, GPU memory")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _params_arg(p)
 
@@ -173,7 +175,8 @@ def _run(args: argparse.Namespace) -> int:
         from posttrain.stages import distill
 
         if args.command == "student-base":
-            distill.student_base(params, args.base, args.out, calibration_dir=args.calibration)
+            distill.student_base(params, args.base, args.out, calibration_dir=args.calibration,
+                                     teacher_dir=args.teacher)
         elif args.command == "distill-samples":
             distill.samples(params, args.teacher, args.prompts, args.out)
         else:
@@ -204,12 +207,13 @@ def _pairs_arg(values: list[str], flag: str) -> dict[str, Path]:
 def _plan(params, as_json: bool) -> int:
     import json
 
-    from posttrain.sizing import plan_sft
+    from posttrain.sizing import plan_ppo, plan_sft
 
     cfg = params.sft
     plan = plan_sft(params, gpus=max(cfg.gpus, 1), strategy=cfg.strategy)
+    ppo = [plan_ppo(params, st.name, gpus=max(params.rl.gpus, 1)) for st in params.rl.stages if st.algorithm == "ppo"]
     if as_json:
-        print(json.dumps(plan.as_dict(), indent=2))
+        print(json.dumps({**plan.as_dict(), "ppo": [p.as_dict() for p in ppo]}, indent=2))
         return 0
     print(f"{params.model.base} ({plan.architecture}), sft.method={cfg.method}, {plan.gpus} GPU(s), {plan.strategy}")
     print(f"  total parameters      {plan.total_params:>16,}")
@@ -218,6 +222,11 @@ def _plan(params, as_json: bool) -> int:
     print(f"  adapters on           {', '.join(plan.adapter_modules)}")
     print(f"  router has adapters   {plan.router_has_adapter}")
     print("  memory per GPU (GB)   " + ", ".join(f"{k} {v}" for k, v in plan.memory_gb_per_gpu.items()))
+    for p in ppo:
+        print(f"PPO stage {p.stage}: one process, layers spread over {p.gpus} GPU(s), critic {p.critic_base}, "
+              f"{p.rollout_sequences} rollout sequences of {p.sequence_tokens} tokens")
+        print(f"  trainable parameters  policy {p.policy_trainable_params:,}, critic {p.critic_trainable_params:,}")
+        print("  memory per GPU (GB)   " + ", ".join(f"{k} {v}" for k, v in p.memory_gb_per_gpu.items()))
     return 0
 
 

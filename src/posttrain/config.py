@@ -306,6 +306,11 @@ class PpoParams(Section):
     # head keep training). null: the aspect of the stage's first reward_model term.
     critic: str | None = None
     critic_learning_rate: float | None = Field(None, gt=0)   # null: the stage's learning_rate
+    # Where the critic's base weights live. shared: the reward model's LoRA becomes a second
+    # adapter on the policy's own model (one copy of the base for policy, reference and critic;
+    # needs a LoRA reward model trained from the stage's init model); copy: a separate copy of the
+    # reward model; auto: shared when possible.
+    critic_base: Literal["auto", "shared", "copy"] = "auto"
 
 
 class RlStageParams(Section):
@@ -402,6 +407,10 @@ class StudentParams(Section):
     # folder of a smaller model that shares the base's tokenizer.
     model: str = "prune"
     revision: str | None = None
+    # prune: whose layers the student keeps. base: the base model's; teacher: the trained
+    # teacher's (Minitron-style: the student starts with what post-training taught, and the
+    # baseline student then trains from the same weights).
+    prune_from: Literal["base", "teacher"] = "base"
     # prune: keep layers 0, k, 2k, ... and always the last one (the layers next to the output
     # matter most); 2 halves the depth.
     keep_every: int = Field(2, ge=2)

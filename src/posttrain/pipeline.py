@@ -181,7 +181,9 @@ def _rl(params: Params, table: list[Stage]) -> list[Stage]:
                          [init, prompts, *[rms[a] for a in aspects]], [folder], ["rl"],
                          metrics=[f"{folder}/metrics.json"],
                          plots=[{f"{folder}/log.csv": {"x": "step", "y": ["reward", "heldout_reward"]}}],
-                         launcher=_launcher(params.rl.gpus, params.rl.strategy), all_cores=True))
+                         # PPO is one process whose model spans the node's GPUs (device map)
+                         launcher=_launcher(1 if st.algorithm == "ppo" else params.rl.gpus, params.rl.strategy),
+                         all_cores=True))
         if not is_zero:
             previous = folder
     return out
@@ -210,10 +212,12 @@ def _distill(params: Params, table: list[Stage], sources: dict) -> list[Stage]:
                      all_cores=True)
 
     logit = ["--teacher", teacher] if cfg.level == "logit" else []
-    calibration = ["--calibration", sft_data] if cfg.student.model == "prune" and cfg.student.drop_least_important else []
+    pruned = cfg.student.model == "prune"
+    calibration = ["--calibration", sft_data] if pruned and cfg.student.drop_least_important else []
+    from_teacher = ["--teacher", teacher] if pruned and cfg.student.prune_from == "teacher" else []
     return [
-        Stage("student_base", ["student-base", "--base", base, *calibration, "--out", student_base],
-              [base, *calibration[1:]], [student_base], ["distill"]),
+        Stage("student_base", ["student-base", "--base", base, *calibration, *from_teacher, "--out", student_base],
+              [base, *calibration[1:], *from_teacher[1:]], [student_base], ["distill"]),
         Stage("distill_samples", ["distill-samples", "--teacher", teacher, "--prompts", prompts, "--out", samples],
               [teacher, prompts], [samples], ["distill"], metrics=[f"{samples}/metrics.json"], all_cores=True),
         trained("distill_baseline", ["distill", "--baseline", "--student", student_base, "--data", sft_data],

@@ -3,7 +3,8 @@
 One step: sample `prompts_per_step` prompts x `num_generations` completions from the policy (a
 LoRA adapter, merged for sampling); score them with the stage's rewards (reward models and rule
 functions); compute per-token log-probabilities under the policy and under the reference (the
-same weights with the adapter switched off: no second copy), and the critic's per-token values.
+same weights with the adapter switched off: no second copy), and the critic's per-token values
+(posttrain.ppo_critic: a second adapter on the same weights, or a reward-model copy).
 Rewards are the score at the last response token minus the KL penalty at every token; GAE turns
 them into whitened advantages and returns (posttrain.ppo_math). Then `ppo.epochs` passes over
 `ppo.mini_batches` shuffled mini-batches update policy and critic with the clipped losses. The KL
@@ -28,19 +29,9 @@ import torch
 
 from posttrain import checkpoints, ppo_math
 from posttrain.generation import merged_adapter, stop_ids
+from posttrain.ppo_critic import position_ids
 
 log = logging.getLogger(__name__)
-
-
-def score_head(critic):
-    """The scalar head of a sequence-classification model (PEFT-wrapped or not)."""
-    inner = critic.get_base_model() if hasattr(critic, "get_base_model") else critic
-    return inner.score
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, as generate() uses: scoring must see what sampling saw."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def token_logprobs(model, ids, mask, prompt_width: int, temperature: float):
@@ -49,12 +40,6 @@ def token_logprobs(model, ids, mask, prompt_width: int, temperature: float):
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
     logp_all = torch.log_softmax(logits[:, prompt_width - 1:-1].float() / temperature, dim=-1)
     return logp_all.gather(-1, ids[:, prompt_width:, None]).squeeze(-1), logp_all
-
-
-def token_values(critic, ids, mask, prompt_width: int) -> torch.Tensor:
-    """The critic's value of each response position (read where that token is predicted)."""
-    out = critic(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True)
-    return score_head(critic)(out.hidden_states[-1][:, prompt_width - 1:-1]).squeeze(-1).float()
 
 
 def response_mask(new_tokens: torch.Tensor, stops: list[int]) -> torch.Tensor:
@@ -67,6 +52,7 @@ def response_mask(new_tokens: torch.Tensor, stops: list[int]) -> torch.Tensor:
 class PpoTrainer:
     def __init__(self, policy, critic, tokenizer, prompts: list[dict], reward_fn, run_dir: Path, st, cfg,
                  on_save=None):
+        """`critic`: a posttrain.ppo_critic critic (a reward-model copy, or an adapter on the policy)."""
         from transformers import TrainerState
 
         self.model, self.critic, self.tokenizer = policy, critic, tokenizer
@@ -75,8 +61,10 @@ class PpoTrainer:
         self.on_save = on_save
         self.kl = (ppo_math.AdaptiveKL(st.beta, st.ppo.kl_target, st.ppo.kl_horizon) if st.ppo.kl_target
                    else ppo_math.FixedKL(st.beta))
-        params = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": st.learning_rate},
-                  {"params": [p for p in critic.parameters() if p.requires_grad],
+        critic_params = {id(p) for p in critic.parameters()}    # a shared critic's adapter lives in the policy
+        params = [{"params": [p for p in policy.parameters() if p.requires_grad and id(p) not in critic_params],
+                   "lr": st.learning_rate},
+                  {"params": critic.parameters(),
                    "lr": st.ppo.critic_learning_rate or st.learning_rate}]
         self.optimizer = torch.optim.AdamW(params, weight_decay=cfg.weight_decay)
         self.state = TrainerState(max_steps=st.max_steps, global_step=0, log_history=[])
@@ -119,7 +107,7 @@ class PpoTrainer:
                 i = order[start:start + size]
                 logp, _ = token_logprobs(self.model, roll["ids"][i], roll["mask"][i], roll["width"],
                                          self.st.temperature)
-                values = token_values(self.critic, roll["ids"][i], roll["mask"][i], roll["width"])
+                values = self.critic.values(roll["ids"][i], roll["mask"][i], roll["width"])
                 pl = ppo_math.policy_loss(logp, roll["logprobs"][i], roll["advantages"][i], roll["rmask"][i],
                                           self.ppo.clip_range)
                 vl, vclip = ppo_math.value_loss(values, roll["values"][i], roll["returns"][i], roll["rmask"][i],
@@ -175,13 +163,22 @@ class PpoTrainer:
         scores = torch.tensor([s if s is not None else 0.0 for s in raw], dtype=torch.float32)
         rmask = rmask * scored[:, None].long()          # an unscored completion teaches nothing
         mask = torch.cat([enc["attention_mask"], rmask], dim=1)
-        logprobs, logp_all = token_logprobs(model, out, mask, width, self.st.temperature)
-        entropy = float(ppo_math.masked_mean(-(logp_all.exp() * logp_all).sum(-1), rmask))
-        del logp_all
-        with model.disable_adapter():
-            ref_logprobs, _ = token_logprobs(model, out, mask, width, self.st.temperature)
+        # Scored in chunks of one mini-batch: the full-vocabulary log-softmax of a whole rollout
+        # (sequences x tokens x vocabulary, fp32) would not fit on a GPU at production sizes.
         self.critic.eval()
-        values = token_values(self.critic, out, mask, width)
+        size = math.ceil(out.shape[0] / self.ppo.mini_batches)
+        logprobs, ref_logprobs, values, entropy_sum = [], [], [], 0.0
+        for start in range(0, out.shape[0], size):
+            ids, m, rm = out[start:start + size], mask[start:start + size], rmask[start:start + size]
+            lp, logp_all = token_logprobs(model, ids, m, width, self.st.temperature)
+            entropy_sum += float((-(logp_all.exp() * logp_all).sum(-1) * rm).sum())
+            del logp_all
+            with model.disable_adapter():
+                ref_logprobs.append(token_logprobs(model, ids, m, width, self.st.temperature)[0])
+            logprobs.append(lp)
+            values.append(self.critic.values(ids, m, width))
+        logprobs, ref_logprobs, values = torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
+        entropy = entropy_sum / max(float(rmask.sum()), 1.0)
         rewards, kl = ppo_math.token_rewards(scores, logprobs, ref_logprobs, rmask.float(), self.kl.value)
         advantages, returns = ppo_math.gae(rewards, values, rmask.float(), self.ppo.gamma, self.ppo.lam)
         return {"ids": out, "mask": mask, "rmask": rmask.float(), "width": width, "logprobs": logprobs,
@@ -195,8 +192,8 @@ class PpoTrainer:
         ckpt = self.run_dir / f"checkpoint-{step}"
         if ckpt.exists():
             shutil.rmtree(ckpt)
-        self.model.save_pretrained(ckpt)
-        self.critic.save_pretrained(ckpt / "critic")
+        self.model.save_pretrained(ckpt, selected_adapters=["default"])   # the policy alone
+        self.critic.save(ckpt / "critic")
         torch.save(self.optimizer.state_dict(), ckpt / "optimizer.pt")
         self.state.save_to_json(str(ckpt / "trainer_state.json"))
         (ckpt / "ppo_state.json").write_text(json.dumps({"kl_coef": self.kl.value}))
@@ -213,7 +210,7 @@ class PpoTrainer:
         from transformers import TrainerState
 
         set_peft_model_state_dict(self.model, load_file(ckpt / "adapter_model.safetensors"))
-        set_peft_model_state_dict(self.critic, load_file(ckpt / "critic" / "adapter_model.safetensors"))
+        self.critic.load(ckpt / "critic")
         if optimizer:
             self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
         self.state = TrainerState.load_from_json(str(ckpt / "trainer_state.json"))

@@ -125,3 +125,82 @@ def _memory(config, total: int, trainable: int, method: str, gpus: int, strategy
     }
     out["total"] = sum(out.values())
     return {k: round(v, 2) for k, v in out.items()}
+
+
+@dataclass
+class PpoPlan:
+    stage: str
+    gpus: int
+    critic_base: str                    # shared: the critic is an adapter on the policy's weights
+    policy_trainable_params: int
+    critic_trainable_params: int
+    rollout_sequences: int
+    sequence_tokens: int                # prompt + completion
+    memory_gb_per_gpu: dict[str, float]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_ppo(params, stage: str, gpus: int = 8, prompt_tokens: int = 512) -> PpoPlan:
+    """Per-GPU memory of a PPO stage (posttrain.ppo). PPO runs as one process whose model layers
+    are spread over the node's `gpus` GPUs (accelerate's device map), so each model-sized term is
+    divided by `gpus`:
+    - weights: the init model in bf16 once: policy, reference (adapters off) and a shared critic
+      are views of it; a `copy` critic adds a second one;
+    - reward_model: the frozen reward model scoring rollouts, another bf16 copy;
+    - trainable_state: the policy's and the critic's adapters (fp32 weight, gradient, two Adam
+      moments: 16 bytes per parameter);
+    - kv_cache: sampling the rollout (sequences x tokens x layers x K and V x kv heads x head dim, bf16);
+    - activations: one mini-batch update (each layer's input with checkpointing, plus one layer's
+      peak), for the policy and then the critic;
+    - logits: the mini-batch's completion tokens x vocabulary in fp32 (log-softmax, entropy;
+      about four such tensors), on the GPU holding the LM head (not divided).
+    Excludes allocator fragmentation (add ~10-20 %)."""
+    from peft import get_peft_model
+
+    from posttrain.training import lora_config
+
+    cfg = params.rl
+    names = [s.name for s in cfg.stages]
+    if stage not in names:
+        raise ValueError(f"rl stage {stage!r} is not in rl.stages ({names})")
+    st = cfg.stages[names.index(stage)]
+    init = "sft" if st.init == "previous" and names.index(stage) == 0 else st.init
+    shared = st.ppo.critic_base != "copy" and params.reward.init == init and params.reward.method == "lora"
+    if st.ppo.critic_base == "shared" and not shared:
+        raise ValueError(f"rl stage {stage!r}: critic_base: shared needs reward.init ({params.reward.init}) to be the "
+                         f"stage's init ({init}) and reward.method lora")
+    config = config_for(params.model.base)
+    model = meta_model(config)
+    total = sum(p.numel() for p in model.parameters())
+    policy = sum(p.numel() for p in get_peft_model(model, lora_config(model, cfg.lora, "CAUSAL_LM", "rl")).parameters()
+                 if p.requires_grad)
+    model = meta_model(config)
+    critic = sum(p.numel() for p in get_peft_model(model, lora_config(model, params.reward.lora, "CAUSAL_LM",
+                                                                      "reward")).parameters() if p.requires_grad)
+    critic += config.hidden_size                                        # the score head
+    h, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
+    head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
+    q_dim = config.num_attention_heads * head_dim
+    inter = getattr(config, "moe_intermediate_size", None) or config.intermediate_size
+    routed = getattr(config, "num_experts_per_tok", 1)
+    sequences = st.prompts_per_step * st.num_generations
+    seq_tokens = prompt_tokens + st.max_completion_length
+    mb_sequences = -(-sequences // st.ppo.mini_batches)
+    mb_tokens = mb_sequences * seq_tokens
+    layer_peak = mb_tokens * (4 * q_dim + routed * 3 * inter) * 2
+    kept = mb_tokens * h * 2 * layers if cfg.gradient_checkpointing else \
+        mb_tokens * (4 * q_dim + routed * 3 * inter + 4 * h) * 2 * layers
+    gb = 1024 ** 3
+    memory = {
+        "weights": total * 2 * (1 if shared else 2) / gpus / gb,
+        "reward_model": total * 2 / gpus / gb,
+        "trainable_state": (policy + critic) * 16 / gpus / gb,
+        "kv_cache": sequences * seq_tokens * layers * 2 * config.num_key_value_heads * head_dim * 2 / gpus / gb,
+        "activations": (kept / gpus + layer_peak) / gb,
+        "logits": mb_sequences * st.max_completion_length * vocab * 4 * 4 / gb,
+    }
+    memory["total"] = sum(memory.values())
+    return PpoPlan(stage, gpus, "shared" if shared else "copy", policy, critic, sequences, seq_tokens,
+                   {k: round(v, 2) for k, v in memory.items()})

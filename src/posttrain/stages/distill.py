@@ -8,8 +8,8 @@
     posttrain distill --baseline --student results/distill/student_base --data results/data/sft \\
         --out results/distill/student_sft
 
-- student-base: the student before training: a depth-pruned copy of the base model (every k-th
-  layer and the last; offline) or a configured smaller model that shares the base's tokenizer,
+- student-base: the student before training: a depth-pruned copy of the base model or of the
+  teacher (`student.prune_from`; every k-th layer, listed layers, or the least important; offline) or a configured smaller model that shares the base's tokenizer,
   saved with the base's chat template.
 - distill-samples: rejection sampling (R1-style): the teacher answers the prompt set
   (`distill.sampling`), the verifiers score every answer, and the accepted ones become SFT rows
@@ -52,7 +52,8 @@ def _section(params: Params, *parts: str) -> dict:
 # --- the student before training ----------------------------------------------------------------
 
 
-def student_base(params: Params, base_dir: Path, out: Path, calibration_dir: Path | None = None) -> dict:
+def student_base(params: Params, base_dir: Path, out: Path, calibration_dir: Path | None = None,
+                 teacher_dir: Path | None = None) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = _cfg(params).student
@@ -60,9 +61,15 @@ def student_base(params: Params, base_dir: Path, out: Path, calibration_dir: Pat
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     n_base = base_manifest["parameters"]
     if cfg.model == "prune":
-        base = AutoModelForCausalLM.from_pretrained(base_dir)
+        pruned_dir = base_dir
+        if cfg.prune_from == "teacher":
+            if teacher_dir is None:
+                raise ValueError("distill.student.prune_from: teacher prunes the teacher's layers: pass --teacher")
+            require_manifest(teacher_dir, "the teacher model")
+            pruned_dir = teacher_dir
+        base = AutoModelForCausalLM.from_pretrained(models.weights_dir(pruned_dir))
         n_layers = base.config.get_text_config().num_hidden_layers
-        source = {"kind": "depth-pruned", "from": str(base_dir), "layers_of": n_layers}
+        source = {"kind": "depth-pruned", "from": str(pruned_dir), "layers_of": n_layers}
         if cfg.drop_least_important:
             if calibration_dir is None:
                 raise ValueError("distill.student.drop_least_important measures each layer on SFT validation rows: "
@@ -98,7 +105,8 @@ def student_base(params: Params, base_dir: Path, out: Path, calibration_dir: Pat
     return write_manifest(out, stage="student-base", params={"base": base_manifest["params"]["base"],
                                                              "student": cfg.model_dump(mode="json")},
                           seed=params.model.seed,
-                          inputs={"base": base_dir, **({"calibration": calibration_dir} if calibration_dir else {})},
+                          inputs={"base": base_dir, **({"calibration": calibration_dir} if calibration_dir else {}),
+                                  **({"teacher": teacher_dir} if teacher_dir else {})},
                           chat_template=tokenizer.chat_template,
                           extra={"source": source, "architecture": model.config.model_type, "parameters": n_params,
                                  "base_parameters": n_base})

@@ -25,12 +25,13 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
 
 from posttrain import chat, checkpoints, rewards, training
 from posttrain.generation import merged_adapter
 from posttrain.config import Params, RlStageParams
-from posttrain.manifest import require_manifest, write_json, write_manifest
+from posttrain.manifest import input_hash, require_manifest, write_json, write_manifest
 
 log = logging.getLogger(__name__)
 LOG_COLUMNS = {"loss": "loss", "reward": "reward", "reward_std": "reward_std", "kl": "kl",
@@ -91,10 +92,14 @@ def main(params: Params, stage: str, init_dir: Path, prompts_dir: Path, reward_d
 
     # 3. Policy, trainer, selection, training.
     set_seed(st.seed)
-    model = AutoModelForCausalLM.from_pretrained(weights, dtype=training.torch_dtype(precision["name"]))
+    # PPO runs in this one process: on a GPU node its model is spread over the visible GPUs
+    # (accelerate's device map); GRPO's trainer places the model itself.
+    placement = {"device_map": "auto"} if st.algorithm == "ppo" and torch.cuda.is_available() else {}
+    model = AutoModelForCausalLM.from_pretrained(weights, dtype=training.torch_dtype(precision["name"]), **placement)
     selector = Selection(run_dir, heldout, scoring_funcs, weights_, tokenizer, st)
     if st.algorithm == "ppo":
-        trainer = _build_ppo_trainer(model, tokenizer, train, funcs, weights_, run_dir, cfg, st, selector, reward_dirs)
+        trainer = _build_ppo_trainer(model, tokenizer, train, funcs, weights_, run_dir, cfg, st, selector, reward_dirs,
+                                     init_dir)
     else:
         trainer = _build_trainer(model, tokenizer, train, funcs, weights_, run_dir, cfg, st, precision, selector)
     trainable, total = training.count_parameters(trainer.model)
@@ -290,13 +295,15 @@ def _build_trainer(model, tokenizer, train: list[dict], funcs, weights, run_dir:
 
 
 def _build_ppo_trainer(model, tokenizer, train: list[dict], funcs, weights, run_dir: Path, cfg, st: RlStageParams,
-                       selector: Selection, reward_dirs: dict[str, Path]):
+                       selector: Selection, reward_dirs: dict[str, Path], init_dir: Path):
     """The policy (a fresh LoRA on the init model) and the critic (the stage's reward model, its
-    LoRA and score head trainable) for posttrain.ppo."""
+    LoRA and score head trainable; on the policy's own weights when `ppo.critic_base` allows) for
+    posttrain.ppo."""
     from peft import get_peft_model
 
     from posttrain import reward_model
     from posttrain.ppo import PpoTrainer
+    from posttrain.ppo_critic import AdapterCritic, RewardModelCritic
 
     if cfg.method != "lora":
         raise ValueError(f"rl stage {st.name!r}: PPO trains LoRA adapters (rl.method: lora); got {cfg.method!r}")
@@ -304,11 +311,27 @@ def _build_ppo_trainer(model, tokenizer, train: list[dict], funcs, weights, run_
     if aspect not in reward_dirs:
         raise ValueError(f"rl stage {st.name!r}: the PPO critic starts from the {aspect!r} reward model, but none was "
                          f"given (--reward {aspect}=results/reward/{aspect}); given: {sorted(reward_dirs)}")
-    critic, critic_tokenizer, _ = reward_model.load_model(reward_dirs[aspect], trainable=True)
-    if critic_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise ValueError(f"rl stage {st.name!r}: the {aspect!r} reward model's tokenizer differs from the policy's; "
-                         f"the critic reads the policy's tokens, so both must share one tokenizer")
+    rm_dir = Path(reward_dirs[aspect])
+    shareable = (rm_dir / "adapter").is_dir() and \
+        require_manifest(rm_dir, "reward")["inputs"]["init"]["sha256"] == input_hash(init_dir)
+    if st.ppo.critic_base == "shared" and not shareable:
+        raise ValueError(f"rl stage {st.name!r}: ppo.critic_base: shared needs a LoRA reward model trained from the "
+                         f"stage's init model {init_dir}; {rm_dir} is not one. Use critic_base: copy or auto")
     policy = get_peft_model(model, training.lora_config(model, cfg.lora, "CAUSAL_LM", "rl"))
+    if cfg.gradient_checkpointing:   # updates keep one layer's activations, not all (training mode only)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if st.ppo.critic_base != "copy" and shareable:
+        critic = AdapterCritic(policy, rm_dir / "adapter")
+        log.info("PPO critic: the %s reward model's adapter on the policy's own weights", aspect)
+    else:
+        rm, rm_tokenizer, _ = reward_model.load_model(rm_dir, trainable=True)
+        if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"rl stage {st.name!r}: the {aspect!r} reward model's tokenizer differs from the "
+                             f"policy's; the critic reads the policy's tokens, so both must share one tokenizer")
+        if cfg.gradient_checkpointing:
+            rm.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        critic = RewardModelCritic(rm)
+        log.info("PPO critic: a copy of the %s reward model", aspect)
     run_dir.mkdir(parents=True, exist_ok=True)
     return PpoTrainer(policy, critic, tokenizer, train,
                       lambda prompts, completions, columns: combined(funcs, weights, prompts, completions, columns),
@@ -347,6 +370,8 @@ def _metrics(rows, selector: Selection, chosen_step, trainer, elapsed, trainable
         "steps": trainer.state.global_step, "train_runtime_s": round(elapsed, 2),
         "trainable_params": trainable, "total_params": total,
         "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
+        **({"critic_base": "shared" if type(trainer.critic).__name__ == "AdapterCritic" else "copy"}
+           if st.algorithm == "ppo" else {}),
     }
 
 
