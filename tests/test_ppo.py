@@ -94,6 +94,8 @@ def test_a_critic_from_a_reward_model_the_rewards_do_not_use_is_an_input_of_the_
     params = _params(tmp_path, rewards=[{"name": "constraint"}], ppo={"critic": "helpful"})
     stage = next(s for s in pipeline.stages(params) if s.name == "rl_helpfulness")
     assert "results/reward/helpful" in stage.deps
+    plotted = stage.plots[0]["results/rl/helpfulness/log.csv"]["y"]
+    assert {"reward", "kl", "value_loss", "clip_fraction", "approx_kl", "explained_variance"} <= set(plotted)
     assert stage.args[stage.args.index("--reward") + 1] == "helpful=results/reward/helpful"
 
 

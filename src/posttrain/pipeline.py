@@ -180,7 +180,8 @@ def _rl(params: Params, table: list[Stage]) -> list[Stage]:
         out.append(Stage("rl_zero" if is_zero else f"rl_{st.name}", [*args, "--out", folder],
                          [init, prompts, *[rms[a] for a in aspects]], [folder], ["rl"],
                          metrics=[f"{folder}/metrics.json"],
-                         plots=[{f"{folder}/log.csv": {"x": "step", "y": ["reward", "heldout_reward"]}}],
+                         plots=[{f"{folder}/log.csv": {"x": "step", "y": ["reward", "heldout_reward", *(
+                             PPO_PLOTS if st.algorithm == "ppo" else [])]}}],
                          # PPO is one process whose model spans the node's GPUs (device map)
                          launcher=_launcher(1 if st.algorithm == "ppo" else params.rl.gpus, params.rl.strategy),
                          all_cores=True))
@@ -278,6 +279,10 @@ def _evaluation(params: Params, table: list[Stage], sources: dict) -> list[Stage
     stages.append(Stage("report", [*args, "--out", report], evals + curves, [report], [],
                         metrics=[f"{report}/metrics.json"], plots=[f"{report}/plots"]))
     return stages
+
+
+# a PPO stage's per-step statistics beside its reward curves (all in its log.csv)
+PPO_PLOTS = ["kl", "value_loss", "clip_fraction", "approx_kl", "explained_variance", "completion_length"]
 
 
 def _launcher(gpus: int, strategy: str) -> str:
