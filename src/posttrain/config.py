@@ -421,6 +421,9 @@ class StudentParams(Section):
     # models are far less redundant than 7B ones: which layers go matters more than how many.
     drop_least_important: int | None = Field(None, ge=1)
     calibration_rows: int = Field(16, ge=1)
+    # rank on the SFT validation rows of these subsets only (null: all): the skill the student
+    # must keep decides which layers matter (general text hides the layers that do arithmetic).
+    calibration_subsets: list[str] | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _one_rule(self) -> "StudentParams":

@@ -75,7 +75,11 @@ def student_base(params: Params, base_dir: Path, out: Path, calibration_dir: Pat
                 raise ValueError("distill.student.drop_least_important measures each layer on SFT validation rows: "
                                  "pass --calibration results/data/sft")
             require_manifest(calibration_dir, "prepare-data --kind sft")
-            rows = [json.loads(line)["messages"] for line in open(calibration_dir / "val.jsonl")]
+            rows = [r["messages"] for r in map(json.loads, open(calibration_dir / "val.jsonl"))
+                    if cfg.calibration_subsets is None or r.get("subset") in cfg.calibration_subsets]
+            if not rows:
+                raise ValueError(f"distill.student.calibration_subsets {cfg.calibration_subsets}: no validation rows "
+                                 f"of those subsets in {calibration_dir / 'val.jsonl'}")
             importance = pruning.layer_importance(base, tokenizer, rows[: cfg.calibration_rows])
             keep = pruning.least_important_dropped(importance, cfg.drop_least_important)
             source["perplexity_without_layer"] = [round(v, 4) for v in importance]
