@@ -81,7 +81,8 @@ def data(tmp_path_factory, tiny_base, params):
     prompts = [{"prompt": f"What is {a} plus {b}?", "answer": str(a + b), "subset": "arithmetic"}
                for a in range(2, 9) for b in (3, 5)]
     sft = [{"messages": [{"role": "user", "content": f"What is {a} plus 4?"},
-                         {"role": "assistant", "content": f"{a} + 4 = {a + 4}\n#### {a + 4}"}]} for a in range(20)]
+                         {"role": "assistant", "content": f"{a} + 4 = {a + 4}\n#### {a + 4}"}],
+            "subset": "arithmetic" if a % 2 else "sums"} for a in range(20)]
     local = params.model_copy(deep=True)
     local.data.cleaning.near_dup = False
     local.data.val_fraction = 0.2
@@ -197,6 +198,15 @@ def test_the_least_important_layers_are_dropped(tmp_path, tiny_base, data, param
     measured = manifest["source"]["perplexity_without_layer"]
     assert len(measured) == 2 and manifest["source"]["layers_kept"] == [max(range(2), key=lambda i: measured[i])]
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "student").config.num_hidden_layers == 1
+    # ranked on one subset's rows only: other numbers, and a subset with no rows is an error
+    val_subsets = [json.loads(line)["subset"] for line in open(data / "sft" / "val.jsonl")]
+    assert {"arithmetic", "sums"} <= set(val_subsets)
+    local.distill.student.calibration_subsets = ["arithmetic"]
+    ranked = distill.student_base(local, tiny_base, tmp_path / "ranked", calibration_dir=data / "sft")
+    assert ranked["source"]["perplexity_without_layer"] != measured
+    local.distill.student.calibration_subsets = ["nope"]
+    with pytest.raises(ValueError, match="no validation rows of those subsets"):
+        distill.student_base(local, tiny_base, tmp_path / "none", calibration_dir=data / "sft")
 
 
 def test_a_student_pruned_from_the_teacher_keeps_the_teachers_weights(tmp_path, tiny_base, params):
