@@ -82,6 +82,9 @@ def test_reward_model_learns_saves_and_loads(tmp_path, tiny_base, preference_dat
                                    "I do not know, sorry."])
     assert scored == pytest.approx([(r - m["train_reward_mean"]) / m["train_reward_std"] for r in raw], abs=1e-3)
     assert fn.__name__ == "rm_rm"
+    # device: auto places the layers with accelerate's device map (here: all on the CPU)
+    spread = RewardModel.load(out, device="auto")
+    assert spread.raw([prompt, prompt], ["40 + 3 = 43. #### 43", "I do not know, sorry."]) == pytest.approx(raw, abs=1e-4)
 
 
 def test_reward_pairwise_loss_moves_margins_not_just_chosen(tmp_path, tiny_base, preference_data):

@@ -71,8 +71,10 @@ class RewardModel:
 
     @classmethod
     def load(cls, folder: Path, device: str | None = None) -> "RewardModel":
-        model, tokenizer, metrics = load_model(folder)
-        if device:
+        """`device`: where the model goes (`cuda`, `cpu`, ...); `auto` spreads its layers over the
+        visible GPUs (accelerate's device map), as a 30B reward model beside a PPO policy needs."""
+        model, tokenizer, metrics = load_model(folder, device_map="auto" if device == "auto" else None)
+        if device and device != "auto":
             model.to(device)
         return cls(model=model, tokenizer=tokenizer, mean=metrics["train_reward_mean"],
                    std=metrics["train_reward_std"] or 1.0, aspect=metrics.get("aspect", Path(folder).name),
@@ -88,9 +90,10 @@ class RewardModel:
         return [(r - self.mean) / self.std for r in self.raw(prompts, responses, batch_size)]
 
 
-def load_model(folder: Path, trainable: bool = False):
+def load_model(folder: Path, trainable: bool = False, device_map: str | None = None):
     """(sequence-classification model, tokenizer, metrics) of the reward model in `folder`;
     `trainable` keeps its LoRA and score head trainable (a PPO critic starts from it)."""
+    placement = {"device_map": device_map} if device_map else {}
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     folder = Path(folder)
@@ -101,14 +104,14 @@ def load_model(folder: Path, trainable: bool = False):
 
         init = weights_dir(Path(manifest["inputs"]["init"]["path"]))
         require_manifest(init.parent if init.name == "merged" else init, "the reward model's init model")
-        model = AutoModelForSequenceClassification.from_pretrained(init, num_labels=1)
+        model = AutoModelForSequenceClassification.from_pretrained(init, num_labels=1, **placement)
         model = PeftModel.from_pretrained(model, folder / "adapter", is_trainable=trainable)
         tokenizer = AutoTokenizer.from_pretrained(folder / "adapter")
     else:
         if trainable:
             raise ValueError(f"{folder} is a fully fine-tuned reward model; a PPO critic starts from a LoRA reward "
                              f"model (reward.method: lora)")
-        model = AutoModelForSequenceClassification.from_pretrained(folder / "model", num_labels=1)
+        model = AutoModelForSequenceClassification.from_pretrained(folder / "model", num_labels=1, **placement)
         tokenizer = AutoTokenizer.from_pretrained(folder / "model")
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer, metrics
