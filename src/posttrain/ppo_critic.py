@@ -31,6 +31,8 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class RewardModelCritic:
+    kind = "copy"          # recorded in the stage's metrics as critic_base
+
     def __init__(self, model):
         self.model = model                     # a PEFT-wrapped sequence-classification model
 
@@ -60,6 +62,8 @@ class RewardModelCritic:
 
 
 class AdapterCritic:
+    kind = "shared"
+
     def __init__(self, policy, reward_adapter: Path):
         """`policy`: the PEFT policy (adapter "default"); `reward_adapter`: the reward model's
         adapter folder (LoRA + score head, as `posttrain reward` saves it)."""

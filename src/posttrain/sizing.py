@@ -99,6 +99,19 @@ def _active_params(model, config) -> int:
     return total
 
 
+def _activation_bytes(config, tokens: int, checkpointing: bool) -> tuple[int, int]:
+    """(activations kept for the backward pass over all layers, one layer's recompute peak), in
+    bytes (bf16): with checkpointing each layer's input (tokens x hidden) is kept; without, every
+    layer's attention projections and routed experts' intermediates."""
+    h, layers = config.hidden_size, config.num_hidden_layers
+    inter = getattr(config, "moe_intermediate_size", None) or config.intermediate_size
+    routed = getattr(config, "num_experts_per_tok", 1)
+    q_dim = config.num_attention_heads * (getattr(config, "head_dim", None) or h // config.num_attention_heads)
+    layer_peak = tokens * (4 * q_dim + routed * 3 * inter) * 2
+    kept = tokens * h * 2 * layers if checkpointing else tokens * (4 * q_dim + routed * 3 * inter + 4 * h) * 2 * layers
+    return kept, layer_peak
+
+
 def _memory(config, total: int, trainable: int, method: str, gpus: int, strategy: str, tokens: int,
             checkpointing: bool) -> dict[str, float]:
     """A first-order estimate, in GB per GPU:
@@ -110,18 +123,13 @@ def _memory(config, total: int, trainable: int, method: str, gpus: int, strategy
     Excludes allocator fragmentation and communication buffers (add ~10-20 %)."""
     shard = gpus if strategy in ("fsdp", "zero3") else 1
     weight_bytes = BYTES["nf4" if method == "qlora" else "bf16"]
-    h, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
-    inter = getattr(config, "moe_intermediate_size", None) or config.intermediate_size
-    routed = getattr(config, "num_experts_per_tok", 1)
-    q_dim = config.num_attention_heads * getattr(config, "head_dim", h // config.num_attention_heads)
-    layer_peak = tokens * (4 * q_dim + routed * 3 * inter) * 2
-    kept = tokens * h * 2 * layers if checkpointing else tokens * (4 * q_dim + routed * 3 * inter + 4 * h) * 2 * layers
+    kept, layer_peak = _activation_bytes(config, tokens, checkpointing)
     gb = 1024 ** 3
     out = {
         "weights": total * weight_bytes / shard / gb,
         "trainable_state": trainable * 16 / shard / gb,
         "activations": (kept + layer_peak) / gb,
-        "logits": tokens * vocab * 4 / gb,
+        "logits": tokens * config.vocab_size * 4 / gb,
     }
     out["total"] = sum(out.values())
     return {k: round(v, 2) for k, v in out.items()}
@@ -180,18 +188,12 @@ def plan_ppo(params, stage: str, gpus: int = 8, prompt_tokens: int = 512) -> Ppo
     critic = sum(p.numel() for p in get_peft_model(model, lora_config(model, params.reward.lora, "CAUSAL_LM",
                                                                       "reward")).parameters() if p.requires_grad)
     critic += config.hidden_size                                        # the score head
-    h, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
-    head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
-    q_dim = config.num_attention_heads * head_dim
-    inter = getattr(config, "moe_intermediate_size", None) or config.intermediate_size
-    routed = getattr(config, "num_experts_per_tok", 1)
+    layers, vocab = config.num_hidden_layers, config.vocab_size
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     sequences = st.prompts_per_step * st.num_generations
     seq_tokens = prompt_tokens + st.max_completion_length
     mb_sequences = -(-sequences // st.ppo.mini_batches)
-    mb_tokens = mb_sequences * seq_tokens
-    layer_peak = mb_tokens * (4 * q_dim + routed * 3 * inter) * 2
-    kept = mb_tokens * h * 2 * layers if cfg.gradient_checkpointing else \
-        mb_tokens * (4 * q_dim + routed * 3 * inter + 4 * h) * 2 * layers
+    kept, layer_peak = _activation_bytes(config, mb_sequences * seq_tokens, cfg.gradient_checkpointing)
     gb = 1024 ** 3
     memory = {
         "weights": total * 2 * (1 if shared else 2) / gpus / gb,

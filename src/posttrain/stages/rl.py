@@ -370,8 +370,7 @@ def _metrics(rows, selector: Selection, chosen_step, trainer, elapsed, trainable
         "steps": trainer.state.global_step, "train_runtime_s": round(elapsed, 2),
         "trainable_params": trainable, "total_params": total,
         "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
-        **({"critic_base": "shared" if type(trainer.critic).__name__ == "AdapterCritic" else "copy"}
-           if st.algorithm == "ppo" else {}),
+        **({"critic_base": trainer.critic.kind} if st.algorithm == "ppo" else {}),
     }
 
 
