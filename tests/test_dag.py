@@ -95,8 +95,9 @@ def test_a_typo_fails_snakemake_dry_run_and_dvc_repro_naming_the_key(project):
 # absolute paths) rather than results; their results are compared separately.
 # Files that carry wall-clock timings (run times, tokens/s, lm-eval's timestamps): metrics.json
 # files are compared without their timing keys, the others not at all.
-TIMED_NAMES = {"README.md", "harness.json", "metrics.json", "timings.json", "report.md", "report.html"}
-TIMING_KEYS = {"tokens_per_second", "train_runtime_s"}
+TIMED_NAMES = {"README.md", "harness.json", "metrics.json", "timings.json", "report.md", "report.html",
+               "quant_log.csv"}
+TIMING_KEYS = {"tokens_per_second", "train_runtime_s", "quantize_seconds"}
 # An evaluation's settings name the folder it ran in, which differs between the two copies.
 PATH_KEYS = {"generation"}
 
@@ -130,7 +131,8 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     results = project / "results"
     for out in ("demo_data", "base", "data/eval", "data/sft", "data/preference", "data/prompts", "sft",
                 "reward/helpful", "reward/safety", "rl/helpfulness", "rl/reasoning", "rl_zero",
-                "distill/student_base", "distill/samples", "distill/student", "distill/student_sft"):
+                "distill/student_base", "distill/samples", "distill/student", "distill/student_sft",
+                "export/reasoning/merged", "export/reasoning/gptq", "export/reasoning/check"):
         assert (results / out / "manifest.json").is_file(), out
     # the reasoning stage starts from the helpfulness stage's model
     rl_manifest = json.loads((results / "rl/reasoning/manifest.json").read_text())
@@ -156,7 +158,7 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     import shutil
 
     other = tmp_path / "dvc_copy"
-    shutil.copytree(project, other, ignore=shutil.ignore_patterns("results", ".snakemake"))
+    shutil.copytree(project, other, ignore=shutil.ignore_patterns("results", ".snakemake"), symlinks=True)
     run([bin_path("posttrain"), "dag", "--write", "--recipe", "tiny.yaml"], other)
     run([bin_path("dvc"), "init", "-q"], other)
     run([bin_path("dvc"), "repro"], other)
@@ -168,7 +170,8 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     metrics = run([bin_path("dvc"), "metrics", "show", "--json"], other).stdout
     assert "rows_out" in metrics
     report = json.loads((other / "results/report/metrics.json").read_text())
-    assert set(report) == {"base", "sft", "helpfulness", "reasoning", "rl_zero", "student_sft", "distilled"}
+    assert set(report) == {"base", "sft", "helpfulness", "reasoning", "rl_zero", "student_sft", "distilled",
+                           "reasoning_gptq"}
     assert report["distilled"]["parameters"] > 0 and "Size and speed" in (other / "results/report/report.md").read_text()
     samples = json.loads((other / "results/distill/samples/metrics.json").read_text())
     assert samples["accepted"] + samples["rejected"] == samples["samples"] > 0

@@ -100,6 +100,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     _params_arg(p)
 
+    p = sub.add_parser("export-merge", help="merged weights for serving (adapters folded in), with a model card")
+    p.add_argument("--model", type=Path, required=True, help="an artifact folder: results/sft, results/rl/NAME, ...")
+    p.add_argument("--out", type=Path, required=True)
+    _params_arg(p)
+
+    p = sub.add_parser("export-gptq", help="4-bit GPTQ of a merged export (GPTQModel; run from .venv-export)")
+    p.add_argument("--model", type=Path, required=True, help="an export-merge output")
+    p.add_argument("--calibration", type=Path, required=True, help="prepared SFT data (results/data/sft)")
+    p.add_argument("--out", type=Path, required=True)
+    _params_arg(p)
+
+    p = sub.add_parser("export-check", help="size ratios and eval deltas of quantized exports against the unquantized model")
+    p.add_argument("--merged", type=Path, required=True, help="the export-merge output")
+    p.add_argument("--quantized", action="append", default=[], metavar="FORMAT=DIR", required=True,
+                   help="a quantized export; repeatable")
+    p.add_argument("--eval", type=Path, required=True, help="the unquantized model's evaluation")
+    p.add_argument("--quantized-eval", action="append", default=[], metavar="FORMAT=DIR", required=True,
+                   help="a quantized export's evaluation; repeatable")
+    p.add_argument("--out", type=Path, required=True)
+    _params_arg(p)
+
     p = sub.add_parser("report", help="one report over every evaluated model")
     p.add_argument("--eval", action="append", type=Path, default=[], required=True, help="an evaluate output; repeatable")
     p.add_argument("--curves", action="append", type=Path, default=[], help="a training stage output; repeatable")
@@ -187,6 +208,16 @@ def _run(args: argparse.Namespace) -> int:
 
         evaluate.main(params, args.model, args.name, args.eval_data, args.heldout, args.out,
                       reward_dirs=_pairs_arg(args.reward, "--reward"), reference=args.reference)
+    elif args.command in ("export-merge", "export-gptq", "export-check"):
+        from posttrain.stages import export
+
+        if args.command == "export-merge":
+            export.merge(params, args.model, args.out)
+        elif args.command == "export-gptq":
+            export.gptq(params, args.model, args.calibration, args.out)
+        else:
+            export.check(args.merged, _pairs_arg(args.quantized, "--quantized"), args.eval,
+                         _pairs_arg(args.quantized_eval, "--quantized-eval"), args.out)
     elif args.command == "report":
         from posttrain.stages import report
 

@@ -480,6 +480,43 @@ class DistillParams(SftParams):
     learning_rate: float = Field(5e-5, gt=0)
 
 
+# --- export ----------------------------------------------------------------------------------
+
+
+class GptqParams(Section):
+    """4-bit GPTQ with GPTQModel: what vLLM, transformers and optimum load as `quant_method: gptq`."""
+    bits: Literal[2, 3, 4, 8] = 4
+    # weights per scale/zero group: smaller groups cost size and keep more quality
+    group_size: int = Field(128, ge=-1)
+    desc_act: bool = False       # act-order: better quality, slower kernels on some servers
+    sym: bool = True
+    damp_percent: float = Field(0.05, gt=0, lt=1)
+    # calibration: the SFT train rows (chat template applied), of these subsets only when set
+    calibration_rows: int = Field(256, ge=1)
+    calibration_max_length: int = Field(256, ge=16)
+    calibration_subsets: list[str] | None = Field(None, min_length=1)
+    batch_size: int = Field(1, ge=1)
+    # GPTQModel parks quantized layers on disk while it works through the model: needed where the
+    # model does not fit in memory (a 30B MoE), slower otherwise.
+    offload_to_disk: bool = False
+
+
+class ExportParams(Section):
+    """Serving artifacts for one model of the DAG: merged weights, then quantized formats."""
+    # which model: `last` (the last RL stage; sft, then base, without RL stages), sft, base, an
+    # RL stage's name, rl_zero, distilled or student_sft.
+    model: str = "last"
+    # the merged (adapters folded in) model's dtype; the quantizers start from it.
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    formats: list[Literal["gptq"]] = Field(default_factory=lambda: ["gptq"])
+    gptq: GptqParams = Field(default_factory=GptqParams)
+    # Written into the model card's `vllm serve` line and generation_config.json.
+    max_model_len: int = Field(4096, ge=16)
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    seed: int = 0
+
+
 # --- evaluate --------------------------------------------------------------------------------
 
 
@@ -516,6 +553,8 @@ class Params(Section):
     rl: RlParams = Field(default_factory=RlParams)
     # null: no distillation stages in the DAG.
     distill: DistillParams | None = None
+    # null: no export stages in the DAG.
+    export: ExportParams | None = None
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
 
 

@@ -22,7 +22,7 @@ MANIFEST = "manifest.json"
 # Libraries whose versions change results; recorded in every manifest.
 TRACKED_LIBRARIES = (
     "posttrain", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers",
-    "safetensors", "numpy", "datasketch", "gguf", "lm-eval", "snakemake", "dvc",
+    "safetensors", "numpy", "datasketch", "gguf", "lm-eval", "snakemake", "dvc", "gptqmodel", "optimum",
 )
 
 

@@ -35,7 +35,14 @@ CODE = {
                 f"{SRC}/checkpoints.py"],
     "evaluate": [f"{SRC}/stages/evaluate.py", f"{SRC}/harness.py", f"{SRC}/generation.py", f"{SRC}/refusal.py"],
     "report": [f"{SRC}/stages/report.py"],
+    "export_merge": [f"{SRC}/stages/export.py", f"{SRC}/stages/evaluate.py", f"{SRC}/generation.py",
+                     f"{SRC}/models.py"],
+    "export_gptq": [f"{SRC}/stages/export.py", f"{SRC}/generation.py", "envs/export.txt"],
+    "export_check": [f"{SRC}/stages/export.py"],
 }
+# GPTQModel's environment (envs/export.txt; `make setup` builds it): its pins conflict with
+# Snakemake's, so the rules that load GPTQ models run posttrain from there.
+EXPORT_ENV = ".venv-export"
 DVC_YAML = Path("dvc.yaml")
 DVC_HEADER = ("# Generated from posttrain/pipeline.py by `posttrain dag --write`; do not edit by hand.\n"
               "# tests/test_dag.py fails when this file and the Snakefile's rules drift apart.\n")
@@ -56,6 +63,9 @@ class Stage:
     code: list[str] = field(default_factory=list)
     # Multi-GPU prefix (e.g. `accelerate launch --config_file ...`); the stage then runs as a module.
     launcher: str = ""
+    # A virtual environment whose posttrain runs the stage (relative to the working directory);
+    # empty: the one Snakemake and DVC run in.
+    env: str = ""
     # Training stages use every core Snakemake may use (it sets OMP_NUM_THREADS to a rule's
     # threads, 1 by default, which would halve CPU training speed on two cores).
     all_cores: bool = False
@@ -72,7 +82,8 @@ class Stage:
                 extra += ["--params", f]
         if self.launcher:
             return f"{self.launcher} -m posttrain.cli {shlex.join([*self.args, *extra])}"
-        return shlex.join(["posttrain", *self.args, *extra])
+        program = f"{self.env}/bin/posttrain" if self.env else "posttrain"
+        return shlex.join([program, *self.args, *extra])
 
 
 def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
@@ -124,8 +135,14 @@ def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
     if params.distill is not None:
         table += _distill(params, table, sources)
 
+    exported = _export(params, table, sources) if params.export is not None else None
+    if exported:
+        table += exported
+
     if sources["eval"]:
         table += _evaluation(params, table, sources)
+        if exported:
+            table.append(_export_check(exported))
 
     for s in table:
         s.param_files = param_files
@@ -202,7 +219,7 @@ def _distill(params: Params, table: list[Stage], sources: dict) -> list[Stage]:
     if not sources["sft"] or not sources["prompts"]:
         raise ValueError("distillation trains on the SFT data and samples the teacher on the prompts: set "
                          "data.sources.sft and data.sources.prompts, or distill: null")
-    teacher = _teacher(cfg.teacher, table)
+    teacher = _model_folder(cfg.teacher, table, "distill.teacher")[1]
     base, sft_data, prompts = str(RESULTS / "base"), str(RESULTS / "data" / "sft"), str(RESULTS / "data" / "prompts")
     student_base, samples = str(DISTILL / "student_base"), str(DISTILL / "samples")
     launcher = _launcher(cfg.gpus, cfg.strategy)
@@ -228,17 +245,67 @@ def _distill(params: Params, table: list[Stage], sources: dict) -> list[Stage]:
     ]
 
 
-def _teacher(name: str, table: list[Stage]) -> str:
-    """The teacher's folder: `last` is the last RL stage (sft, then base, when there are none)."""
-    models = {"base": str(RESULTS / "base"), **{s.name: s.outs[0] for s in table if s.name == "sft"},
-              **{s.name.removeprefix("rl_") if s.name != "rl_zero" else s.name: s.outs[0]
-                 for s in table if s.name.startswith("rl_")}}
+def _model_folders(table: list[Stage]) -> dict[str, str]:
+    """Every model the DAG makes so far, by its report name."""
+    return {"base": str(RESULTS / "base"), **{s.name: s.outs[0] for s in table if s.name == "sft"},
+            **{s.name.removeprefix("rl_") if s.name != "rl_zero" else s.name: s.outs[0]
+               for s in table if s.name.startswith("rl_")},
+            **{name: folder for name, folder in STUDENTS.items() if any(folder in s.outs for s in table)}}
+
+
+def _model_folder(name: str, table: list[Stage], key: str) -> tuple[str, str]:
+    """(name, folder) of a model of the DAG: `last` is the last RL stage (sft, then base, when
+    there are none)."""
+    models = _model_folders(table)
     if name == "last":
-        stages = [s.outs[0] for s in table if s.name.startswith("rl_") and s.name != "rl_zero"]
-        return stages[-1] if stages else models.get("sft", models["base"])
+        stages = [s for s in table if s.name.startswith("rl_") and s.name != "rl_zero"]
+        name = stages[-1].name.removeprefix("rl_") if stages else "sft" if "sft" in models else "base"
     if name not in models:
-        raise ValueError(f"distill.teacher {name!r} is not a model of this DAG; choose last or one of {sorted(models)}")
-    return models[name]
+        raise ValueError(f"{key} {name!r} is not a model of this DAG; choose last or one of {sorted(models)}")
+    return name, models[name]
+
+
+EXPORT = RESULTS / "export"
+
+
+def _export(params: Params, table: list[Stage], sources: dict) -> list[Stage]:
+    """The chosen model merged for serving, and each quantized format made from the merge (in
+    the export environment)."""
+    cfg = params.export
+    name, folder = _model_folder(cfg.model, table, "export.model")
+    merged = str(EXPORT / name / "merged")
+    out = [Stage("export_merge", ["export-merge", "--model", folder, "--out", merged], [folder], [merged],
+                 ["export"], metrics=[f"{merged}/metrics.json"])]
+    if "gptq" in cfg.formats:
+        if not sources["sft"]:
+            raise ValueError("export.formats gptq calibrates on the SFT data: set data.sources.sft, or drop gptq")
+        sft_data, gptq = str(RESULTS / "data" / "sft"), str(EXPORT / name / "gptq")
+        out.append(Stage("export_gptq", ["export-gptq", "--model", merged, "--calibration", sft_data, "--out", gptq],
+                         [merged, sft_data], [gptq], ["export"], metrics=[f"{gptq}/metrics.json"], env=EXPORT_ENV,
+                         all_cores=True))
+    return out
+
+
+def _exported_models(table: list[Stage]) -> dict[str, str]:
+    """Quantized exports to evaluate, by report name (<model>_<format>)."""
+    return {f"{Path(s.outs[0]).parent.name}_{s.name.removeprefix('export_')}": s.outs[0]
+            for s in table if s.name.startswith("export_") and s.name != "export_merge"}
+
+
+def _export_check(exported: list[Stage]) -> Stage:
+    """Size ratios and evaluation deltas of the quantized exports against the unquantized model."""
+    merge = exported[0]
+    name = Path(merge.outs[0]).parent.name
+    source_eval = str(RESULTS / "eval" / name)
+    out = str(EXPORT / name / "check")
+    args = ["export-check", "--merged", merge.outs[0], "--eval", source_eval]
+    deps = [merge.outs[0], source_eval]
+    for s in exported[1:]:
+        fmt = s.name.removeprefix("export_")
+        evaluated = str(RESULTS / "eval" / f"{name}_{fmt}")
+        args += ["--quantized", f"{fmt}={s.outs[0]}", "--quantized-eval", f"{fmt}={evaluated}"]
+        deps += [s.outs[0], evaluated]
+    return Stage("export_check", [*args, "--out", out], deps, [out], [], metrics=[f"{out}/metrics.json"])
 
 
 def _evaluation(params: Params, table: list[Stage], sources: dict) -> list[Stage]:
@@ -247,13 +314,9 @@ def _evaluation(params: Params, table: list[Stage], sources: dict) -> list[Stage
     reference is evaluated first."""
     eval_data = str(RESULTS / "data" / "eval")
     heldout = str(RESULTS / "data" / "sft") if sources["sft"] else None
-    models = {"base": str(RESULTS / "base")}
-    if any(s.name == "sft" for s in table):
-        models["sft"] = str(RESULTS / "sft")
-    for s in table:
-        if s.name.startswith("rl_"):
-            models[s.name if s.name == "rl_zero" else s.name.removeprefix("rl_")] = s.outs[0]
-    models |= {name: folder for name, folder in STUDENTS.items() if any(folder in s.outs for s in table)}
+    models = _model_folders(table)
+    quantized = _exported_models(table)
+    models |= quantized
     rms = {s.name.removeprefix("reward_"): s.outs[0] for s in table if s.name.startswith("reward_")}
     reference = params.evaluate.reference if rms and params.evaluate.reference in models else None
     stages = []
@@ -271,7 +334,8 @@ def _evaluation(params: Params, table: list[Stage], sources: dict) -> list[Stage
             args += ["--reference", str(RESULTS / "eval" / reference)]
             deps.append(str(RESULTS / "eval" / reference))
         stages.append(Stage(f"evaluate_{name}", [*args, "--out", out], deps, [out], ["evaluate"],
-                            metrics=[f"{out}/metrics.json"], all_cores=True))
+                            metrics=[f"{out}/metrics.json"], all_cores=True,
+                            env=EXPORT_ENV if name in quantized else ""))
     evals = [str(RESULTS / "eval" / name) for name in models]  # the report lists models in DAG order
     report = str(RESULTS / "report")
     curves = [m for n, m in models.items() if n != "base"] + list(rms.values())  # every training stage

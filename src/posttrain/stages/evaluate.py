@@ -77,6 +77,8 @@ def main(params: Params, model_dir: Path, name: str, eval_dir: Path, heldout_dir
     # 2. Safety and perplexity with the model in memory; its size, and how fast it generates.
     model = AutoModelForCausalLM.from_pretrained(weights)
     metrics["parameters"] = sum(p.numel() for p in model.parameters())
+    if getattr(model, "hf_quantizer", None) is not None and manifest.get("parameters"):
+        metrics["parameters"] = manifest["parameters"]  # packed 4-bit tensors count 8 weights per element
     metrics["weights_mb"] = sum(f.stat().st_size for f in weights.glob("*.safetensors")) / 2**20
     timings = {"generated_tokens": 0, "generation_seconds": 0.0, "batch_size": cfg.batch_size}
     if adapter is not None:

@@ -1,0 +1,306 @@
+"""Export: serving artifacts for one model of the DAG, and what quantization costs.
+
+    posttrain export-merge --model results/sft --out results/export/sft/merged
+    .venv-export/bin/posttrain export-gptq --model results/export/sft/merged \\
+        --calibration results/data/sft --out results/export/sft/gptq
+    posttrain export-check --merged results/export/sft/merged --quantized gptq=results/export/sft/gptq \\
+        --eval results/eval/sft --quantized-eval gptq=results/eval/sft_gptq --out results/export/sft/check
+
+- export-merge: the LoRA adapters folded into the weights (a MoE's expert adapters included:
+  PEFT merges every module it adapted), cast to `export.dtype`, saved as safetensors with the
+  tokenizer, chat template, a sampling generation_config.json, a model card with the
+  `vllm serve` line, and a check that the reloaded export computes the same logits.
+- export-gptq: 4-bit GPTQ with GPTQModel, calibrated on SFT rows rendered with the chat template
+  (what the served model will see). It runs from the export environment (.venv-export,
+  envs/export.txt): GPTQModel's pins conflict with Snakemake's. The folder loads in transformers
+  (with gptqmodel and optimum installed) and in vLLM unchanged.
+- export-check: size ratios and the evaluation deltas of each quantized model against the
+  unquantized one (the same eval suite, results/eval/), as a DVC metric.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from posttrain import models, training
+from posttrain.config import ExportParams, Params, section
+from posttrain.generation import generate, stop_ids
+from posttrain.manifest import read_manifest, require_manifest, write_json, write_manifest
+
+log = logging.getLogger(__name__)
+
+# What the reloaded export is checked on: a short chat the card's example also uses.
+PROBE = [{"role": "user", "content": "What is 12 + 7? Answer briefly."}]
+
+
+def _cfg(params: Params) -> ExportParams:
+    if params.export is None:
+        raise ValueError("export is null in these params: export is off")
+    return params.export
+
+
+def weights_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors")) / 2**20
+
+
+def _staging(out: Path) -> Path:
+    """Outputs are written beside `out` and moved into place at the end, so a failed export
+    leaves no half-written model where a server would look for one."""
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+# --- merged weights ------------------------------------------------------------------------------
+
+
+def merge(params: Params, model_dir: Path, out: Path) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from posttrain.stages.evaluate import resolve_model
+
+    cfg = _cfg(params)
+    weights, adapter, source = resolve_model(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(adapter or weights)
+    model = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.float32)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    ids = tokenizer.apply_chat_template(PROBE, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        reference = model(**ids).logits.float()
+
+    tmp = _staging(out)
+    model = model.to(models.DTYPES[cfg.dtype])
+    model.generation_config = _generation_config(model.generation_config, tokenizer, cfg)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    del model
+
+    # the export as a server loads it: the same logits, in the export's precision
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp)
+    with torch.no_grad():
+        logits = reloaded(**ids).logits.float()
+    metrics = {"dtype": cfg.dtype, "parameters": models.count_parameters(reloaded),
+               "size_mb": round(weights_mb(tmp), 3),
+               "max_logit_diff": round(float((logits - reference).abs().max()), 6),
+               "top1_agreement": round(float((logits.argmax(-1) == reference.argmax(-1)).float().mean()), 6)}
+    if metrics["top1_agreement"] < 0.9:
+        raise RuntimeError(f"{model_dir}: the merged {cfg.dtype} export predicts a different next token at "
+                           f"{1 - metrics['top1_agreement']:.0%} of the probe's positions; the merge is wrong")
+    write_json(tmp / "metrics.json", metrics)
+    _write_card(tmp, out, cfg, title=f"{model_dir.name}, merged ({cfg.dtype})", tags=["merged", cfg.dtype],
+                intro=f"`{model_dir}` with its adapters merged into the weights, for serving.",
+                rows={"source": str(model_dir), "dtype": cfg.dtype, "parameters": metrics["parameters"],
+                      "size (MB)": metrics["size_mb"], "max logit difference to the source": metrics["max_logit_diff"]})
+    write_manifest(tmp, stage="export-merge", params=section(params, "export"), seed=cfg.seed,
+                   inputs={"model": model_dir}, chat_template=tokenizer.chat_template,
+                   extra={"metrics": metrics, "source_stage": source.get("stage")})
+    _publish(tmp, out)
+    log.info("merged export: %s", metrics)
+    return metrics
+
+
+def _generation_config(current, tokenizer, cfg: ExportParams):
+    """Sampling defaults a server applies (vLLM reads generation_config.json), ending at the
+    chat template's end-of-turn token as well as EOS."""
+    from transformers import GenerationConfig
+
+    gen = GenerationConfig.from_dict(current.to_dict()) if current is not None else GenerationConfig()
+    gen.do_sample = cfg.temperature > 0
+    gen.temperature = cfg.temperature if cfg.temperature > 0 else None
+    gen.top_p = cfg.top_p if cfg.temperature > 0 else None
+    gen.eos_token_id = stop_ids(tokenizer)
+    gen.pad_token_id = tokenizer.pad_token_id
+    return gen
+
+
+def serve_command(folder: str | Path, cfg: ExportParams, quantized: bool) -> str:
+    parts = ["vllm", "serve", str(folder), "--max-model-len", str(cfg.max_model_len), "--generation-config", "auto"]
+    if quantized:
+        parts += ["--quantization", "gptq"]
+    else:
+        parts += ["--dtype", cfg.dtype]
+    return " ".join(parts)
+
+
+def _write_card(tmp: Path, folder: Path, cfg: ExportParams, *, title: str, tags: list[str], intro: str, rows: dict,
+                quantized: bool = False) -> None:
+    """README.md in the staging folder `tmp` of the export that will live at `folder`."""
+    needs = " (needs `gptqmodel` and `optimum` installed)" if quantized else ""
+    usage = (f"## Serving\n\n```bash\n{serve_command(folder, cfg, quantized)}\n```\n\n"
+             f"`generation_config.json` sets the sampling defaults (temperature {cfg.temperature}, top-p "
+             f"{cfg.top_p}) and ends at the chat template's end of turn.\n\n"
+             f"## transformers{needs}\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+             f"model = AutoModelForCausalLM.from_pretrained(\"{folder}\")\n"
+             f"tokenizer = AutoTokenizer.from_pretrained(\"{folder}\")\n```\n")
+    training.write_model_card(tmp, library="transformers", tags=tags, title=title, intro=intro, rows=rows,
+                              usage=usage)
+
+
+# --- 4-bit GPTQ ---------------------------------------------------------------------------------
+
+
+def calibration_rows(tokenizer, data_dir: Path, subsets: list[str] | None, n: int, max_length: int) -> list[dict]:
+    """The first `n` SFT train rows (of `subsets` when set), rendered with the chat template
+    and cut to `max_length` tokens, as GPTQModel's tokenized calibration examples."""
+    rows = []
+    with open(data_dir / "train.jsonl") as fh:
+        for line in fh:
+            row = json.loads(line)
+            if subsets is not None and row.get("subset") not in subsets:
+                continue
+            ids = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"]
+            ids = list(ids[:max_length])
+            rows.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
+            if len(rows) == n:
+                break
+    if not rows:
+        raise ValueError(f"export.gptq.calibration_subsets {subsets}: no rows of those subsets in "
+                         f"{data_dir / 'train.jsonl'}")
+    return rows
+
+
+def gptq(params: Params, merged_dir: Path, calibration_dir: Path, out: Path) -> dict:
+    cfg = _cfg(params)
+    q = cfg.gptq
+    merged = require_manifest(merged_dir, "export-merge")
+    require_manifest(calibration_dir, "prepare-data --kind sft")
+    # GPTQModel packs one layer per CPU worker; it reads this at import
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(1, len(os.sched_getaffinity(0)))))
+    try:
+        from gptqmodel import GPTQModel, QuantizeConfig
+    except ImportError as err:
+        raise RuntimeError("export-gptq needs GPTQModel, which lives in the export environment (its pins conflict "
+                           "with Snakemake's): run `make setup-export` and call .venv-export/bin/posttrain "
+                           f"(the DAG's export_gptq rule does); import failed: {err}") from err
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    calibration = calibration_rows(tokenizer, calibration_dir, q.calibration_subsets, q.calibration_rows,
+                                   q.calibration_max_length)
+    tmp = _staging(out)
+    # offloaded layers go inside the staging folder (removed before publishing), not to a random
+    # temporary path that GPTQModel would then record in the exported config
+    offload = {"offload_to_disk": True, "offload_to_disk_path": str(tmp / ".offload")} if q.offload_to_disk \
+        else {"offload_to_disk": False}
+    qconfig = QuantizeConfig(bits=q.bits, group_size=q.group_size, desc_act=q.desc_act, sym=q.sym,
+                             damp_percent=q.damp_percent, **offload)
+    started = time.perf_counter()
+    model = GPTQModel.load(str(merged_dir), qconfig)
+    model.quantize(calibration, batch_size=q.batch_size, tokenizer=tokenizer)
+    model.save(str(tmp))
+    seconds = time.perf_counter() - started
+    del model
+    shutil.rmtree(tmp / ".offload", ignore_errors=True)
+    # the merged export's tokenizer, chat template and sampling defaults, unchanged
+    tokenizer.save_pretrained(tmp)
+    shutil.copy(merged_dir / "generation_config.json", tmp / "generation_config.json")
+
+    sample = _reload_and_generate(tmp, tokenizer)
+    layer_losses = _layer_losses(tmp / "quant_log.csv")
+    metrics = {"bits": q.bits, "group_size": q.group_size, "desc_act": q.desc_act,
+               "calibration_rows": len(calibration),
+               "calibration_tokens": sum(len(r["input_ids"]) for r in calibration),
+               "size_mb": round(weights_mb(tmp), 3), "merged_size_mb": round(weights_mb(merged_dir), 3),
+               "size_ratio": round(weights_mb(tmp) / weights_mb(merged_dir), 4),
+               "quantize_seconds": round(seconds, 1), **layer_losses}
+    write_json(tmp / "metrics.json", metrics)
+    (tmp / "sample.txt").write_text(f"{PROBE[0]['content']}\n---\n{sample}\n")
+    _write_card(tmp, out, cfg, title=f"{merged_dir.parent.name}, {q.bits}-bit GPTQ", tags=["gptq", f"{q.bits}bit"],
+                intro=(f"The merged export `{merged_dir}` quantized with GPTQModel ({q.bits}-bit, group size "
+                       f"{q.group_size}) on {len(calibration)} SFT rows; the embeddings stay in "
+                       f"{merged['params'].get('dtype', 'the merged dtype')}."),
+                rows={"bits": q.bits, "group size": q.group_size, "act-order": q.desc_act,
+                      "size (MB)": metrics["size_mb"], "of the merged size": metrics["size_ratio"],
+                      "quantization time (s)": metrics["quantize_seconds"]},
+                quantized=True)
+    write_manifest(tmp, stage="export-gptq", params=section(params, "export"), seed=cfg.seed,
+                   inputs={"merged": merged_dir, "calibration": calibration_dir},
+                   chat_template=tokenizer.chat_template,
+                   extra={"metrics": metrics, "parameters": merged.get("metrics", {}).get("parameters")})
+    _publish(tmp, out)
+    log.info("gptq export: %s", metrics)
+    return metrics
+
+
+def _reload_and_generate(folder: Path, tokenizer) -> str:
+    """The export loads in plain transformers (quantization_config in config.json), computes
+    finite logits and answers."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    ids = tokenizer.apply_chat_template(PROBE, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        finite = bool(torch.isfinite(model(**ids).logits).all())
+    if not finite:
+        raise RuntimeError(f"{folder}: the reloaded GPTQ export computes non-finite logits; try a larger "
+                           f"export.gptq.damp_percent or more calibration rows")
+    return generate(model, tokenizer, [PROBE], max_new_tokens=24)[0]
+
+
+def _layer_losses(path: Path) -> dict:
+    """GPTQ's per-module reconstruction loss (GPTQModel's quant_log.csv): a quick look at where
+    quantization hurt, without an evaluation."""
+    if not path.is_file():
+        return {}
+    with open(path) as fh:
+        losses = [float(r["loss"]) for r in csv.DictReader(fh) if r.get("loss") not in (None, "")]
+    return {"gptq_loss_mean": round(sum(losses) / len(losses), 8), "gptq_loss_max": round(max(losses), 8)} \
+        if losses else {}
+
+
+# --- quality cost ----------------------------------------------------------------------------------
+
+# Evaluation metrics compared (higher is better unless listed in LOWER_IS_BETTER).
+COMPARED = ("arithmetic_accuracy", "arithmetic_flexible_accuracy", "format_accuracy", "harmful_refusal_rate",
+            "benign_overrefusal_rate", "perplexity", "helpful_rm_score", "safety_rm_score", "win_rate")
+
+
+def check(merged_dir: Path, quantized: dict[str, Path], eval_dir: Path, quantized_evals: dict[str, Path],
+          out: Path) -> dict:
+    """Size ratio and metric deltas (quantized - unquantized) per format; perplexity also as a
+    relative change, since its scale depends on the model."""
+    require_manifest(merged_dir, "export-merge")
+    reference = json.loads((eval_dir / "metrics.json").read_text())["metrics"]
+    merged_mb = weights_mb(merged_dir)
+    formats = {}
+    for name, folder in sorted(quantized.items()):
+        if name not in quantized_evals:
+            raise ValueError(f"export-check: format {name!r} has no evaluation (--quantized-eval {name}=DIR)")
+        require_manifest(folder, f"export-{name}")
+        got = json.loads((quantized_evals[name] / "metrics.json").read_text())["metrics"]
+        entry = {"size_mb": round(weights_mb(folder), 3), "size_ratio": round(weights_mb(folder) / merged_mb, 4)}
+        for key in COMPARED:
+            if isinstance(got.get(key), (int, float)) and isinstance(reference.get(key), (int, float)):
+                entry[key] = got[key]
+                entry[f"{key}_delta"] = round(got[key] - reference[key], 6)
+        if reference.get("perplexity") and got.get("perplexity"):
+            entry["perplexity_change"] = round(got["perplexity"] / reference["perplexity"] - 1, 6)
+        formats[name] = entry
+    metrics = {"merged_size_mb": round(merged_mb, 3), "reference": read_manifest(eval_dir).get("stage"),
+               **{f"{k}_{fmt}": v for fmt, entry in formats.items() for k, v in entry.items()}}
+    tmp = _staging(out)
+    write_json(tmp / "metrics.json", metrics)
+    write_manifest(tmp, stage="export-check", params={}, seed=None,
+                   inputs={"merged": merged_dir, "eval": eval_dir, **{f"export:{k}": v for k, v in quantized.items()},
+                           **{f"eval:{k}": v for k, v in quantized_evals.items()}})
+    _publish(tmp, out)
+    log.info("export check: %s", metrics)
+    return metrics

@@ -1,0 +1,191 @@
+"""Export: merged weights for serving, 4-bit GPTQ in its own environment, and the quality check."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, TINY_OVERLAY, write_jsonl
+from posttrain.config import load_params
+from posttrain.stages import export, prepare_data, sft
+
+EXPORT_BIN = ROOT / ".venv-export" / "bin"
+
+
+def _params(tmp_path, **export_cfg):
+    overlay = tmp_path / "export.yaml"
+    cfg = {"gptq": {"group_size": 32, "calibration_rows": 8, "calibration_max_length": 64}, **export_cfg}
+    overlay.write_text(json.dumps({"export": cfg}))
+    return load_params([ROOT / "params.yaml", TINY_OVERLAY, overlay]), overlay
+
+
+@pytest.fixture(scope="module")
+def sft_model(tmp_path_factory, tiny_base):
+    """A LoRA SFT output (adapter/ on the tiny base) and its data, from the real stages."""
+    tmp = tmp_path_factory.mktemp("export_sft")
+    rows = [{"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
+                          {"role": "assistant", "content": f"{a} + {b} = {a + b}.\n#### {a + b}"}],
+             "subset": "arithmetic" if a % 2 else "sums"} for a in range(2, 12) for b in range(3, 7)]
+    overlay = tmp / "o.yaml"
+    overlay.write_text(json.dumps({"data": {"cleaning": {"near_dup": False}},
+                                   "sft": {"max_steps": 3, "learning_rate": 0.02, "max_length": 64,
+                                           "checkpoint_dir": str(tmp / "ckpt"), "lora": {"dropout": 0.0}}}))
+    params = load_params([ROOT / "params.yaml", TINY_OVERLAY, overlay])
+    prepare_data.main(params, "sft", [str(write_jsonl(tmp / "chat.jsonl", rows))], tmp / "data", tokenizer_dir=tiny_base)
+    sft.main(params, tiny_base, tmp / "data", tmp / "sft")
+    return tmp / "sft", tmp / "data"
+
+
+@pytest.fixture(scope="module")
+def merged(tmp_path_factory, sft_model):
+    out = tmp_path_factory.mktemp("export") / "merged"
+    params, _ = _params(out.parent)
+    export.merge(params, sft_model[0], out)
+    return out
+
+
+def test_merge_writes_a_servable_model_with_the_adapters_folded_in(merged, sft_model, tiny_base):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = json.loads((merged / "config.json").read_text())
+    assert config["dtype"] == "bfloat16"
+    assert not (merged / "adapter_config.json").exists()
+    metrics = json.loads((merged / "metrics.json").read_text())
+    assert metrics["top1_agreement"] >= 0.9 and metrics["max_logit_diff"] < 0.5
+    # about half the fp32 merge the SFT stage wrote
+    fp32 = export.weights_mb(sft_model[0] / "merged")
+    assert 0.45 < metrics["size_mb"] / fp32 < 0.55
+    # the export computes what the base with its adapter computes
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    ids = tokenizer.apply_chat_template(export.PROBE, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    served = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
+    source = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), sft_model[0] / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    with torch.no_grad():
+        got, want, before = (m(**ids).logits for m in (served, source, base))
+    assert torch.allclose(got, want, atol=0.1)
+    assert not torch.allclose(want, before, atol=1e-3)       # the adapter changed the model
+    # serving: sampling defaults that stop at the end of turn, a card with the vLLM command
+    gen = json.loads((merged / "generation_config.json").read_text())
+    assert gen["do_sample"] is True and gen["temperature"] == 0.7
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in gen["eos_token_id"]
+    card = (merged / "README.md").read_text()
+    assert "vllm serve" in card and "--generation-config auto" in card
+    assert (merged / "chat_template.jinja").is_file() or "chat_template" in json.loads(
+        (merged / "tokenizer_config.json").read_text())
+    manifest = json.loads((merged / "manifest.json").read_text())
+    assert manifest["stage"] == "export-merge" and manifest["inputs"]["model"]["path"] == str(sft_model[0])
+
+
+def test_merge_folds_moe_expert_adapters(tmp_path, sft_model):
+    from safetensors.torch import load_file
+
+    from posttrain.stages import base_model
+
+    params = load_params([ROOT / "params.yaml", TINY_OVERLAY])
+    base = tmp_path / "moe"
+    overlay = tmp_path / "moe.yaml"
+    overlay.write_text(json.dumps({"model": {"base": "tiny:qwen3_moe"}, "export": {},
+                                   "sft": {"max_steps": 2, "learning_rate": 0.02, "max_length": 64,
+                                           "checkpoint_dir": str(tmp_path / "ckpt"),
+                                           "lora": {"target_modules": ["q_proj", "v_proj"],
+                                                    "target_parameters": ["mlp.experts.gate_up_proj"], "dropout": 0.0}}}))
+    params = load_params([ROOT / "params.yaml", TINY_OVERLAY, overlay])
+    base_model.main(params, base)
+    sft.main(params, base, sft_model[1], tmp_path / "sft")
+    export.merge(params, tmp_path / "sft", tmp_path / "merged")
+    got, before = load_file(tmp_path / "merged" / "model.safetensors"), load_file(base / "model.safetensors")
+    # saved per expert (transformers' checkpoint layout): the fused gate_up adapter reached every
+    # expert's gate and up projections, and nothing else in the MLP
+    same = {k: torch.equal(got[k], before[k].to(torch.bfloat16)) for k in before if ".mlp.experts." in k}
+    adapted = [k for k in same if k.endswith(("gate_proj.weight", "up_proj.weight"))]
+    assert adapted and not any(same[k] for k in adapted)
+    assert all(same[k] for k in same if k.endswith("down_proj.weight"))
+    routers = [k for k in before if k.endswith("mlp.gate.weight")]
+    assert routers and all(torch.equal(got[k], before[k].to(torch.bfloat16)) for k in routers)
+
+
+def test_gptq_outside_the_export_environment_says_where_to_run_it(tmp_path, merged, sft_model):
+    params, _ = _params(tmp_path)
+    with pytest.raises(RuntimeError, match=r"\.venv-export"):
+        export.gptq(params, merged, sft_model[1], tmp_path / "gptq")
+    assert not (tmp_path / "gptq").exists()
+
+
+@pytest.fixture(scope="module")
+def gptq(tmp_path_factory, merged, sft_model):
+    """The 4-bit export, made by the export environment's posttrain (as the DAG's rule runs it)."""
+    tmp = tmp_path_factory.mktemp("gptq")
+    _, overlay = _params(tmp)
+    out = tmp / "gptq"
+    res = subprocess.run([str(EXPORT_BIN / "posttrain"), "export-gptq", "--model", str(merged), "--calibration",
+                          str(sft_model[1]), "--out", str(out), "--params", str(ROOT / "params.yaml"),
+                          "--params", str(TINY_OVERLAY), "--params", str(overlay)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return out
+
+
+def test_gptq_export_is_4bit_smaller_and_describes_itself(gptq, merged):
+    config = json.loads((gptq / "config.json").read_text())
+    q = config["quantization_config"]
+    assert q["quant_method"] == "gptq" and q["bits"] == 4 and q["group_size"] == 32
+    metrics = json.loads((gptq / "metrics.json").read_text())
+    assert metrics["calibration_rows"] == 8 and metrics["calibration_tokens"] <= 8 * 64
+    assert metrics["size_ratio"] == pytest.approx(export.weights_mb(gptq) / export.weights_mb(merged), abs=1e-3)
+    assert metrics["size_ratio"] < 1.0
+    assert "gptq_loss_mean" in metrics
+    assert "--quantization gptq" in (gptq / "README.md").read_text()
+    manifest = json.loads((gptq / "manifest.json").read_text())
+    assert manifest["versions"]["gptqmodel"] == "7.7.0" and manifest["stage"] == "export-gptq"
+    assert json.loads((gptq / "generation_config.json").read_text()) == json.loads(
+        (merged / "generation_config.json").read_text())
+
+
+def test_gptq_export_reloads_in_transformers_and_generates_on_cpu(gptq, merged):
+    script = (
+        "import sys, torch\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "path, merged = sys.argv[1], sys.argv[2]\n"
+        "tok = AutoTokenizer.from_pretrained(path)\n"
+        "model = AutoModelForCausalLM.from_pretrained(path)\n"
+        "kinds = {type(m).__name__ for m in model.modules()}\n"
+        "assert any('QuantLinear' in k or 'TorchAten' in k for k in kinds), kinds\n"
+        "ids = tok.apply_chat_template([{'role': 'user', 'content': 'What is 2 plus 3?'}],"
+        " add_generation_prompt=True, return_tensors='pt', return_dict=True)\n"
+        "out = model.generate(**ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)\n"
+        "new = out[0, ids['input_ids'].shape[1]:]\n"
+        "print('NEW', len(new), repr(tok.decode(new)))\n"
+        "full = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)\n"
+        "with torch.no_grad():\n"
+        "    a, b = model(**ids).logits.float(), full(**ids).logits\n"
+        "print('AGREE', float((a.argmax(-1) == b.argmax(-1)).float().mean()))\n")
+    res = subprocess.run([str(EXPORT_BIN / "python"), "-c", script, str(gptq), str(merged)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-4000:]
+    lines = dict(line.split(" ", 1) for line in res.stdout.splitlines() if line.startswith(("NEW", "AGREE")))
+    assert int(lines["NEW"].split()[0]) == 8
+    # 4-bit weights move the logits, but mostly not the next-token choice
+    assert float(lines["AGREE"]) >= 0.5
+
+
+def test_check_records_size_ratio_and_metric_deltas(tmp_path, gptq, merged):
+    def evaluation(folder, metrics):
+        folder.mkdir()
+        (folder / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+        (folder / "manifest.json").write_text(json.dumps({"stage": f"evaluate:{folder.name}"}))
+        return folder
+
+    full = evaluation(tmp_path / "sft", {"arithmetic_accuracy": 0.30, "perplexity": 3.0, "format_accuracy": 0.2})
+    quant = evaluation(tmp_path / "sft_gptq", {"arithmetic_accuracy": 0.29, "perplexity": 3.15})
+    metrics = export.check(merged, {"gptq": gptq}, full, {"gptq": quant}, tmp_path / "check")
+    assert metrics["arithmetic_accuracy_delta_gptq"] == pytest.approx(-0.01)
+    assert metrics["perplexity_change_gptq"] == pytest.approx(0.05)
+    assert "format_accuracy_gptq" not in metrics              # not measured on both
+    assert metrics["size_ratio_gptq"] == pytest.approx(json.loads((gptq / "metrics.json").read_text())["size_ratio"], abs=1e-3)
+    assert json.loads((tmp_path / "check" / "metrics.json").read_text()) == metrics
+    with pytest.raises(ValueError, match="--quantized-eval gptq"):
+        export.check(merged, {"gptq": gptq}, full, {}, tmp_path / "check2")
