@@ -115,6 +115,12 @@ def test_gptq_outside_the_export_environment_says_where_to_run_it(tmp_path, merg
     assert not (tmp_path / "gptq").exists()
 
 
+def test_a_group_size_the_layers_cannot_use_is_refused_before_calibration(merged):
+    export.check_group_size(merged, 32)                    # the tiny model is 64 wide, its MLP 128
+    with pytest.raises(ValueError, match=r"group_size 128 does not divide .*\(64\); use 64"):
+        export.check_group_size(merged, 128)
+
+
 @pytest.fixture(scope="module")
 def gptq(tmp_path_factory, merged, sft_model):
     """The 4-bit export, made by the export environment's posttrain (as the DAG's rule runs it)."""
@@ -170,6 +176,32 @@ def test_gptq_export_reloads_in_transformers_and_generates_on_cpu(gptq, merged):
     assert int(lines["NEW"].split()[0]) == 8
     # 4-bit weights move the logits, but mostly not the next-token choice
     assert float(lines["AGREE"]) >= 0.5
+
+
+def test_dequantized_weights_compute_what_the_gptq_kernels_compute(gptq, tmp_path):
+    """The CPU evaluation runs on the dequantized weights: they must be the kernels' numbers."""
+    from posttrain import gptq_format
+
+    assert gptq_format.quantization_config(gptq)["bits"] == 4
+    script = (
+        "import sys, torch\n"
+        "from pathlib import Path\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "from posttrain.gptq_format import dequantize_folder\n"
+        "path, dst = Path(sys.argv[1]), Path(sys.argv[2])\n"
+        "tok = AutoTokenizer.from_pretrained(path)\n"
+        "ids = tok('What is 2 plus 3? It is 5, since 2 and 3 make 5.', return_tensors='pt')\n"
+        "kernel = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)\n"
+        "dense = AutoModelForCausalLM.from_pretrained(dequantize_folder(path, dst))\n"
+        "assert not hasattr(dense.config, 'quantization_config')\n"
+        "with torch.no_grad():\n"
+        "    a, b = kernel(**ids).logits, dense(**ids).logits\n"
+        "print('DIFF', float((a - b).abs().max()), float((a.argmax(-1) == b.argmax(-1)).float().mean()))\n")
+    res = subprocess.run([str(EXPORT_BIN / "python"), "-c", script, str(gptq), str(tmp_path / "dense")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-4000:]
+    diff, agree = map(float, next(l for l in res.stdout.splitlines() if l.startswith("DIFF")).split()[1:])
+    assert diff < 0.05 and agree == 1.0
 
 
 def test_check_records_size_ratio_and_metric_deltas(tmp_path, gptq, merged):

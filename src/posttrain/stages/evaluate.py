@@ -26,7 +26,7 @@ import shutil
 import time
 from pathlib import Path
 
-from posttrain import chat, harness
+from posttrain import chat, gptq_format, harness
 from posttrain.config import Params, section
 from posttrain.generation import assistant_nll, generate
 from posttrain.manifest import require_manifest, write_json, write_manifest
@@ -49,6 +49,20 @@ def resolve_model(folder: Path) -> tuple[Path, Path | None, dict]:
     return folder, None, manifest
 
 
+def _dequantized_on_cpu(weights: Path, out: Path) -> dict | None:
+    """A GPTQ model evaluated on a CPU runs on its dequantized weights (posttrain.gptq_format):
+    the int4 CPU kernels decode batches dozens of times slower, and the quality the 4-bit
+    weights keep is the same. On a GPU the kernels run as served."""
+    import torch
+
+    q = gptq_format.quantization_config(weights)
+    if q is None or torch.cuda.is_available():
+        return None
+    folder = gptq_format.dequantize_folder(weights, out.parent / f".{out.name}-dequantized")
+    return {"method": "gptq", "bits": q["bits"], "group_size": q.get("group_size"),
+            "evaluated_as": "dequantized float32 weights (CPU)", "folder": folder}
+
+
 def main(params: Params, model_dir: Path, name: str, eval_dir: Path, heldout_dir: Path | None, out: Path,
          reward_dirs: dict[str, Path] | None = None, reference: Path | None = None) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -61,6 +75,9 @@ def main(params: Params, model_dir: Path, name: str, eval_dir: Path, heldout_dir
         raise ValueError(f"{model_dir}: the tokenizer's chat template differs from the one its manifest records; "
                          f"the model would be evaluated with a template it was not trained with")
     rows = [json.loads(line) for line in open(eval_dir / "test.jsonl")]
+    stored, quantized = weights, _dequantized_on_cpu(weights, out)
+    if quantized:
+        weights = quantized["folder"]
 
     # 1. Harness tasks (arithmetic, format, gsm8k) from the eval split.
     task_dir = out.parent / f".{out.name}-tasks"
@@ -79,7 +96,7 @@ def main(params: Params, model_dir: Path, name: str, eval_dir: Path, heldout_dir
     metrics["parameters"] = sum(p.numel() for p in model.parameters())
     if getattr(model, "hf_quantizer", None) is not None and manifest.get("parameters"):
         metrics["parameters"] = manifest["parameters"]  # packed 4-bit tensors count 8 weights per element
-    metrics["weights_mb"] = sum(f.stat().st_size for f in weights.glob("*.safetensors")) / 2**20
+    metrics["weights_mb"] = sum(f.stat().st_size for f in stored.glob("*.safetensors")) / 2**20
     timings = {"generated_tokens": 0, "generation_seconds": 0.0, "batch_size": cfg.batch_size}
     if adapter is not None:
         from peft import PeftModel
@@ -104,6 +121,8 @@ def main(params: Params, model_dir: Path, name: str, eval_dir: Path, heldout_dir
         metrics["perplexity"] = math.exp(nll / n) if n else None
 
     del model
+    if quantized:
+        shutil.rmtree(quantized.pop("folder"), ignore_errors=True)
     # 3. Reward-model scores of the responses, and the win rate against the reference model.
     if reward_dirs:
         metrics.update(_reward_metrics(samples, rows, reward_dirs, reference, name, cfg))
@@ -114,7 +133,8 @@ def main(params: Params, model_dir: Path, name: str, eval_dir: Path, heldout_dir
     out.mkdir(parents=True)
     metrics = {k: round(v, 6) if isinstance(v, float) else v for k, v in sorted(metrics.items())}
     record = {"model": name, "metrics": metrics, "limit": cfg.limit, "partial": cfg.limit is not None,
-              "generation": result["config"], "counts": _counts(rows, cfg.limit)}
+              "generation": result["config"], "counts": _counts(rows, cfg.limit),
+              **({"quantized": quantized} if quantized else {})}
     write_json(out / "metrics.json", record)
     write_json(out / "harness.json", result["raw"])
     # Wall-clock numbers live apart from metrics.json, which repeats exactly from run to run.

@@ -176,6 +176,30 @@ def calibration_rows(tokenizer, data_dir: Path, subsets: list[str] | None, n: in
     return rows
 
 
+def check_group_size(merged_dir: Path, group_size: int) -> None:
+    """Refuse a group size that does not divide every quantized layer's input width, before the
+    long calibration: the CPU kernel (and vLLM's) cannot run the result."""
+    import math
+
+    from safetensors import safe_open
+
+    widths = set()
+    for f in Path(merged_dir).glob("*.safetensors"):
+        with safe_open(f, "pt") as st:
+            for key in st.keys():
+                shape = st.get_slice(key).get_shape()
+                if ".layers." in key and key.endswith("proj.weight") and len(shape) == 2:
+                    widths.add(shape[1])
+    if group_size <= 0 or not widths:
+        return
+    bad = sorted(w for w in widths if w % group_size)
+    if bad:
+        common = math.gcd(*widths)
+        fits = max(g for g in (32, 64, 128, 256) if common % g == 0) if common % 32 == 0 else -1
+        raise ValueError(f"export.gptq.group_size {group_size} does not divide the input width of {merged_dir}'s "
+                         f"layers ({', '.join(map(str, bad))}); use {fits} (or -1: one group per row)")
+
+
 def gptq(params: Params, merged_dir: Path, calibration_dir: Path, out: Path) -> dict:
     cfg = _cfg(params)
     q = cfg.gptq
@@ -191,6 +215,7 @@ def gptq(params: Params, merged_dir: Path, calibration_dir: Path, out: Path) -> 
                            f"(the DAG's export_gptq rule does); import failed: {err}") from err
     from transformers import AutoTokenizer
 
+    check_group_size(merged_dir, q.group_size)
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     calibration = calibration_rows(tokenizer, calibration_dir, q.calibration_subsets, q.calibration_rows,
                                    q.calibration_max_length)
@@ -268,9 +293,8 @@ def _layer_losses(path: Path) -> dict:
 
 # --- quality cost ----------------------------------------------------------------------------------
 
-# Evaluation metrics compared (higher is better unless listed in LOWER_IS_BETTER).
-COMPARED = ("arithmetic_accuracy", "arithmetic_flexible_accuracy", "format_accuracy", "harmful_refusal_rate",
-            "benign_overrefusal_rate", "perplexity", "helpful_rm_score", "safety_rm_score", "win_rate")
+# Evaluation metrics that describe the files rather than the model's quality.
+NOT_COMPARED = {"parameters", "weights_mb"}
 
 
 def check(merged_dir: Path, quantized: dict[str, Path], eval_dir: Path, quantized_evals: dict[str, Path],
@@ -287,8 +311,8 @@ def check(merged_dir: Path, quantized: dict[str, Path], eval_dir: Path, quantize
         require_manifest(folder, f"export-{name}")
         got = json.loads((quantized_evals[name] / "metrics.json").read_text())["metrics"]
         entry = {"size_mb": round(weights_mb(folder), 3), "size_ratio": round(weights_mb(folder) / merged_mb, 4)}
-        for key in COMPARED:
-            if isinstance(got.get(key), (int, float)) and isinstance(reference.get(key), (int, float)):
+        for key in sorted(set(got) & set(reference) - NOT_COMPARED):
+            if isinstance(got[key], (int, float)) and isinstance(reference[key], (int, float)):
                 entry[key] = got[key]
                 entry[f"{key}_delta"] = round(got[key] - reference[key], 6)
         if reference.get("perplexity") and got.get("perplexity"):
