@@ -46,11 +46,18 @@ demo: setup
 dvc-demo: setup
 	$(BIN)/dvc repro
 
-# Debian's chromium renders the HTML report in a test; installed when we may (root), else named.
+# Debian packages the tests use: chromium renders the HTML report; slurmctld, slurmd, the SLURM
+# client and munge make the one-node cluster `snakemake --profile slurm` is tested against.
+# Installed when we may (root), else named.
+SLURM_PKGS := slurmctld slurmd slurm-client munge
 system-deps:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "warning: install Debian's chromium (apt-get install chromium): the report rendering test needs it"
+	@{ command -v sbatch && command -v slurmd && command -v munged; } >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  $(SLURM_PKGS) >/dev/null; } || \
+	  echo "warning: install Debian's $(SLURM_PKGS) (apt-get install): the SLURM test needs them"
 
 test: setup system-deps
 	$(BIN)/python -m pytest -q tests

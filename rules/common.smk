@@ -42,3 +42,13 @@ def section_json(stage):
     """The parameter sections a stage reads: a change reruns it (Snakemake's params trigger)."""
     dumped = PARAMS.model_dump(mode="json")
     return json.dumps({s: dumped[s] for s in stage.params}, sort_keys=True)
+
+
+# Under SLURM, `--signal=USR1@N` reaches every process of a job step: this Snakemake (which
+# runs the rule) as well as the trainer. Python's default action for SIGUSR1 is to exit, which
+# would end the job step before the trainer has saved its checkpoint; ignoring it here leaves
+# the trainer (which handles it, see posttrain.preemption) to save, exit, and be retried.
+if "SLURM_JOB_ID" in os.environ:
+    import signal
+
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)

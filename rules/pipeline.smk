@@ -11,7 +11,10 @@ for _stage in STAGES:
             _stage.inputs,
         output:
             [directory(o) for o in _stage.outs],
-        threads: workflow.cores if _stage.all_cores else 1
+        threads: _stage.threads or (workflow.cores if _stage.all_cores else 1)
+        # From params' resources section: what `--profile slurm` asks sbatch for.
+        resources:
+            **_stage.resources,
         params:
             cmd=_stage.cmd,
             # The parameter sections the stage reads: editing one reruns it (params trigger).

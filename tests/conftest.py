@@ -60,7 +60,7 @@ def project(tmp_path):
     dst.mkdir()
     for name in ("Snakefile", "params.yaml", "dvc.yaml"):
         shutil.copy(ROOT / name, dst / name)
-    for name in ("rules", "recipes", "src", "profiles", "envs"):
+    for name in ("rules", "recipes", "src", "profiles", "slurm", "envs"):
         shutil.copytree(ROOT / name, dst / name)
     shutil.copy(TINY_OVERLAY, dst / "tiny.yaml")
     if (ROOT / ".venv-export").exists():  # the export rules' environment (make setup builds it)
@@ -68,7 +68,7 @@ def project(tmp_path):
     run(["git", "init", "-q"], dst)
     run(["git", "config", "user.email", "ci@example.com"], dst)
     run(["git", "config", "user.name", "CI"], dst)
-    (dst / ".git" / "info" / "exclude").write_text(".venv-export\n")
+    (dst / ".git" / "info" / "exclude").write_text(".venv-export\n.posttrain/\n.snakemake/\n")
     return dst
 
 

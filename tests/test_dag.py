@@ -161,6 +161,7 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     shutil.copytree(project, other, ignore=shutil.ignore_patterns("results", ".snakemake"), symlinks=True)
     run([bin_path("posttrain"), "dag", "--write", "--recipe", "tiny.yaml"], other)
     run([bin_path("dvc"), "init", "-q"], other)
+    shutil.copy(ROOT / ".dvc/config", other / ".dvc/config")   # the default remote, beside the checkout
     run([bin_path("dvc"), "repro"], other)
     assert _tree_hashes(other / "results") == snakemake_artifacts
     assert _untimed_report(other / "results") == _untimed_report(results)
@@ -181,6 +182,15 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     # dvc metrics diff across commits: commit this run, change an eval parameter, rerun
     run(["git", "add", "-A"], other)
     run(["git", "commit", "-qm", "first run"], other)
+
+    # dvc push, a fresh clone, dvc pull: the artifacts come back and the pipeline is up to date
+    run([bin_path("dvc"), "push", "-q"], other)
+    assert (tmp_path / "posttrain-dvc-storage").is_dir()
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(other), str(clone)], tmp_path)
+    run([bin_path("dvc"), "pull", "-q"], clone)
+    assert _tree_hashes(clone / "results") == snakemake_artifacts
+    assert "up to date" in run([bin_path("dvc"), "status"], clone).stdout
     overlay = (other / "tiny.yaml").read_text().replace("  perplexity_rows: 4", "  perplexity_rows: 2")
     (other / "tiny.yaml").write_text(overlay)
     repro = run([bin_path("dvc"), "repro"], other).stdout

@@ -544,6 +544,38 @@ class EvaluateParams(Section):
     seed: int = 0
 
 
+# --- cluster resources ------------------------------------------------------------------------
+
+
+class JobResources(Section):
+    """What one rule asks the scheduler for. Under `snakemake --profile slurm` the SLURM executor
+    plugin turns these into sbatch flags; locally only `cpus_per_task` (the rule's threads)
+    matters. Unset fields fall back to `resources.default`, then to the profile's
+    default-resources."""
+    gpu: int | None = Field(None, ge=0)            # --gpus=N (a training stage: its `gpus` when unset)
+    gpu_model: str | None = None                   # --gpus=MODEL:N (e.g. h100)
+    cpus_per_task: int | None = Field(None, ge=1)  # --cpus-per-task, and the rule's threads
+    cpus_per_gpu: int | None = Field(None, ge=1)   # --cpus-per-gpu (GPU jobs)
+    mem_mb: int | None = Field(None, ge=1)         # --mem
+    runtime: int | None = Field(None, ge=1)        # --time, in minutes
+    partition: str | None = None                   # --partition
+    account: str | None = None                     # --account
+    extra: str | None = None                       # any other sbatch flags, verbatim
+
+
+class ResourcesParams(Section):
+    # Every rule's resources: `default`, then the entry for its stage kind (sft, reward, rl,
+    # distill, distill_samples, student_base, evaluate, export_merge, export_gptq, prepare_data,
+    # demo_data, base_model, report, export_check), then the entry for its exact rule name
+    # (rl_reasoning, evaluate_sft), each overriding the fields it sets. Not part of any stage's
+    # parameters: changing them reruns nothing.
+    default: JobResources = Field(default_factory=JobResources)
+    stages: dict[str, JobResources] = Field(default_factory=dict)
+    # Training jobs ask SLURM for SIGUSR1 this many seconds before their time limit; the trainer
+    # then saves a checkpoint and exits, and Snakemake's retry resumes from it. null: no signal.
+    signal_seconds: int | None = Field(300, ge=10)
+
+
 class Params(Section):
     model: ModelParams = Field(default_factory=ModelParams)
     demo_data: DemoDataParams = Field(default_factory=DemoDataParams)
@@ -556,6 +588,8 @@ class Params(Section):
     # null: no export stages in the DAG.
     export: ExportParams | None = None
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    # What each rule asks a cluster scheduler for (`snakemake --profile slurm`).
+    resources: ResourcesParams = Field(default_factory=ResourcesParams)
 
 
 # --- loading ---------------------------------------------------------------------------------

@@ -23,16 +23,18 @@ CODE = {
     "demo_data": [f"{SRC}/stages/demo_data.py", f"{SRC}/demo_corpus.py", f"{SRC}/constraints.py"],
     "base_model": [f"{SRC}/stages/base_model.py", f"{SRC}/models.py", f"{SRC}/chat.py", f"{SRC}/templates"],
     "prepare_data": [f"{SRC}/stages/prepare_data.py", f"{SRC}/formats.py", f"{SRC}/cleaning.py"],
-    "sft": [f"{SRC}/stages/sft.py", f"{SRC}/training.py", f"{SRC}/checkpoints.py"],
-    "reward": [f"{SRC}/stages/reward.py", f"{SRC}/reward_model.py", f"{SRC}/training.py", f"{SRC}/checkpoints.py"],
+    "sft": [f"{SRC}/stages/sft.py", f"{SRC}/training.py", f"{SRC}/checkpoints.py", f"{SRC}/preemption.py"],
+    "reward": [f"{SRC}/stages/reward.py", f"{SRC}/reward_model.py", f"{SRC}/training.py", f"{SRC}/checkpoints.py",
+               f"{SRC}/preemption.py"],
     "rl": [f"{SRC}/stages/rl.py", f"{SRC}/rewards.py", f"{SRC}/answers.py", f"{SRC}/refusal.py",
            f"{SRC}/constraints.py", f"{SRC}/reward_model.py", f"{SRC}/generation.py", f"{SRC}/training.py",
-           f"{SRC}/checkpoints.py"],
+           f"{SRC}/checkpoints.py", f"{SRC}/preemption.py", f"{SRC}/ppo.py", f"{SRC}/ppo_math.py",
+           f"{SRC}/ppo_critic.py"],
     "student_base": [f"{SRC}/stages/distill.py", f"{SRC}/pruning.py", f"{SRC}/models.py"],
     "distill_samples": [f"{SRC}/stages/distill.py", f"{SRC}/generation.py", f"{SRC}/rewards.py", f"{SRC}/answers.py",
                         f"{SRC}/refusal.py", f"{SRC}/constraints.py", f"{SRC}/stages/rl.py"],
     "distill": [f"{SRC}/stages/distill.py", f"{SRC}/distillation.py", f"{SRC}/stages/sft.py", f"{SRC}/training.py",
-                f"{SRC}/checkpoints.py"],
+                f"{SRC}/checkpoints.py", f"{SRC}/preemption.py"],
     "evaluate": [f"{SRC}/stages/evaluate.py", f"{SRC}/harness.py", f"{SRC}/generation.py", f"{SRC}/refusal.py",
                  f"{SRC}/gptq_format.py"],
     "report": [f"{SRC}/stages/report.py"],
@@ -70,6 +72,16 @@ class Stage:
     # Training stages use every core Snakemake may use (it sets OMP_NUM_THREADS to a rule's
     # threads, 1 by default, which would halve CPU training speed on two cores).
     all_cores: bool = False
+    # The stage kind (a CODE key: sft, rl, evaluate, ...) and the Snakemake resources of its rule.
+    kind: str = ""
+    resources: dict = field(default_factory=dict)
+
+    @property
+    def threads(self) -> int | None:
+        """The rule's threads when params fix its CPUs (cpus_per_task, or cpus_per_gpu x gpu);
+        None: the default."""
+        r = self.resources
+        return r.get("cpus_per_task") or (r["cpus_per_gpu"] * r["gpu"] if r.get("cpus_per_gpu") and r.get("gpu") else None)
 
     @property
     def inputs(self) -> list[str]:
@@ -145,11 +157,55 @@ def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
         if exported:
             table.append(_export_check(exported))
 
+    _check_resource_keys(params, table)
     for s in table:
         s.param_files = param_files
-        s.code = CODE[next((k for k in ("prepare_data", "evaluate", "reward", "rl", "distill_samples", "distill")
-                            if s.name.startswith(k)), s.name)]
+        s.kind = next((k for k in ("prepare_data", "evaluate", "reward", "rl", "distill_samples", "distill")
+                       if s.name.startswith(k)), s.name)
+        s.code = CODE[s.kind]
+        s.resources = _resources(params, s)
     return table
+
+
+# Stage kinds that train, with the params section whose `gpus` they run on; SLURM warns them
+# before their time limit (resources.signal_seconds) so they can checkpoint and exit.
+TRAINING_GPUS = {"sft": "sft", "reward": "reward", "rl": "rl", "distill": "distill"}
+# A JobResources field -> the resource name the SLURM executor plugin reads.
+SLURM_NAMES = {"partition": "slurm_partition", "account": "slurm_account", "extra": "slurm_extra"}
+
+
+def _resources(params: Params, s: Stage) -> dict:
+    """The Snakemake resources of a stage's rule: resources.default, then its kind's entry, then
+    its own; a training stage asks for its section's GPUs unless told otherwise."""
+    cfg = params.resources
+    merged: dict = {}
+    for entry in (cfg.default, cfg.stages.get(s.kind), cfg.stages.get(s.name)):
+        if entry is not None:
+            merged.update(entry.model_dump(exclude_none=True))
+    section = TRAINING_GPUS.get(s.kind)
+    gpus = getattr(params, section).gpus if section and getattr(params, section, None) is not None else 0
+    if gpus and "gpu" not in merged:
+        merged["gpu"] = gpus
+    if gpus > 1 and merged["gpu"] < gpus:
+        raise ValueError(f"{section}.gpus is {gpus} but the resources give rule {s.name} {merged['gpu']} GPU(s); "
+                         f"raise resources.stages.{s.kind}.gpu or remove it")
+    if not merged.get("gpu"):
+        merged.pop("gpu", None)
+        if merged.get("gpu_model"):
+            raise ValueError(f"the resources of rule {s.name} name gpu_model {merged['gpu_model']!r} but no GPUs: "
+                             f"set resources.stages.{s.kind}.gpu")
+    elif merged.get("cpus_per_gpu"):
+        merged.pop("cpus_per_task", None)   # the plugin would let it win over cpus_per_gpu
+    if section and cfg.signal_seconds:
+        merged["extra"] = " ".join(filter(None, [merged.get("extra"), f"--signal=USR1@{cfg.signal_seconds}"]))
+    return {SLURM_NAMES.get(k, k): v for k, v in merged.items()}
+
+
+def _check_resource_keys(params: Params, table: list[Stage]) -> None:
+    unknown = sorted(set(params.resources.stages) - set(CODE) - {s.name for s in table})
+    if unknown:
+        raise ValueError(f"resources.stages {unknown} name no stage kind or rule of this DAG; kinds: "
+                         f"{sorted(CODE)}; rules: {sorted(s.name for s in table)}")
 
 
 def _reward_models(params: Params, table: list[Stage]) -> list[Stage]:

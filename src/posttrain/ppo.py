@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from posttrain import checkpoints, ppo_math
+from posttrain import checkpoints, ppo_math, preemption
 from posttrain.generation import merged_adapter, stop_ids
 from posttrain.ppo_critic import position_ids
 
@@ -75,6 +75,7 @@ class PpoTrainer:
     def train(self, resume_from_checkpoint: str | None = None):
         from tqdm.auto import tqdm
 
+        preemption.install()
         if resume_from_checkpoint:
             self._restore(Path(resume_from_checkpoint), optimizer=True)
         steps = range(self.state.global_step + 1, self.st.max_steps + 1)
@@ -83,8 +84,10 @@ class PpoTrainer:
             self.state.global_step = step
             self.state.log_history.append({**stats, "step": step})
             log.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in stats.items()))
-            if step % self.st.save_steps == 0 or step == self.st.max_steps:
+            if step % self.st.save_steps == 0 or step == self.st.max_steps or preemption.requested():
                 self._save(step)
+            if preemption.requested():
+                break   # train_or_restore ends the process; the rerun resumes from this step
         return None
 
     def step(self, step: int) -> dict:

@@ -119,9 +119,11 @@ def trainer_kwargs(cfg, precision: dict, run_dir: Path) -> dict:
 def callbacks(cfg) -> list:
     from transformers import EarlyStoppingCallback
 
+    from posttrain import preemption
     from posttrain.checkpoints import MarkComplete
 
-    out = [MarkComplete(), StopOnNonFinite()]
+    preemption.install()
+    out = [MarkComplete(), StopOnNonFinite(), preemption.SaveAndStopOnSignal()]
     if getattr(cfg, "early_stopping_patience", None):
         out.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     return out
@@ -213,6 +215,8 @@ def train_or_restore(trainer, resume: Path | None) -> tuple[object | None, float
     Returns the train() result (None when restored) and this process's training seconds."""
     from transformers import TrainerState
 
+    from posttrain import preemption
+
     if resume is not None:
         state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
         if state.max_steps and state.global_step >= state.max_steps:
@@ -223,6 +227,7 @@ def train_or_restore(trainer, resume: Path | None) -> tuple[object | None, float
             return None, 0.0
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    preemption.exit_if_requested(trainer.state.global_step)
     return result, time.perf_counter() - started
 
 

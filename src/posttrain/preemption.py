@@ -1,0 +1,71 @@
+"""Save and stop when the scheduler asks: a job about to be preempted or to reach its time limit.
+
+Training rules ask SLURM for SIGUSR1 some minutes before their time limit (`resources.
+signal_seconds`). The handler only raises a flag; the trainer finishes the step it is in, saves
+a checkpoint (marked complete like any other), and the stage exits with `EXIT_CODE` instead of
+writing its outputs. Snakemake's retry (or a requeue) then runs the stage again, which resumes
+from that checkpoint and ends where an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from transformers import TrainerCallback
+
+log = logging.getLogger(__name__)
+
+# EX_TEMPFAIL: the job did not fail, it was asked to stop; running it again continues it.
+EXIT_CODE = 75
+SIGNALS = (signal.SIGUSR1,)
+_requested: list[str] = []
+
+
+class Preempted(SystemExit):
+    def __init__(self, step: int):
+        super().__init__(EXIT_CODE)
+        self.step = step
+
+
+def install() -> None:
+    """Handle the stop signals in this process (a no-op outside the main thread, where Python
+    cannot install handlers, e.g. under a test runner's worker thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in SIGNALS:
+        signal.signal(sig, _on_signal)
+
+
+def _on_signal(signum, frame) -> None:
+    name = signal.Signals(signum).name
+    if not _requested:
+        log.warning("%s received: saving a checkpoint at the end of this step, then exiting", name)
+    _requested.append(name)
+
+
+def requested() -> bool:
+    return bool(_requested)
+
+
+def reset() -> None:
+    _requested.clear()
+
+
+def exit_if_requested(step: int) -> None:
+    """After training returned: if it stopped for a signal, end the process (exit code 75)."""
+    if _requested:
+        log.warning("stopped at step %d on %s; the checkpoint is saved, a rerun of this stage resumes from it",
+                    step, _requested[0])
+        raise Preempted(step)
+
+
+class SaveAndStopOnSignal(TrainerCallback):
+    """At the end of the step during which a stop signal arrived: save, then stop training."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if _requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
