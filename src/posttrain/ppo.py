@@ -162,8 +162,8 @@ class PpoTrainer:
         columns = {k: [r.get(k) for r in rows] for k in ("answer", "expect", "constraint", "subset")}
         raw = self.reward_fn([r["prompt"] for r in rows], [[{"role": "assistant", "content": c}] for c in completions],
                              columns)
-        scored = torch.tensor([s is not None for s in raw])
-        scores = torch.tensor([s if s is not None else 0.0 for s in raw], dtype=torch.float32)
+        scored = torch.tensor([s is not None for s in raw], device=out.device)
+        scores = torch.tensor([s if s is not None else 0.0 for s in raw], dtype=torch.float32, device=out.device)
         rmask = rmask * scored[:, None].long()          # an unscored completion teaches nothing
         mask = torch.cat([enc["attention_mask"], rmask], dim=1)
         # Scored in chunks of one mini-batch: the full-vocabulary log-softmax of a whole rollout

@@ -72,7 +72,9 @@ class RewardModel:
     @classmethod
     def load(cls, folder: Path, device: str | None = None) -> "RewardModel":
         """`device`: where the model goes (`cuda`, `cpu`, ...); `auto` spreads its layers over the
-        visible GPUs (accelerate's device map), as a 30B reward model beside a PPO policy needs."""
+        visible GPUs (accelerate's device map), as a 30B reward model beside a PPO policy needs.
+        Unset: `default_device()`."""
+        device = device or default_device()
         model, tokenizer, metrics = load_model(folder, device_map="auto" if device == "auto" else None)
         if device and device != "auto":
             model.to(device)
@@ -88,6 +90,21 @@ class RewardModel:
         """Scores normalised to the training distribution: 0 is an average training response,
         1 is one standard deviation better."""
         return [(r - self.mean) / self.std for r in self.raw(prompts, responses, batch_size)]
+
+
+def default_device() -> str | None:
+    """Where a reward model goes unless told: this process's GPU under a multi-process launch
+    (each rank scores its own batches), spread over the visible GPUs in a single process, the
+    CPU (None) without a GPU."""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return "auto"
 
 
 def load_model(folder: Path, trainable: bool = False, device_map: str | None = None):

@@ -122,7 +122,7 @@ def main(params: Params, stage: str, init_dir: Path, prompts_dir: Path, reward_d
                                         "chosen_step": chosen_step})
     if st.system_prompt:  # the model is served and evaluated under the prompt it was trained with
         tokenizer.chat_template = chat.with_default_system(tokenizer.chat_template, st.system_prompt)
-    _save_models(chosen_dir, weights, tokenizer, out, precision["name"])
+    _save_models(chosen_dir, weights, tokenizer, out)
     metrics = _metrics(rows, selector, chosen_step, trainer, elapsed, trainable, total, none_batches, st, resume)
     write_json(out / "metrics.json", metrics)
     _write_model_card(out, stage, init_dir, st, metrics)
@@ -324,7 +324,9 @@ def _build_ppo_trainer(model, tokenizer, train: list[dict], funcs, weights, run_
         critic = AdapterCritic(policy, rm_dir / "adapter")
         log.info("PPO critic: the %s reward model's adapter on the policy's own weights", aspect)
     else:
-        rm, rm_tokenizer, _ = reward_model.load_model(rm_dir, trainable=True)
+        # beside the policy: spread over the GPUs like it (PPO is one process), on the CPU without one
+        rm, rm_tokenizer, _ = reward_model.load_model(rm_dir, trainable=True,
+                                                      device_map="auto" if torch.cuda.is_available() else None)
         if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise ValueError(f"rl stage {st.name!r}: the {aspect!r} reward model's tokenizer differs from the "
                              f"policy's; the critic reads the policy's tokens, so both must share one tokenizer")
@@ -338,7 +340,7 @@ def _build_ppo_trainer(model, tokenizer, train: list[dict], funcs, weights, run_
                       run_dir, st, cfg, on_save=lambda state, m: selector.on_save(None, state, None, model=m))
 
 
-def _save_models(chosen: Path, weights: Path, tokenizer, out: Path, precision: str) -> None:
+def _save_models(chosen: Path, weights: Path, tokenizer, out: Path) -> None:
     """adapter/ is the chosen checkpoint's adapter; merged/ is the init model with it merged."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -346,7 +348,9 @@ def _save_models(chosen: Path, weights: Path, tokenizer, out: Path, precision: s
     shutil.copytree(chosen, out / "adapter", ignore=shutil.ignore_patterns("STEP"))
     training.sort_adapter_config(out / "adapter" / "adapter_config.json")
     tokenizer.save_pretrained(out / "adapter")
-    base = AutoModelForCausalLM.from_pretrained(weights, dtype=training.torch_dtype(precision))
+    # in the init model's own dtype: a GPU run trains in bf16, but the weights it did not train
+    # (an fp32 base's, the MoE router's) must come out exactly as they went in
+    base = AutoModelForCausalLM.from_pretrained(weights, dtype="auto")
     merged = PeftModel.from_pretrained(base, out / "adapter").merge_and_unload()
     merged.save_pretrained(out / "merged")
     tokenizer.save_pretrained(out / "merged")

@@ -80,7 +80,7 @@ def train(cfg: SftParams, stage: str, params_section: dict, base_dir: Path, data
                          [["train_loss", "val_loss"], *([["kd_loss", "ce_loss"]] if teacher is not None else []),
                           ["learning_rate"]])
     metrics = _metrics(rows, trainer, result, elapsed, trainable, total, cfg, precision["name"], resume)
-    _save_models(trainer, tokenizer, base_dir, out, cfg, precision["name"])
+    _save_models(trainer, tokenizer, base_dir, out, cfg)
     write_json(out / "metrics.json", metrics)
     _write_model_card(out, card, cfg, metrics)
     return write_manifest(out, stage=stage, params=params_section, seed=cfg.seed, inputs=inputs,
@@ -185,7 +185,7 @@ def _metrics(rows, trainer, result, elapsed, trainable, total, cfg, precision, r
     }
 
 
-def _save_models(trainer, tokenizer, base_dir: Path, out: Path, cfg: SftParams, precision: str) -> None:
+def _save_models(trainer, tokenizer, base_dir: Path, out: Path, cfg: SftParams) -> None:
     from transformers import AutoModelForCausalLM
 
     if cfg.method == "full":
@@ -195,13 +195,13 @@ def _save_models(trainer, tokenizer, base_dir: Path, out: Path, cfg: SftParams, 
     trainer.model.save_pretrained(out / "adapter")
     training.sort_adapter_config(out / "adapter" / "adapter_config.json")
     tokenizer.save_pretrained(out / "adapter")
-    # Merge into a fresh full-precision copy of the base (a QLoRA base is 4-bit and cannot be
-    # merged into directly), so merged/ is a plain model any server loads.
+    # Merge into a fresh copy of the base in its own dtype (a QLoRA base is 4-bit and cannot be
+    # merged into directly), so merged/ is a plain model any server loads. Not in the training
+    # precision: a bf16 GPU run must not round an fp32 base's untrained weights (the MoE router's).
     del trainer
     from peft import PeftModel
 
-    dtype = training.torch_dtype(precision)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype="auto")
     merged = PeftModel.from_pretrained(base, out / "adapter").merge_and_unload()
     merged.save_pretrained(out / "merged")
     tokenizer.save_pretrained(out / "merged")
