@@ -208,3 +208,21 @@ def test_sigusr1_saves_a_checkpoint_and_exits_75_then_the_rerun_resumes(tmp_path
     sft.main(params, tiny_base, sft_data, tmp_path / "out")
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["resumed_from_step"] == 1 and metrics["steps"] == 8
+
+
+def test_ranks_stop_at_the_same_step_when_one_of_them_got_the_signal(tmp_path):
+    """Under a multi-process launch the signal may reach the ranks at different steps; they agree
+    (all-reduce) so that all save the same step: two real processes on gloo."""
+    script = tmp_path / "ranks.py"
+    script.write_text("import torch.distributed as dist\n"
+                      "from posttrain import preemption\n"
+                      "dist.init_process_group('gloo')\n"
+                      "if dist.get_rank() == 1:\n"
+                      "    preemption._requested.append('SIGUSR1')\n"
+                      "print('rank', dist.get_rank(), 'stops', preemption._agreed('cpu'), flush=True)\n"
+                      "dist.destroy_process_group()\n")
+    res = subprocess.run([bin_path("torchrun"), "--nproc_per_node", "2", "--master_port", "29517", str(script)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert sorted(line for line in res.stdout.splitlines() if line.startswith("rank")) == \
+        ["rank 0 stops True", "rank 1 stops True"]

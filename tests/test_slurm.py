@@ -50,6 +50,22 @@ def test_the_production_recipe_asks_each_stage_for_its_gpus():
     assert all(s.resources["gpu"] == 8 for n, s in stages.items() if n.startswith("rl_"))
 
 
+def test_a_training_stage_across_nodes_starts_one_launcher_per_node(tmp_path):
+    overlay = tmp_path / "nodes.yaml"
+    overlay.write_text("resources: {stages: {sft: {nodes: 2}}}\n")
+    sft = _stages(ROOT / "recipes/qwen3-30b-a3b.yaml", overlay)["sft"]
+    r = sft.resources
+    # the plugin's multi-node pattern: no srun of its own (mpi), one task per node, GPUs per node
+    assert r["nodes"] == 2 and r["mpi"] == "srun" and r["tasks"] == 2 and "gpu" not in r
+    assert r["slurm_extra"] == "--signal=USR1@600 --gpus-per-node=h100:8" and r["cpus_per_task"] == 64
+    assert sft.cmd.startswith("srun --ntasks-per-node=1 scripts/srun-accelerate configs/accelerate/fsdp.yaml 8 "
+                              "-m posttrain.cli sft --base results/base")
+    assert (ROOT / "scripts/srun-accelerate").stat().st_mode & 0o111
+    overlay.write_text("resources: {stages: {evaluate: {nodes: 2, gpu: 2}}}\n")
+    with pytest.raises(ValueError, match="runs in one process"):
+        _stages(ROOT / "recipes/qwen3-30b-a3b.yaml", overlay)
+
+
 def test_resource_mistakes_are_named(tmp_path):
     from posttrain.config import ConfigError
 

@@ -561,6 +561,9 @@ class JobResources(Section):
     partition: str | None = None                   # --partition
     account: str | None = None                     # --account
     extra: str | None = None                       # any other sbatch flags, verbatim
+    # Training stages across nodes: `gpu` is then GPUs per node; the rule runs one accelerate
+    # launcher per node through srun (the plugin's `mpi: srun` pattern).
+    nodes: int | None = Field(None, ge=1)
 
 
 class ResourcesParams(Section):

@@ -164,6 +164,8 @@ def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
                        if s.name.startswith(k)), s.name)
         s.code = CODE[s.kind]
         s.resources = _resources(params, s)
+        if s.resources.get("nodes", 1) > 1:
+            s.launcher = _multi_node_launcher(params, s)
     return table
 
 
@@ -196,9 +198,38 @@ def _resources(params: Params, s: Stage) -> dict:
                              f"set resources.stages.{s.kind}.gpu")
     elif merged.get("cpus_per_gpu"):
         merged.pop("cpus_per_task", None)   # the plugin would let it win over cpus_per_gpu
+    extra = [merged.get("extra")]
     if section and cfg.signal_seconds:
-        merged["extra"] = " ".join(filter(None, [merged.get("extra"), f"--signal=USR1@{cfg.signal_seconds}"]))
+        extra.append(f"--signal=USR1@{cfg.signal_seconds}")
+    if merged.get("nodes", 1) > 1:
+        # The plugin's multi-node pattern: the command starts its own tasks (srun, one per node),
+        # GPUs are per node, and CPUs per task (one task per node).
+        if not merged.get("gpu"):
+            raise ValueError(f"rule {s.name} spans {merged['nodes']} nodes but asks for no GPUs; set "
+                             f"resources.stages.{s.kind}.gpu (GPUs per node) or the stage's gpus")
+        gpus, model = merged.pop("gpu"), merged.pop("gpu_model", None)
+        extra.append(f"--gpus-per-node={model + ':' if model else ''}{gpus}")
+        if merged.get("cpus_per_gpu"):
+            merged["cpus_per_task"] = merged.pop("cpus_per_gpu") * gpus
+        merged |= {"mpi": "srun", "tasks": merged["nodes"], "gpus_per_node": gpus}
+    merged["extra"] = " ".join(filter(None, extra))
+    if not merged["extra"]:
+        merged.pop("extra")
     return {SLURM_NAMES.get(k, k): v for k, v in merged.items()}
+
+
+def _multi_node_launcher(params: Params, s: Stage) -> str:
+    """`srun` starts one accelerate launcher per node (scripts/srun-accelerate)."""
+    section = TRAINING_GPUS.get(s.kind)
+    cfg = getattr(params, section) if section else None
+    entry = params.rl.zero if s.name == "rl_zero" else next((st for st in params.rl.stages if f"rl_{st.name}" == s.name),
+                                                           None)
+    if cfg is None or (entry is not None and entry.algorithm == "ppo"):
+        raise ValueError(f"resources.stages.{s.kind}.nodes: rule {s.name} runs in one process (only SFT, reward "
+                         f"models, GRPO and distillation train across nodes); remove nodes")
+    config = {"fsdp": "fsdp", "zero3": "zero3", "ddp": "ddp", "none": "ddp"}[cfg.strategy]
+    return (f"srun --ntasks-per-node=1 scripts/srun-accelerate configs/accelerate/{config}.yaml "
+            f"{s.resources['gpus_per_node']}")
 
 
 def _check_resource_keys(params: Params, table: list[Stage]) -> None:

@@ -65,7 +65,23 @@ class SaveAndStopOnSignal(TrainerCallback):
     """At the end of the step during which a stop signal arrived: save, then stop training."""
 
     def on_step_end(self, args, state, control, **kwargs):
-        if _requested:
+        if _agreed(args.device):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+def _agreed(device) -> bool:
+    """Whether any process of the run got the signal. Under a multi-process launch the ranks may
+    see it at different steps; they must stop at the same one, or the collective checkpoint save
+    would wait forever for the ranks still training."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return bool(_requested)
+    flag = torch.tensor([1.0 if _requested else 0.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item() and not _requested:
+        _requested.append("another rank's signal")
+    return bool(_requested)
