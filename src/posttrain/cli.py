@@ -138,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", action="append", default=[], metavar="FILE",
                    help="overlay a recipe (as `snakemake --configfile FILE`)")
 
+    p = sub.add_parser("lineage", help="where an artifact came from: its inputs, back to the raw data")
+    p.add_argument("artifact", type=Path, help="an artifact folder, e.g. results/sft")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a tree")
+
     p = sub.add_parser("check-params", help="validate parameter files and print the resolved parameters")
     _params_arg(p)
     return parser
@@ -160,6 +164,14 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "dag":
         return _dag(args)
+    if args.command == "lineage":
+        import json
+
+        from posttrain import lineage
+
+        node = lineage.trace(args.artifact)
+        print(json.dumps(node.to_dict(), indent=2) if args.json else lineage.render(node))
+        return 0
     params = load_params(args.params)
     if args.command == "check-params":
         import yaml
