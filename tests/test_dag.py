@@ -149,6 +149,9 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     eval_prompts = {r["prompt"][-1]["content"] for r in read_jsonl(results / "data/eval/test.jsonl")}
     train_text = (results / "data/sft/train.jsonl").read_text()
     assert not any(p in train_text for p in eval_prompts)
+    # every rule left its wall time and peak memory (Snakemake's benchmark files), gathered in one table
+    table = run([bin_path("python"), str(ROOT / "benchmarks/stage_costs.py"), "logs/benchmarks"], project).stdout
+    assert "| sft |" in table and "| report |" in table and "all " in table
     # a second run has nothing to do
     again = run([bin_path("snakemake"), "--cores", "2", "--configfile", "tiny.yaml"], project)
     assert "Nothing to be done" in again.stdout + again.stderr

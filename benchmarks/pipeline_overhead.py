@@ -1,0 +1,89 @@
+"""What the workflow tools cost on a finished run, measured side by side in one run.
+
+    .venv/bin/python benchmarks/pipeline_overhead.py [--project DIR] [--repeat 3]
+
+On a project whose DAG has run (`make demo`), prints:
+  1. the median wall time of `snakemake -n` and of `dvc status`, each against the 3 s target;
+  2. what an eval-only change costs: with `evaluate.perplexity_rows` changed in an overlay,
+     the jobs Snakemake would run, split into training stages (target 0) and the rest;
+  3. the stage table from Snakemake's `benchmark:` files (logs/benchmarks/), see stage_costs.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stage_costs import stage_table  # noqa: E402
+
+TRAINING = re.compile(r"^(sft|reward_\w+|rl_\w+|distill|distill_baseline)$")
+TARGET_S = 3.0
+
+
+def timed(cmd: list[str], cwd: Path, repeat: int) -> tuple[float, str]:
+    times, out = [], ""
+    for _ in range(repeat):
+        start = time.perf_counter()
+        res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+        times.append(time.perf_counter() - start)
+        out = res.stdout + res.stderr
+    return statistics.median(times), out
+
+
+def planned_jobs(dry_run: str) -> dict[str, int]:
+    """{rule: count} from the job table a Snakemake dry run prints."""
+    table = dry_run.split("Job stats:", 1)[-1]
+    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)\s*$", table, re.M) if rule not in ("all", "total")}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--project", type=Path, default=Path("."), help="a project whose DAG has run")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    project = args.project.resolve()
+    bin_dir = project / ".venv" / "bin"
+    snakemake = str(bin_dir / "snakemake") if (bin_dir / "snakemake").exists() else "snakemake"
+    dvc = str(bin_dir / "dvc") if (bin_dir / "dvc").exists() else "dvc"
+
+    dry, dry_out = timed([snakemake, "-n"], project, args.repeat)
+    status, _ = timed([dvc, "status"], project, args.repeat)
+    pending = planned_jobs(dry_out) if "Nothing to be done" not in dry_out else {}
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    rows = params.get("evaluate", {}).get("perplexity_rows", 40)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=project, delete=False) as f:
+        yaml.safe_dump({"evaluate": {"perplexity_rows": rows + 1}}, f)
+    overlay = Path(f.name)
+    try:
+        changed = subprocess.run([snakemake, "-n", "--configfile", "params.yaml", overlay.name], cwd=project,
+                                 capture_output=True, text=True)
+    finally:
+        overlay.unlink()
+    jobs = planned_jobs(changed.stdout + changed.stderr)
+    training = {r: n for r, n in jobs.items() if TRAINING.match(r)}
+
+    print(f"project: {project}")
+    print(f"snakemake -n : {dry:6.2f} s  (target {TARGET_S} s, ratio {dry / TARGET_S:.2f})"
+          + (f"; it would run {sum(pending.values())} jobs: the run is not up to date" if pending else ""))
+    print(f"dvc status   : {status:6.2f} s  (target {TARGET_S} s, ratio {status / TARGET_S:.2f})")
+    print(f"evaluate.perplexity_rows {rows} -> {rows + 1}: {sum(jobs.values())} jobs would run; training stages "
+          f"{sum(training.values())} (target 0){': ' + ', '.join(training) if training else ''}; "
+          f"others: {', '.join(sorted(set(jobs) - set(training)))}")
+    table = stage_table(project / "logs" / "benchmarks")
+    if table:
+        print("\n" + table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
