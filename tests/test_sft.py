@@ -219,10 +219,10 @@ def test_ranks_stop_at_the_same_step_when_one_of_them_got_the_signal(tmp_path):
                       "dist.init_process_group('gloo')\n"
                       "if dist.get_rank() == 1:\n"
                       "    preemption._requested.append('SIGUSR1')\n"
-                      "print('rank', dist.get_rank(), 'stops', preemption._agreed('cpu'), flush=True)\n"
+                      "stops = preemption._agreed('cpu')\n"
+                      f"open(f'{tmp_path}/rank{{dist.get_rank()}}.txt', 'w').write(str(stops))\n"
                       "dist.destroy_process_group()\n")
-    res = subprocess.run([bin_path("torchrun"), "--nproc_per_node", "2", "--master_port", "29517", str(script)],
+    res = subprocess.run([bin_path("torchrun"), "--standalone", "--nproc_per_node", "2", str(script)],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert sorted(line for line in res.stdout.splitlines() if line.startswith("rank")) == \
-        ["rank 0 stops True", "rank 1 stops True"]
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == ["True", "True"]
