@@ -4,8 +4,9 @@
 
 On a project whose DAG has run (`make demo`), prints:
   1. the median wall time of `snakemake -n` and of `dvc status`, each against the 3 s target;
-  2. what an eval-only change costs: with `evaluate.perplexity_rows` changed in an overlay,
-     the jobs Snakemake would run, split into training stages (target 0) and the rest;
+  2. what an eval-only change costs: with `evaluate.perplexity_rows` changed in params.yaml (put
+     back afterwards), the jobs Snakemake would run, split into training stages (target 0) and
+     the rest;
   3. the stage table from Snakemake's `benchmark:` files (logs/benchmarks/), see stage_costs.py.
 """
 
@@ -16,7 +17,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -59,16 +59,20 @@ def main() -> int:
     status, _ = timed([dvc, "status"], project, args.repeat)
     pending = planned_jobs(dry_out) if "Nothing to be done" not in dry_out else {}
 
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    rows = params.get("evaluate", {}).get("perplexity_rows", 40)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=project, delete=False) as f:
-        yaml.safe_dump({"evaluate": {"perplexity_rows": rows + 1}}, f)
-    overlay = Path(f.name)
+    # The edit a user makes: params.yaml itself (restored afterwards). An overlay would not do:
+    # its path joins every stage's command, and a changed command reruns every stage.
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    rows = yaml.safe_load(original).get("evaluate", {}).get("perplexity_rows", 40)
+    edited = re.sub(r"^(\s+perplexity_rows:\s*)\d+", lambda m: f"{m.group(1)}{rows + 1}", original, count=1,
+                    flags=re.M)
+    if edited == original:
+        raise SystemExit("params.yaml has no evaluate.perplexity_rows line to change")
     try:
-        changed = subprocess.run([snakemake, "-n", "--configfile", "params.yaml", overlay.name], cwd=project,
-                                 capture_output=True, text=True)
+        params_file.write_text(edited)
+        changed = subprocess.run([snakemake, "-n"], cwd=project, capture_output=True, text=True)
     finally:
-        overlay.unlink()
+        params_file.write_text(original)
     jobs = planned_jobs(changed.stdout + changed.stderr)
     training = {r: n for r, n in jobs.items() if TRAINING.match(r)}
 
