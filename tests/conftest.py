@@ -81,3 +81,17 @@ def run(cmd, cwd, check=True, env=None):
 
 def bin_path(name):
     return str(Path(sys.executable).parent / name)
+
+
+@pytest.fixture
+def stop_signal():
+    """Sends this process SIGUSR1 with posttrain's handler installed (what SLURM sends before a
+    time limit); the handler, the flag and the default action are put back afterwards."""
+    import signal
+
+    from posttrain import preemption
+
+    preemption.install()
+    yield lambda: os.kill(os.getpid(), signal.SIGUSR1)
+    preemption.reset()
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)

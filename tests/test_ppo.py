@@ -2,9 +2,7 @@
 toy task with a known reward on the embedded real model."""
 
 import json
-import os
 import shutil
-import signal
 from types import SimpleNamespace
 
 import pytest
@@ -242,20 +240,15 @@ def test_on_a_toy_task_with_a_known_reward_ppo_raises_it_with_kl_bounded(tmp_pat
     assert log[-1]["kl_coef"] < 0.05              # KL below target: the adaptive coefficient relaxed
 
 
-def test_a_stop_signal_saves_the_step_and_ends_training(tmp_path, tiny_base):
+def test_a_stop_signal_saves_the_step_and_ends_training(tmp_path, tiny_base, stop_signal):
     """SIGUSR1 during a PPO step: that step is saved as a complete checkpoint and the loop ends
     (the stage then exits 75 and its rerun resumes there)."""
     from posttrain import checkpoints, preemption
 
     rows = [{"prompt": [{"role": "user", "content": f"Say {w}."}]} for w in ("yes", "no", "maybe", "hello")]
     trainer = _toy_trainer(tiny_base, tmp_path / "run", lambda p, c, cols: [0.5] * len(c), rows, "copy")
-    preemption.install()
-    try:
-        os.kill(os.getpid(), signal.SIGUSR1)
-        trainer.train()
-        assert preemption.requested()
-    finally:
-        preemption.reset()
-        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    stop_signal()
+    trainer.train()
+    assert preemption.requested()
     assert trainer.state.global_step == 1
     assert checkpoints.latest_complete(tmp_path / "run").name == "checkpoint-1"

@@ -1,5 +1,4 @@
 import json
-import os
 import signal
 import subprocess
 import time
@@ -187,20 +186,17 @@ def test_early_stopping_ends_a_run_that_stops_improving(tmp_path, tiny_base, sft
     assert json.loads((out / "metrics.json").read_text())["steps"] < 30
 
 
-def test_sigusr1_saves_a_checkpoint_and_exits_75_then_the_rerun_resumes(tmp_path, tiny_base, sft_data):
+def test_sigusr1_saves_a_checkpoint_and_exits_75_then_the_rerun_resumes(tmp_path, tiny_base, sft_data,
+                                                                           stop_signal):
     """What SLURM's `--signal=USR1@N` does before a time limit: the stage finishes its step,
     saves a complete checkpoint, writes no outputs and exits with code 75; the rerun resumes."""
     from posttrain import preemption
 
     params = _params(tmp_path, _sft_overrides(tmp_path))
-    preemption.install()
-    try:
-        os.kill(os.getpid(), signal.SIGUSR1)    # arrives before the first step ends
-        with pytest.raises(preemption.Preempted) as stopped:
-            sft.main(params, tiny_base, sft_data, tmp_path / "out")
-    finally:
-        preemption.reset()
-        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    stop_signal()    # arrives before the first step ends
+    with pytest.raises(preemption.Preempted) as stopped:
+        sft.main(params, tiny_base, sft_data, tmp_path / "out")
+    preemption.reset()
     assert stopped.value.code == preemption.EXIT_CODE == 75 and stopped.value.step == 1
     (run_dir,) = (tmp_path / "ckpt").glob("sft-*")
     assert checkpoints.latest_complete(run_dir).name == "checkpoint-1"

@@ -227,8 +227,7 @@ def _multi_node_launcher(params: Params, s: Stage) -> str:
     if cfg is None or (entry is not None and entry.algorithm == "ppo"):
         raise ValueError(f"resources.stages.{s.kind}.nodes: rule {s.name} runs in one process (only SFT, reward "
                          f"models, GRPO and distillation train across nodes); remove nodes")
-    config = {"fsdp": "fsdp", "zero3": "zero3", "ddp": "ddp", "none": "ddp"}[cfg.strategy]
-    return (f"srun --ntasks-per-node=1 scripts/srun-accelerate configs/accelerate/{config}.yaml "
+    return (f"srun --ntasks-per-node=1 scripts/srun-accelerate {_accelerate_config(cfg.strategy)} "
             f"{s.resources['gpus_per_node']}")
 
 
@@ -441,8 +440,13 @@ def _launcher(gpus: int, strategy: str) -> str:
     """Multi-GPU stages run under accelerate with the strategy's config from configs/accelerate/."""
     if gpus <= 1:
         return ""
-    config = {"fsdp": "fsdp", "zero3": "zero3", "ddp": "ddp", "none": "ddp"}[strategy]
-    return f"accelerate launch --config_file configs/accelerate/{config}.yaml --num_processes {gpus}"
+    return f"accelerate launch --config_file {_accelerate_config(strategy)} --num_processes {gpus}"
+
+
+def _accelerate_config(strategy: str) -> str:
+    """The accelerate config file of a sharding strategy (`none` replicates, as ddp does)."""
+    name = {"fsdp": "fsdp", "zero3": "zero3", "ddp": "ddp", "none": "ddp"}[strategy]
+    return f"configs/accelerate/{name}.yaml"
 
 
 def _deps_of(paths: list[str], produced: list[str]) -> list[str]:
