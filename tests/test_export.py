@@ -220,3 +220,101 @@ def test_check_records_size_ratio_and_metric_deltas(tmp_path, gptq, merged):
     assert json.loads((tmp_path / "check" / "metrics.json").read_text()) == metrics
     with pytest.raises(ValueError, match="--quantized-eval gptq"):
         export.check(merged, {"gptq": gptq}, full, {}, tmp_path / "check2")
+
+
+# --- GGUF ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gguf_exports(tmp_path_factory, merged):
+    """The tiny merged model as GGUF in float32 (the layout alone) and in q8_0 / q4_0."""
+    tmp = tmp_path_factory.mktemp("gguf")
+    out = {}
+    for kind in ("f32", "q8_0", "q4_0"):
+        params, _ = _params(tmp, formats=["gguf"], gguf={"type": kind, "embeddings": kind,
+                                                                    "tokenizer_pre": "smollm"})
+        out[kind] = tmp / kind
+        export.gguf(params, merged, out[kind])
+    return out
+
+
+def test_gguf_in_float32_computes_exactly_what_the_merged_model_computes(gguf_exports, merged):
+    # any mistake in tensor names, the rotary row permutation or the tied head shows here
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = gguf_exports["f32"]
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    ids = tokenizer(["Tom has 12 apples and buys 7 more."], return_tensors="pt")
+    source = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
+    served = AutoModelForCausalLM.from_pretrained(folder, gguf_file="model-f32.gguf", dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.allclose(served(**ids).logits, source(**ids).logits, atol=1e-4)
+    assert json.loads((folder / "metrics.json").read_text())["top1_agreement"] == 1.0
+
+
+def test_gguf_export_is_smaller_describes_itself_and_generates_on_cpu(gguf_exports, merged):
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    q8, q4 = (json.loads((gguf_exports[k] / "metrics.json").read_text()) for k in ("q8_0", "q4_0"))
+    # bf16 is 16 bits a weight; q8_0 8.5, q4_0 4.5 (a scale per 32 weights); norms stay float32,
+    # and the tiny model's vocabulary and merges are a visible share of its file
+    assert 0.5 < q8["size_ratio"] < 0.62 and q4["size_ratio"] < 0.7 * q8["size_ratio"]
+    assert q8["top1_agreement"] >= 0.9
+    reader = gguf.GGUFReader(gguf_exports["q4_0"] / "model-q4_0.gguf")
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["token_embd.weight"] == "Q4_0" and types["blk.0.attn_q.weight"] == "Q4_0"
+    assert types["blk.0.attn_norm.weight"] == "F32" and "output.weight" not in types   # tied head
+    field = reader.fields["tokenizer.ggml.pre"]
+    assert bytes(field.parts[field.data[0]]).decode() == "smollm"
+    assert "tokenizer.chat_template" in reader.fields and "tokenizer.ggml.merges" in reader.fields
+
+    folder = gguf_exports["q8_0"]
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file="model-q8_0.gguf")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer.apply_chat_template(export.PROBE, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    assert out.shape[1] == ids["input_ids"].shape[1] + 8 and tokenizer.decode(out[0, -8:])
+    card = (folder / "README.md").read_text()
+    assert f"llama-server -m {folder}/model-q8_0.gguf" in card and f"--tokenizer {folder}" in card
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["stage"] == "export-gguf" and manifest["inputs"]["merged"]["path"] == str(merged)
+    assert not list(folder.parent.glob(".*.tmp"))
+
+
+def test_gguf_embeddings_can_keep_more_bits_than_the_layers(tmp_path, merged):
+    import gguf
+
+    params, _ = _params(tmp_path, formats=["gguf"], gguf={"type": "q4_1", "embeddings": "q8_0"})
+    metrics = export.gguf(params, merged, tmp_path / "gguf")
+    assert metrics["tensors"]["q8_0"] == 1 and metrics["tensors"]["q4_1"] > 1
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(tmp_path / "gguf/model-q4_1.gguf").tensors}
+    assert types["token_embd.weight"] == "Q8_0" and types["blk.1.ffn_down.weight"] == "Q4_1"
+
+
+def test_gguf_refuses_what_it_cannot_write(tmp_path, merged):
+    from transformers import Qwen3MoeConfig
+
+    from posttrain import gguf_export
+
+    with pytest.raises(ValueError, match="convert_hf_to_gguf.py"):
+        gguf_export._architecture(Qwen3MoeConfig())
+    with pytest.raises(ValueError, match="q3_k"):
+        _params(tmp_path, formats=["gguf"], gguf={"type": "q3_k"})
+    assert not (tmp_path / "gguf").exists()
+
+
+def test_a_gguf_export_is_evaluated_on_its_dequantized_weights(gguf_exports, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.stages import evaluate
+
+    folder = gguf_exports["q4_0"]
+    info = evaluate._dequantized_on_cpu(folder, tmp_path / "eval")
+    assert info["method"] == "gguf" and info["file"] == "model-q4_0.gguf"
+    plain = AutoModelForCausalLM.from_pretrained(info["folder"])
+    served = AutoModelForCausalLM.from_pretrained(folder, gguf_file="model-q4_0.gguf", dtype=torch.float32)
+    ids = torch.tensor([[1, 5, 9, 14, 3]])
+    with torch.no_grad():
+        assert torch.equal(plain(input_ids=ids).logits, served(input_ids=ids).logits)
+    assert (info["folder"] / "tokenizer.json").is_file() and (info["folder"] / "generation_config.json").is_file()

@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     _params_arg(p)
 
+    p = sub.add_parser("export-gguf", help="a GGUF file of a merged export (llama.cpp, Ollama, vLLM)")
+    p.add_argument("--model", type=Path, required=True, help="an export-merge output")
+    p.add_argument("--out", type=Path, required=True)
+    _params_arg(p)
+
     p = sub.add_parser("export-check", help="size ratios and eval deltas of quantized exports against the unquantized model")
     p.add_argument("--merged", type=Path, required=True, help="the export-merge output")
     p.add_argument("--quantized", action="append", default=[], metavar="FORMAT=DIR", required=True,
@@ -220,13 +225,15 @@ def _run(args: argparse.Namespace) -> int:
 
         evaluate.main(params, args.model, args.name, args.eval_data, args.heldout, args.out,
                       reward_dirs=_pairs_arg(args.reward, "--reward"), reference=args.reference)
-    elif args.command in ("export-merge", "export-gptq", "export-check"):
+    elif args.command in ("export-merge", "export-gptq", "export-gguf", "export-check"):
         from posttrain.stages import export
 
         if args.command == "export-merge":
             export.merge(params, args.model, args.out)
         elif args.command == "export-gptq":
             export.gptq(params, args.model, args.calibration, args.out)
+        elif args.command == "export-gguf":
+            export.gguf(params, args.model, args.out)
         else:
             export.check(args.merged, _pairs_arg(args.quantized, "--quantized"), args.eval,
                          _pairs_arg(args.quantized_eval, "--quantized-eval"), args.out)

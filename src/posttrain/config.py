@@ -501,6 +501,19 @@ class GptqParams(Section):
     offload_to_disk: bool = False
 
 
+class GgufParams(Section):
+    """A GGUF file (llama.cpp, Ollama, LM Studio, vLLM's GGUF loader) of the merged export;
+    dense llama, mistral, qwen2 and qwen3 models."""
+    # the type of the 2-D weights: f16, q8_0 (8.5 bits/weight, near lossless), q5_1, q5_0,
+    # q4_1 (5 bits: a scale and a minimum per 32 weights), q4_0 (4.5 bits)
+    type: Literal["f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"] = "q8_0"
+    # the token embedding's (and an untied output head's) type: null keeps `type`
+    embeddings: Literal["f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"] | None = None
+    # llama.cpp's pre-tokenizer name (tokenizer.ggml.pre: llama-bpe, qwen2, smollm, ...); null lets
+    # llama.cpp use its default regex (it warns); transformers ignores it
+    tokenizer_pre: str | None = None
+
+
 class ExportParams(Section):
     """Serving artifacts for one model of the DAG: merged weights, then quantized formats."""
     # which model: `last` (the last RL stage; sft, then base, without RL stages), sft, base, an
@@ -508,8 +521,9 @@ class ExportParams(Section):
     model: str = "last"
     # the merged (adapters folded in) model's dtype; the quantizers start from it.
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    formats: list[Literal["gptq"]] = Field(default_factory=lambda: ["gptq"])
+    formats: list[Literal["gptq", "gguf"]] = Field(default_factory=lambda: ["gptq"])
     gptq: GptqParams = Field(default_factory=GptqParams)
+    gguf: GgufParams = Field(default_factory=GgufParams)
     # Written into the model card's `vllm serve` line and generation_config.json.
     max_model_len: int = Field(4096, ge=16)
     temperature: float = Field(0.7, ge=0)

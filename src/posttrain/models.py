@@ -106,6 +106,20 @@ def load_pretrained(name_or_path: str, revision: str | None, trust_remote_code: 
     return Resolved(model, tokenizer, source, {"base": Path(name_or_path)} if kind == "local" else {})
 
 
+def weights_mb(folder: Path) -> float:
+    """Size of a model folder's weight files (safetensors shards or a GGUF file), in MiB."""
+    files = [*Path(folder).glob("*.safetensors"), *Path(folder).glob("*.gguf")]
+    return sum(f.stat().st_size for f in files) / 2**20
+
+
+def gguf_file(folder: Path) -> Path | None:
+    """The one GGUF file of a model folder (an export-gguf output), or None."""
+    found = sorted(Path(folder).glob("*.gguf"))
+    if len(found) > 1:
+        raise ValueError(f"{folder}: more than one GGUF file ({', '.join(f.name for f in found)}); keep one")
+    return found[0] if found else None
+
+
 def load_gguf(path: Path) -> Resolved:
     """Dequantize a GGUF file into a plain transformers model (no quantization config left, so
     it saves and trains like any other)."""

@@ -36,11 +36,12 @@ CODE = {
     "distill": [f"{SRC}/stages/distill.py", f"{SRC}/distillation.py", f"{SRC}/stages/sft.py", f"{SRC}/training.py",
                 f"{SRC}/checkpoints.py", f"{SRC}/preemption.py"],
     "evaluate": [f"{SRC}/stages/evaluate.py", f"{SRC}/harness.py", f"{SRC}/generation.py", f"{SRC}/refusal.py",
-                 f"{SRC}/gptq_format.py"],
+                 f"{SRC}/gptq_format.py", f"{SRC}/models.py"],
     "report": [f"{SRC}/stages/report.py"],
     "export_merge": [f"{SRC}/stages/export.py", f"{SRC}/stages/evaluate.py", f"{SRC}/generation.py",
                      f"{SRC}/models.py"],
     "export_gptq": [f"{SRC}/stages/export.py", f"{SRC}/generation.py", "envs/export.txt"],
+    "export_gguf": [f"{SRC}/stages/export.py", f"{SRC}/gguf_export.py", f"{SRC}/generation.py"],
     "export_check": [f"{SRC}/stages/export.py"],
 }
 # GPTQModel's environment (envs/export.txt; `make setup` builds it): its pins conflict with
@@ -370,6 +371,10 @@ def _export(params: Params, table: list[Stage], sources: dict) -> list[Stage]:
         out.append(Stage("export_gptq", ["export-gptq", "--model", merged, "--calibration", sft_data, "--out", gptq],
                          [merged, sft_data], [gptq], ["export"], metrics=[f"{gptq}/metrics.json"], env=EXPORT_ENV,
                          all_cores=True))
+    if "gguf" in cfg.formats:
+        gguf = str(EXPORT / name / "gguf")
+        out.append(Stage("export_gguf", ["export-gguf", "--model", merged, "--out", gguf], [merged], [gguf], ["export"],
+                         metrics=[f"{gguf}/metrics.json"]))
     return out
 
 

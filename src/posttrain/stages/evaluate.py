@@ -26,7 +26,7 @@ import shutil
 import time
 from pathlib import Path
 
-from posttrain import chat, gptq_format, harness
+from posttrain import chat, gptq_format, harness, models
 from posttrain.config import Params, section
 from posttrain.generation import assistant_nll, generate
 from posttrain.manifest import require_manifest, write_json, write_manifest
@@ -52,9 +52,21 @@ def resolve_model(folder: Path) -> tuple[Path, Path | None, dict]:
 def _dequantized_on_cpu(weights: Path, out: Path) -> dict | None:
     """A GPTQ model evaluated on a CPU runs on its dequantized weights (posttrain.gptq_format):
     the int4 CPU kernels decode batches dozens of times slower, and the quality the 4-bit
-    weights keep is the same. On a GPU the kernels run as served."""
+    weights keep is the same. On a GPU the kernels run as served. A GGUF export is always
+    evaluated dequantized: transformers reads GGUF weights only that way."""
     import torch
+    from transformers import AutoTokenizer
 
+    gguf = models.gguf_file(weights)
+    if gguf is not None:
+        folder = out.parent / f".{out.name}-dequantized"
+        if folder.exists():
+            shutil.rmtree(folder)
+        models.load_gguf(gguf).model.save_pretrained(folder)
+        # the export's own tokenizer files and sampling defaults, as the harness loads them
+        AutoTokenizer.from_pretrained(weights).save_pretrained(folder)
+        shutil.copy(weights / "generation_config.json", folder / "generation_config.json")
+        return {"method": "gguf", "file": gguf.name, "evaluated_as": "dequantized float32 weights", "folder": folder}
     q = gptq_format.quantization_config(weights)
     if q is None or torch.cuda.is_available():
         return None
@@ -96,7 +108,7 @@ def main(params: Params, model_dir: Path, name: str, eval_dir: Path, heldout_dir
     metrics["parameters"] = sum(p.numel() for p in model.parameters())
     if getattr(model, "hf_quantizer", None) is not None and manifest.get("parameters"):
         metrics["parameters"] = manifest["parameters"]  # packed 4-bit tensors count 8 weights per element
-    metrics["weights_mb"] = sum(f.stat().st_size for f in stored.glob("*.safetensors")) / 2**20
+    metrics["weights_mb"] = models.weights_mb(stored)
     timings = {"generated_tokens": 0, "generation_seconds": 0.0, "batch_size": cfg.batch_size}
     if adapter is not None:
         from peft import PeftModel

@@ -45,8 +45,7 @@ def _cfg(params: Params) -> ExportParams:
     return params.export
 
 
-def weights_mb(folder: Path) -> float:
-    return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors")) / 2**20
+weights_mb = models.weights_mb
 
 
 def _staging(out: Path) -> Path:
@@ -289,6 +288,94 @@ def _layer_losses(path: Path) -> dict:
         losses = [float(r["loss"]) for r in csv.DictReader(fh) if r.get("loss") not in (None, "")]
     return {"gptq_loss_mean": round(sum(losses) / len(losses), 8), "gptq_loss_max": round(max(losses), 8)} \
         if losses else {}
+
+
+# --- GGUF ----------------------------------------------------------------------------------------
+
+
+def gguf(params: Params, merged_dir: Path, out: Path) -> dict:
+    """One GGUF file of the merged export (posttrain.gguf_export), with the Hugging Face
+    tokenizer beside it (vLLM's GGUF loader takes `--tokenizer`), checked by loading it back
+    with transformers' GGUF reader: the same token ids as the source tokenizer, finite logits,
+    and how often it predicts the merged model's next token."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from posttrain import gguf_export
+
+    cfg = _cfg(params)
+    g = cfg.gguf
+    embeddings = g.embeddings or g.type
+    merged = require_manifest(merged_dir, "export-merge")
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    tmp = _staging(out)
+    filename = gguf_file_name(g.type)
+    started = time.perf_counter()
+    counts = gguf_export.write(merged_dir, tmp / filename, weights=g.type, embeddings=embeddings,
+                               name=merged_dir.parent.name, tokenizer_pre=g.tokenizer_pre)
+    seconds = time.perf_counter() - started
+    tokenizer.save_pretrained(tmp)
+    shutil.copy(merged_dir / "generation_config.json", tmp / "generation_config.json")
+
+    reloaded_tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=filename)
+    probe_text = tokenizer.apply_chat_template(PROBE, add_generation_prompt=True, tokenize=False)
+    for text in (probe_text, CHECK_TEXT):
+        if reloaded_tokenizer(text).input_ids != tokenizer(text).input_ids:
+            raise RuntimeError(f"{tmp / filename}: the GGUF tokenizer splits {text!r} differently from {merged_dir}'s")
+    source = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=filename, dtype=torch.float32)
+    ids = tokenizer([probe_text + CHECK_TEXT], return_tensors="pt")
+    with torch.no_grad():
+        reference, logits = source(**ids).logits, model(**ids).logits
+    del source
+    if not bool(torch.isfinite(logits).all()):
+        raise RuntimeError(f"{tmp / filename}: the reloaded GGUF computes non-finite logits")
+    sample = generate(model, tokenizer, [PROBE], max_new_tokens=24)[0]
+    del model
+
+    size = (tmp / filename).stat().st_size / 2**20
+    metrics = {"type": g.type, "embeddings": embeddings, "tensors": counts, "size_mb": round(size, 3),
+               "merged_size_mb": round(weights_mb(merged_dir), 3), "size_ratio": round(size / weights_mb(merged_dir), 4),
+               "top1_agreement": round(float((logits.argmax(-1) == reference.argmax(-1)).float().mean()), 6),
+               "write_seconds": round(seconds, 1)}
+    write_json(tmp / "metrics.json", metrics)
+    (tmp / "sample.txt").write_text(f"{PROBE[0]['content']}\n---\n{sample}\n")
+    usage = (f"## Serving\n\n```bash\nllama-server -m {out / filename} --ctx-size {cfg.max_model_len}\n"
+             f"{gguf_serve_command(out, filename, cfg)}\n```\n\n"
+             f"## transformers (dequantizes to float32)\n\n```python\n"
+             f"from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+             f"model = AutoModelForCausalLM.from_pretrained(\"{out}\", gguf_file=\"{filename}\")\n"
+             f"tokenizer = AutoTokenizer.from_pretrained(\"{out}\")\n```\n")
+    training.write_model_card(
+        tmp, library="gguf", tags=["gguf", g.type], title=f"{merged_dir.parent.name}, GGUF {g.type}",
+        intro=(f"The merged export `{merged_dir}` as one GGUF file: {g.type} weights, {embeddings} token "
+               f"embeddings, float32 norms."
+               + ("" if g.tokenizer_pre else " No `tokenizer.ggml.pre` was set (export.gguf.tokenizer_pre): "
+                  "llama.cpp pre-tokenizes with its default regex and warns.")),
+        rows={"file": filename, "weights": g.type, "embeddings": embeddings, "size (MB)": metrics["size_mb"],
+              "of the merged size": metrics["size_ratio"],
+              "next-token agreement with the merged model": metrics["top1_agreement"]},
+        usage=usage)
+    write_manifest(tmp, stage="export-gguf", params=section(params, "export"), seed=cfg.seed,
+                   inputs={"merged": merged_dir}, chat_template=tokenizer.chat_template,
+                   extra={"metrics": metrics, "parameters": merged.get("metrics", {}).get("parameters")})
+    _publish(tmp, out)
+    log.info("gguf export: %s", metrics)
+    return metrics
+
+
+# A second text the GGUF tokenizer must split exactly as the source's: digits, punctuation,
+# spaces and non-ASCII, where byte-level BPE pre-tokenizers differ.
+CHECK_TEXT = "Tom has 1,234 apples;  he buys 56 more — how many now?  Ça fait 1290.\n"
+
+
+def gguf_file_name(kind: str) -> str:
+    return f"model-{kind}.gguf"
+
+
+def gguf_serve_command(folder: Path | str, filename: str, cfg: ExportParams) -> str:
+    return (f"vllm serve {Path(folder) / filename} --tokenizer {folder} --max-model-len {cfg.max_model_len} "
+            f"--generation-config {folder}")
 
 
 # --- quality cost ----------------------------------------------------------------------------------
