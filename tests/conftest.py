@@ -94,4 +94,5 @@ def stop_signal():
     preemption.install()
     yield lambda: os.kill(os.getpid(), signal.SIGUSR1)
     preemption.reset()
-    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    for sig in preemption.SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)

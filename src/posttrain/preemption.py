@@ -5,11 +5,17 @@ signal_seconds`). The handler only raises a flag; the trainer finishes the step 
 a checkpoint (marked complete like any other), and the stage exits with `EXIT_CODE` instead of
 writing its outputs. Snakemake's retry (or a requeue) then runs the stage again, which resumes
 from that checkpoint and ends where an uninterrupted run ends.
+
+SIGTERM (what `kill`, `scancel` and SLURM's own time limit send, the latter `KillWait` seconds
+before SIGKILL) is handled the same way while the training loop runs. Outside it nothing would
+look at the flag, so there SIGTERM keeps its default action and ends the process; a second
+SIGTERM during training does too (the sender is not waiting for a checkpoint).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 
@@ -19,8 +25,9 @@ log = logging.getLogger(__name__)
 
 # EX_TEMPFAIL: the job did not fail, it was asked to stop; running it again continues it.
 EXIT_CODE = 75
-SIGNALS = (signal.SIGUSR1,)
+SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 _requested: list[str] = []
+_training: list[bool] = []      # non-empty between install() and finished()
 
 
 class Preempted(SystemExit):
@@ -36,10 +43,22 @@ def install() -> None:
         return
     for sig in SIGNALS:
         signal.signal(sig, _on_signal)
+    _training[:] = [True]
+
+
+def finished() -> None:
+    """The training loop is over: from here a SIGTERM ends the process as usual (a late SIGUSR1
+    is still only noted: the outputs are about to be written)."""
+    _training.clear()
 
 
 def _on_signal(signum, frame) -> None:
     name = signal.Signals(signum).name
+    if signum == signal.SIGTERM and (not _training or "SIGTERM" in _requested):
+        log.warning("SIGTERM %s: exiting now", "again" if _training else "outside the training loop")
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     if not _requested:
         log.warning("%s received: saving a checkpoint at the end of this step, then exiting", name)
     _requested.append(name)
@@ -51,6 +70,7 @@ def requested() -> bool:
 
 def reset() -> None:
     _requested.clear()
+    _training.clear()
 
 
 def exit_if_requested(step: int) -> None:

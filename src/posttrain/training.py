@@ -217,16 +217,19 @@ def train_or_restore(trainer, resume: Path | None) -> tuple[object | None, float
 
     from posttrain import preemption
 
-    if resume is not None:
-        state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
-        if state.max_steps and state.global_step >= state.max_steps:
-            log.info("%s is the run's final checkpoint (step %d): restoring it, nothing to train", resume.name,
-                     state.global_step)
-            trainer._load_from_checkpoint(str(resume))
-            trainer.state = state
-            return None, 0.0
-    started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    try:
+        if resume is not None:
+            state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+            if state.max_steps and state.global_step >= state.max_steps:
+                log.info("%s is the run's final checkpoint (step %d): restoring it, nothing to train", resume.name,
+                         state.global_step)
+                trainer._load_from_checkpoint(str(resume))
+                trainer.state = state
+                return None, 0.0
+        started = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:
+        preemption.finished()
     preemption.exit_if_requested(trainer.state.global_step)
     return result, time.perf_counter() - started
 
