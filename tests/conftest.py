@@ -96,3 +96,37 @@ def stop_signal():
     preemption.reset()
     for sig in preemption.SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
+
+
+def write_overlay(tmp_path, name, data):
+    """A params overlay file (YAML is a superset of JSON)."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def sft_overrides(tmp_path, **sft_cfg):
+    """A fast SFT section for the tiny model; nested dicts merge into the defaults."""
+    base = {"max_steps": 8, "eval_steps": 4, "save_steps": 4, "batch_size": 4, "max_length": 128,
+            "learning_rate": 0.01, "logging_steps": 1, "checkpoint_dir": str(tmp_path / "ckpt"),
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}
+    for k, v in sft_cfg.items():
+        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
+    return {"sft": base}
+
+
+@pytest.fixture(scope="session")
+def sft_data(tmp_path_factory, tiny_base):
+    """A small arithmetic chat set in the canonical format, prepared by the real data stage."""
+    from posttrain.config import load_params
+    from posttrain.stages import prepare_data
+
+    tmp = tmp_path_factory.mktemp("sftdata")
+    rows = [{"messages": [{"role": "system", "content": "Answer with #### N."},
+                          {"role": "user", "content": f"What is {a} plus {b}?"},
+                          {"role": "assistant", "content": f"{a} + {b} = {a + b}.\n#### {a + b}"}]}
+            for a in range(2, 14) for b in range(3, 9)]
+    src = write_jsonl(tmp / "chat.jsonl", rows)
+    params = load_params([ROOT / "params.yaml", TINY_OVERLAY, write_overlay(tmp, "d", {"data": {"cleaning": {"near_dup": False}}})])
+    prepare_data.main(params, "sft", [str(src)], tmp / "sft", tokenizer_dir=tiny_base)
+    return tmp / "sft"

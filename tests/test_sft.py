@@ -1,46 +1,15 @@
 import json
-import signal
 import subprocess
-import time
 
 import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import ROOT, TINY_OVERLAY, bin_path, write_jsonl
+from conftest import ROOT, TINY_OVERLAY, bin_path, sft_overrides as _sft_overrides, write_overlay as _overlay
 from posttrain import checkpoints
 from posttrain.config import load_params
-from posttrain.stages import base_model, prepare_data, sft
-
-
-def _overlay(tmp_path, name, data):
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(json.dumps(data))
-    return path
-
-
-def _sft_overrides(tmp_path, **sft_cfg):
-    base = {"max_steps": 8, "eval_steps": 4, "save_steps": 4, "batch_size": 4, "max_length": 128,
-            "learning_rate": 0.01, "logging_steps": 1, "checkpoint_dir": str(tmp_path / "ckpt"),
-            "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}
-    for k, v in sft_cfg.items():
-        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
-    return {"sft": base}
-
-
-@pytest.fixture(scope="session")
-def sft_data(tmp_path_factory, tiny_base):
-    """A small arithmetic chat set in the canonical format, prepared by the real data stage."""
-    tmp = tmp_path_factory.mktemp("sftdata")
-    rows = [{"messages": [{"role": "system", "content": "Answer with #### N."},
-                          {"role": "user", "content": f"What is {a} plus {b}?"},
-                          {"role": "assistant", "content": f"{a} + {b} = {a + b}.\n#### {a + b}"}]}
-            for a in range(2, 14) for b in range(3, 9)]
-    src = write_jsonl(tmp / "chat.jsonl", rows)
-    params = load_params([ROOT / "params.yaml", TINY_OVERLAY, _overlay(tmp, "d", {"data": {"cleaning": {"near_dup": False}}})])
-    prepare_data.main(params, "sft", [str(src)], tmp / "sft", tokenizer_dir=tiny_base)
-    return tmp / "sft"
+from posttrain.stages import base_model, sft
 
 
 def _params(tmp_path, *overlays):
@@ -136,46 +105,6 @@ def _plain_template(tmp_path):
     path = tmp_path / "plain.jinja"
     path.write_text("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}")
     return path
-
-
-def test_incomplete_checkpoints_are_ignored_and_removed(tmp_path):
-    run = tmp_path / "run"
-    (run / "checkpoint-4").mkdir(parents=True)
-    (run / "checkpoint-4" / checkpoints.COMPLETE).write_text("4")
-    (run / "checkpoint-8").mkdir()           # killed mid-save: no marker
-    assert checkpoints.latest_complete(run) == run / "checkpoint-4"
-    assert not (run / "checkpoint-8").exists()
-
-
-def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, tiny_base, sft_data):
-    """SIGKILL the real stage after a checkpoint, rerun it: it resumes and ends where an
-    uninterrupted run ends."""
-    common = _sft_overrides(tmp_path, max_steps=16, save_steps=4, eval_steps=8, lora={"dropout": 0.1})
-    straight = _overlay(tmp_path, "straight", {"sft": {**common["sft"], "checkpoint_dir": str(tmp_path / "ck_a")}})
-    killed = _overlay(tmp_path, "killed", {"sft": {**common["sft"], "checkpoint_dir": str(tmp_path / "ck_b")}})
-
-    def cmd(overlay, out):
-        return [bin_path("posttrain"), "sft", "--base", str(tiny_base), "--data", str(sft_data), "--out", str(out),
-                "--params", str(ROOT / "params.yaml"), "--params", str(TINY_OVERLAY), "--params", str(overlay)]
-
-    subprocess.run(cmd(straight, tmp_path / "a"), check=True, capture_output=True)
-    proc = subprocess.Popen(cmd(killed, tmp_path / "b"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    run_dirs = lambda: list((tmp_path / "ck_b").glob("sft-*/checkpoint-8/" + checkpoints.COMPLETE))  # noqa: E731
-    while not run_dirs() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed; raise max_steps"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "b" / "manifest.json").exists()
-    subprocess.run(cmd(killed, tmp_path / "b"), check=True, capture_output=True)
-
-    a = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    b = json.loads((tmp_path / "b" / "metrics.json").read_text())
-    assert a["resumed_from_step"] is None and b["resumed_from_step"] >= 8
-    assert b["steps"] == a["steps"] == 16
-    assert b["train_loss_last"] == pytest.approx(a["train_loss_last"], rel=1e-5)
-    assert b["val_loss_last"] == pytest.approx(a["val_loss_last"], rel=1e-5)
 
 
 def test_early_stopping_ends_a_run_that_stops_improving(tmp_path, tiny_base, sft_data):

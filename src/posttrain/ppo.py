@@ -200,7 +200,7 @@ class PpoTrainer:
         torch.save(self.optimizer.state_dict(), ckpt / "optimizer.pt")
         self.state.save_to_json(str(ckpt / "trainer_state.json"))
         (ckpt / "ppo_state.json").write_text(json.dumps({"kl_coef": self.kl.value}))
-        (ckpt / checkpoints.COMPLETE).write_text(str(step))
+        checkpoints.mark_complete(ckpt, step)
         if self.on_save is not None:
             self.on_save(self.state, self.model)
         kept = sorted((int(d.name.split("-")[1]), d) for d in self.run_dir.glob("checkpoint-*") if d.is_dir())
