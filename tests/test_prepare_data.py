@@ -45,7 +45,8 @@ def test_every_format_into_sft_with_cleaning_counted(tmp_path, params, tiny_base
                                             {"prompt": "long " * 600, "completion": "too long"}])
     qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": "3+4?", "answer": "3 + 4 = 7.\n#### 7"}])
     out = tmp_path / "sft"
-    p = params(cleaning={"blocklist": ["cheap pills"], "max_tokens": 256}, max_reject_ratio=0.9, val_fraction=0.0)
+    p = params(cleaning={"blocklist": ["cheap pills"], "max_tokens": 256}, max_reject_ratio=0.9, max_too_long_ratio=0.5,
+               val_fraction=0.0)
     report = prepare_data.main(p, "sft", [str(alpaca), str(sharegpt), str(messages), str(pc), str(qa)], out,
                                tokenizer_dir=tiny_base)
     _counts_add_up(report)
@@ -113,6 +114,23 @@ def test_too_many_malformed_rows_fail_and_quarantine(tmp_path, params, monkeypat
     assert "3 of 4 rows are malformed" in msg and f"{src}:1: malformed_json" in msg
     assert len(read_jsonl(tmp_path / "logs/prepare-data/sft.rejected.jsonl")) == 3
     assert not (tmp_path / "out").exists()
+
+
+def test_too_many_over_length_rows_fail_naming_the_limit(tmp_path, params, monkeypatch, tiny_base):
+    """Over-length rows are dropped and counted; past data.max_too_long_ratio the stage fails."""
+    monkeypatch.chdir(tmp_path)
+    rows = [{"prompt": f"Question {i}?", "completion": ("word " * (300 if i % 2 else 3)).strip()} for i in range(8)]
+    src = write_jsonl(tmp_path / "long.jsonl", rows)
+    cleaning = {"max_tokens": 64, "near_dup": False}
+    with pytest.raises(prepare_data.DataError) as err:
+        prepare_data.main(params(cleaning=cleaning), "sft", [str(src)], tmp_path / "out", tokenizer_dir=tiny_base)
+    assert "4 of 8 rows are longer than data.cleaning.max_tokens=64" in str(err.value)
+    assert "data.max_too_long_ratio=20.0%" in str(err.value)
+    assert [r["reason"] for r in read_jsonl(tmp_path / "logs/prepare-data/sft.rejected.jsonl")] == ["too_long"] * 4
+    assert not (tmp_path / "out").exists()
+    prepare_data.main(params(cleaning=cleaning, max_too_long_ratio=0.5), "sft", [str(src)], tmp_path / "out",
+                      tokenizer_dir=tiny_base)
+    assert json.loads((tmp_path / "out/report.json").read_text())["dropped"] == {"too_long": 4}
 
 
 def test_nothing_left_fails_clearly(tmp_path, params, monkeypatch):

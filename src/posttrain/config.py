@@ -141,6 +141,9 @@ class DataParams(Section):
     # Fail the stage when more than this share of a source's rows is malformed: a wrong format
     # or a broken file should stop the run, not quietly shrink the dataset.
     max_reject_ratio: float = Field(0.05, ge=0.0, le=1.0)
+    # Fail when more than this share of a source's rows is over cleaning.max_tokens: the limit
+    # (or the source) is wrong, and training on the short remainder would skew the data.
+    max_too_long_ratio: float = Field(0.2, ge=0.0, le=1.0)
     seed: int = 0
 
 

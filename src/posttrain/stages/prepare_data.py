@@ -82,6 +82,7 @@ def main(params: Params, kind: str, inputs: list[str], out: Path, tokenizer_dir:
                 report.rows_out += 1
                 kept.append(row)
         _check_reject_ratio(spec, report, cfg.max_reject_ratio, rejected, kind)
+        _check_too_long_ratio(spec, report, cfg, rejected, kind)
 
     if not kept:
         _quarantine(kind, rejected)
@@ -280,6 +281,17 @@ def _check_reject_ratio(spec: str, report: SourceReport, limit: float, rejected:
             f"data.max_reject_ratio={limit:.1%}) as format {report.format}. First ones:\n  {shown}\n"
             f"All rejects: {QUARANTINE / (kind + '.rejected.jsonl')}. Fix the file, set its `format:`, "
             f"or raise data.max_reject_ratio.")
+
+
+def _check_too_long_ratio(spec: str, report: SourceReport, cfg, rejected: list[dict], kind: str) -> None:
+    too_long, limit = report.dropped["too_long"], cfg.max_too_long_ratio
+    if report.rows_in and too_long / report.rows_in > limit:
+        _quarantine(kind, rejected)
+        raise DataError(
+            f"{spec}: {too_long} of {report.rows_in} rows are longer than data.cleaning.max_tokens="
+            f"{cfg.cleaning.max_tokens} tokens ({too_long / report.rows_in:.1%} > data.max_too_long_ratio="
+            f"{limit:.1%}); the rows and their lengths: {QUARANTINE / (kind + '.rejected.jsonl')}. Raise "
+            f"cleaning.max_tokens (and the training max_length), or data.max_too_long_ratio.")
 
 
 def _quarantine(kind: str, rejected: list[dict]) -> None:
