@@ -97,7 +97,7 @@ def test_a_typo_fails_snakemake_dry_run_and_dvc_repro_naming_the_key(project):
 # files are compared without their timing keys, the others not at all.
 TIMED_NAMES = {"README.md", "harness.json", "metrics.json", "timings.json", "report.md", "report.html",
                "quant_log.csv"}
-TIMING_KEYS = {"tokens_per_second", "train_runtime_s", "quantize_seconds"}
+TIMING_KEYS = {"tokens_per_second", "train_runtime_s", "quantize_seconds", "write_seconds"}
 # An evaluation's settings name the folder it ran in, which differs between the two copies.
 PATH_KEYS = {"generation"}
 
