@@ -104,6 +104,9 @@ def test_report_table_charts_and_partial_flag(tmp_path):
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and 'id="metrics"' in page and 'id="reward-models"' in page
     assert 'id="rl-stages"' in page and "<td>0.316</td>" in page
+    # the stage costs and benchmark figures, linked from where the report lies (results/report/)
+    assert "[benchmarks/RESULTS.md](../../benchmarks/RESULTS.md)" in md
+    assert '<a href="../../benchmarks/RESULTS.md">' in page
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["rl_stages"]["safety"]["chosen_step"] == 4
 

@@ -113,6 +113,15 @@ SPEED_COLUMNS = ("parameters", "weights_mb", "tokens_per_second")
 SPEED_NOTE = "tokens/s: batched greedy generation during the evaluation, on the machine that ran it (wall-clock)."
 
 
+# Where the stages' wall time and memory (Snakemake's benchmark files) and the benchmark figures
+# are: the report sits in results/report/, the repository's benchmarks/ two levels up.
+COST_NOTE = ("Each stage's wall time and peak memory: `python benchmarks/stage_costs.py logs/benchmarks`. "
+             "Benchmarks (workflow overhead, training throughput, the demo's stage costs) and the machine they "
+             "ran on:")
+RESULTS_MD = "benchmarks/RESULTS.md"
+RESULTS_LINK = "../../benchmarks/RESULTS.md"
+
+
 def _markdown(table, metrics, partial, charts, curves, stages, speed) -> str:
     lines = ["# posttrain report", ""]
     if partial:
@@ -134,6 +143,7 @@ def _markdown(table, metrics, partial, charts, curves, stages, speed) -> str:
     lines += ["", "## Metrics", ""] + [f"![{p.stem}](plots/{p.name})" for p in charts]
     if curves:
         lines += ["", "## Training curves", ""] + [f"![{p.stem}](plots/{p.name})" for p in curves]
+    lines += ["", "## Cost", "", f"{COST_NOTE} [{RESULTS_MD}]({RESULTS_LINK})."]
     return "\n".join(lines) + "\n"
 
 
@@ -184,5 +194,6 @@ figure {{ margin: 0; }} figcaption {{ font-size: 0.8em; color: #666; }}
 {stage_tables}
 <h2>Metrics</h2><div class="grid" id="charts">{''.join(_img(p, p.stem) for p in charts)}</div>
 <h2>Training curves</h2><div class="grid" id="curves">{''.join(_img(p, p.stem) for p in curves)}</div>
+<h2>Cost</h2><p id="cost">{html.escape(COST_NOTE)} <a href="{RESULTS_LINK}">{RESULTS_MD}</a>.</p>
 </body></html>
 """
