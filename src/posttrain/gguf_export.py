@@ -120,7 +120,8 @@ def write(model_dir: Path, path: Path, *, weights: str, embeddings: str, name: s
     arch, permute = _architecture(config)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokens, token_types = _vocabulary(tokenizer, config.vocab_size)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    # in the stored precision; each tensor goes to float32 only while it is quantized
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
     state = model.state_dict()
     del model
     blocks = config.num_hidden_layers
@@ -165,7 +166,7 @@ def write(model_dir: Path, path: Path, *, weights: str, embeddings: str, name: s
         gguf_name = names.get_name(key, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise ValueError(f"{model_dir}: tensor {key} has no GGUF name for {config.model_type}")
-        array = tensor.numpy()
+        array = tensor.to(torch.float32).numpy()
         if permute and key.endswith("q_proj.weight"):
             array = _permute(array, heads)
         elif permute and key.endswith("k_proj.weight"):
