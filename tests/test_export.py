@@ -310,7 +310,7 @@ def test_a_gguf_export_is_evaluated_on_its_dequantized_weights(gguf_exports, tmp
     from posttrain.stages import evaluate
 
     folder = gguf_exports["q4_0"]
-    info = evaluate._dequantized_on_cpu(folder, tmp_path / "eval")
+    info = evaluate._dequantized_copy(folder, tmp_path / "eval")
     assert info["method"] == "gguf" and info["file"] == "model-q4_0.gguf"
     plain = AutoModelForCausalLM.from_pretrained(info["folder"])
     served = AutoModelForCausalLM.from_pretrained(folder, gguf_file="model-q4_0.gguf", dtype=torch.float32)

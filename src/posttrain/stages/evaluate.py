@@ -49,8 +49,9 @@ def resolve_model(folder: Path) -> tuple[Path, Path | None, dict]:
     return folder, None, manifest
 
 
-def _dequantized_on_cpu(weights: Path, out: Path) -> dict | None:
-    """A GPTQ model evaluated on a CPU runs on its dequantized weights (posttrain.gptq_format):
+def _dequantized_copy(weights: Path, out: Path) -> dict | None:
+    """A float32 copy to evaluate, or None. A GPTQ model evaluated on a CPU runs on its dequantized
+    weights (posttrain.gptq_format):
     the int4 CPU kernels decode batches dozens of times slower, and the quality the 4-bit
     weights keep is the same. On a GPU the kernels run as served. A GGUF export is always
     evaluated dequantized: transformers reads GGUF weights only that way."""
@@ -87,7 +88,7 @@ def main(params: Params, model_dir: Path, name: str, eval_dir: Path, heldout_dir
         raise ValueError(f"{model_dir}: the tokenizer's chat template differs from the one its manifest records; "
                          f"the model would be evaluated with a template it was not trained with")
     rows = [json.loads(line) for line in open(eval_dir / "test.jsonl")]
-    stored, quantized = weights, _dequantized_on_cpu(weights, out)
+    stored, quantized = weights, _dequantized_copy(weights, out)
     if quantized:
         weights = quantized["folder"]
 
