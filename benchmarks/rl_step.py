@@ -1,13 +1,18 @@
-"""Where a GRPO step's time goes, measured side by side in one run.
+"""Where a GRPO step's and a PPO step's time goes, measured side by side in one run.
 
     .venv/bin/python benchmarks/rl_step.py                                   # tiny random model
-    .venv/bin/python benchmarks/rl_step.py --model results/sft/merged --prompts results/data/prompts
+    .venv/bin/python benchmarks/rl_step.py --model results/sft --prompts results/data/prompts \
+        --reward results/reward/helpful --lora-layers 8
 
 Prints:
   1. generation of the same sampled batch with the LoRA adapter unmerged (what GRPOTrainer does
      by default) and merged into the weights (what the RL stage does), and their ratio;
-  2. one RL stage's steps split into generation, reward scoring and the rest (log-probabilities,
-     backward pass, optimizer), as shares of the step time.
+  2. a GRPO stage's steps split into generation, reward scoring and the rest (log-probabilities,
+     backward pass, optimizer), as shares of the stage's time;
+  3. a PPO stage's (posttrain.ppo) split into generation, reward scoring (the reward model and
+     the rule rewards), the rollout's log-probabilities / reference / values, the PPO updates, and
+     the rest (held-out selection scoring, saving). Without --reward, a tiny reward model is
+     trained first (its quality does not matter: it scores and seeds the critic).
 """
 
 from __future__ import annotations
@@ -77,7 +82,7 @@ def generation(model_dir: Path, prompts_dir: Path, n: int, tokens: int, lora_lay
           f"ratio {unmerged / merged:.2f}")
 
 
-def step_breakdown(model_dir: Path, prompts_dir: Path, steps: int, overlay: dict) -> None:
+def step_breakdown(model_dir: Path, prompts_dir: Path, steps: int, overlay: dict, lora_layers: int | None) -> None:
     from posttrain.config import load_params
     from posttrain.stages import rl
 
@@ -101,7 +106,8 @@ def step_breakdown(model_dir: Path, prompts_dir: Path, steps: int, overlay: dict
         path = Path(tmp) / "overlay.json"
         st = {"name": "bench", "subsets": ["arithmetic"], "rewards": [{"name": "accuracy"}], "max_steps": steps,
               "save_steps": steps, **overlay}
-        path.write_text(json.dumps({"rl": {"stages": [st], "selection_prompts": 1, "checkpoint_dir": tmp}}))
+        path.write_text(json.dumps({"rl": {"stages": [st], "selection_prompts": 1, "checkpoint_dir": tmp,
+                                           "lora": {"layers": lora_layers}}}))
         params = load_params([ROOT / "params.yaml", path])
         start = time.perf_counter()
         trainer_steps = _train(rl, params, model_dir, prompts_dir, Path(tmp))
@@ -113,6 +119,71 @@ def step_breakdown(model_dir: Path, prompts_dir: Path, steps: int, overlay: dict
           f"log-probs + backward + optimizer + the rest {rest / total:.0%}")
 
 
+def ppo_breakdown(model_dir: Path, prompts_dir: Path, reward_dir: Path, steps: int, tokens: int,
+                  lora_layers: int | None) -> None:
+    from posttrain import ppo
+    from posttrain.config import load_params
+    from posttrain.stages import rl
+
+    spent = {"generation": 0.0, "scoring": 0.0, "rollout": 0.0, "step": 0.0}
+    inside = {"rollout": False}
+    cls = ppo.PpoTrainer
+
+    def clocked(fn, key, flag=None, only_in=None):
+        def wrapper(*args, **kwargs):
+            if only_in and not inside[only_in]:   # generation outside a rollout: held-out selection
+                return fn(*args, **kwargs)
+            if flag:
+                inside[flag] = True
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - start
+                if flag:
+                    inside[flag] = False
+        return wrapper
+
+    init = cls.__init__
+
+    def instrumented_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.reward_fn = clocked(self.reward_fn, "scoring")
+        self.model.generate = clocked(self.model.generate, "generation", only_in="rollout")
+
+    cls.__init__ = instrumented_init
+    cls._rollout = clocked(cls._rollout, "rollout", flag="rollout")
+    cls.step = clocked(cls.step, "step")
+    st = {"name": "bench", "algorithm": "ppo", "subsets": ["arithmetic"], "max_steps": steps, "save_steps": steps,
+          "rewards": [{"name": "reward_model", "aspect": "helpful"}, {"name": "accuracy"}],
+          "max_completion_length": tokens, "prompts_per_step": 4, "num_generations": 4,
+          "ppo": {"epochs": 2, "mini_batches": 2}}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "overlay.json"
+        path.write_text(json.dumps({"rl": {"stages": [st], "selection_prompts": 1, "checkpoint_dir": tmp,
+                                           "lora": {"layers": lora_layers}}}))
+        params = load_params([ROOT / "params.yaml", path])
+        start = time.perf_counter()
+        rl.main(params, "bench", model_dir, prompts_dir, {"helpful": reward_dir}, Path(tmp) / "out")
+        total = time.perf_counter() - start
+    logprobs = spent["rollout"] - spent["generation"] - spent["scoring"]
+    updates = spent["step"] - spent["rollout"]
+    rest = total - spent["step"]
+    print(f"PPO, {steps} steps of {st['prompts_per_step']} prompts x {st['num_generations']} completions, "
+          f"{total:.1f} s in all: generation "
+          f"{spent['generation'] / total:.0%}, reward scoring {spent['scoring'] / total:.0%}, rollout log-probs + "
+          f"reference + values {logprobs / total:.0%}, PPO updates (2 epochs x 2 mini-batches) {updates / total:.0%}, "
+          f"the rest (model loading, held-out selection, saving) {rest / total:.0%}")
+
+
+def _tiny_reward_model(tmp: Path, base: Path) -> Path:
+    from conftest import train_tiny_reward_model
+
+    rows = [{"prompt": f"What is {a} plus 3?", "chosen": f"{a} plus 3 is {a + 3}.", "rejected": "No.",
+             "subset": "helpful"} for a in range(2, 30)]
+    return train_tiny_reward_model(tmp, base, rows)
+
+
 def _train(rl, params, model_dir: Path, prompts_dir: Path, tmp: Path) -> int:
     rl.main(params, "bench", model_dir, prompts_dir, {}, tmp / "out")
     return json.loads((tmp / "out" / "metrics.json").read_text())["steps"]
@@ -122,18 +193,25 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="a stage's model folder, e.g. results/sft (default: a tiny random model)")
     ap.add_argument("--prompts", type=Path, help="prepared prompts (results/data/prompts)")
+    ap.add_argument("--reward", type=Path, help="a reward model for PPO's critic and scoring (results/reward/helpful)")
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--lora-layers", type=int, default=None)
+    ap.add_argument("--lora-layers", type=int, default=None,
+                    help="LoRA on the top N layers (the demo's rl.lora.layers is 8); default: every layer")
     args = ap.parse_args()
+    if args.model and not args.reward:
+        ap.error("--model needs --reward (a reward model trained for it, e.g. results/reward/helpful)")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
         model, prompts = (args.model, args.prompts) if args.model else _tiny(Path(tmp))
         for layers in sorted({None, args.lora_layers}, key=lambda n: n or 0):
             print(f"LoRA on {'every layer' if layers is None else f'the top {layers} layers'}:")
             generation(model, prompts, args.rows, args.tokens, layers)
-        step_breakdown(model, prompts, args.steps, {"max_completion_length": args.tokens, "beta": 0.0})
+        step_breakdown(model, prompts, args.steps, {"max_completion_length": args.tokens, "beta": 0.0},
+                       args.lora_layers)
+        rm = args.reward or _tiny_reward_model(Path(tmp), model)
+        ppo_breakdown(model, prompts, rm, args.steps, args.tokens, args.lora_layers)
     return 0
 
 

@@ -130,3 +130,18 @@ def sft_data(tmp_path_factory, tiny_base):
     params = load_params([ROOT / "params.yaml", TINY_OVERLAY, write_overlay(tmp, "d", {"data": {"cleaning": {"near_dup": False}}})])
     prepare_data.main(params, "sft", [str(src)], tmp / "sft", tokenizer_dir=tiny_base)
     return tmp / "sft"
+
+
+def train_tiny_reward_model(tmp, base, rows, aspect="helpful"):
+    """A LoRA reward model trained from `base` by the real stage on preference `rows` (a few
+    steps; for tests and benchmarks that need one to score with, not a good one)."""
+    from posttrain.config import load_params
+    from posttrain.stages import prepare_data, reward
+
+    params = load_params([ROOT / "params.yaml", TINY_OVERLAY])
+    params.data.cleaning.near_dup = False
+    prepare_data.main(params, "preference", [str(write_jsonl(tmp / "pairs.jsonl", rows))], tmp / "pref",
+                      tokenizer_dir=base)
+    overlay = write_overlay(tmp, "rm", {"reward": {"init": "base", "checkpoint_dir": str(tmp / "rm-ckpt")}})
+    reward.main(load_params([ROOT / "params.yaml", TINY_OVERLAY, overlay]), aspect, base, tmp / "pref", tmp / "rm")
+    return tmp / "rm"

@@ -181,3 +181,26 @@ def test_evaluate_scores_responses_with_reward_models_and_a_reference(tmp_path, 
     assert other["win_rate_vs_reference"] == pytest.approx(sum(wins) / len(wins))
     manifest = json.loads((tmp_path / "short" / "manifest.json").read_text())
     assert {"reward:helpful", "reward:safety", "reference"} <= set(manifest["inputs"])
+
+
+def test_the_reference_responses_scores_are_reused_only_from_the_same_reward_model(tmp_path, tiny_base, eval_dir,
+                                                                                reward_models, monkeypatch):
+    from posttrain.reward_model import RewardModel
+
+    evaluate.main(_params(tmp_path), tiny_base, "sft", eval_dir, None, tmp_path / "sft", reward_dirs=reward_models)
+    passes, real = [], RewardModel.score
+
+    def counted(self, prompts, responses, **kwargs):
+        passes.append(len(responses))
+        return real(self, prompts, responses, **kwargs)
+
+    monkeypatch.setattr(RewardModel, "score", counted)
+    same = evaluate.main(_params(tmp_path), tiny_base, "again", eval_dir, None, tmp_path / "again",
+                         reward_dirs=reward_models, reference=tmp_path / "sft")["metrics"]
+    assert len(passes) == 2                  # one pass per aspect over this model's own responses
+    assert same["win_rate_vs_reference"] == 0.5                  # the same weights: every comparison a tie
+    passes.clear()
+    swapped = {"helpful": reward_models["safety"], "safety": reward_models["helpful"]}
+    evaluate.main(_params(tmp_path), tiny_base, "swapped", eval_dir, None, tmp_path / "swapped",
+                  reward_dirs=swapped, reference=tmp_path / "sft")
+    assert len(passes) == 3                  # the reference scored with another model: its responses again

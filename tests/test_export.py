@@ -318,3 +318,17 @@ def test_a_gguf_export_is_evaluated_on_its_dequantized_weights(gguf_exports, tmp
     with torch.no_grad():
         assert torch.equal(plain(input_ids=ids).logits, served(input_ids=ids).logits)
     assert (info["folder"] / "tokenizer.json").is_file() and (info["folder"] / "generation_config.json").is_file()
+
+
+def test_an_adapter_is_evaluated_merged_into_its_base_as_it_is_served(sft_model, merged, tiny_base):
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.stages import evaluate
+
+    model = evaluate._load(tiny_base, sft_model[0] / "adapter")
+    assert not any("lora" in name for name, _ in model.named_parameters())   # folded in, not beside
+    assert next(model.parameters()).dtype == torch.float32 and not model.training
+    served = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
+    ids = torch.tensor([[1, 5, 9, 14, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, served(input_ids=ids).logits, atol=2e-2, rtol=0)

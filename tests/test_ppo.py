@@ -10,12 +10,12 @@ import torch
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import ROOT, TINY_OVERLAY, write_jsonl
+from conftest import ROOT, TINY_OVERLAY, train_tiny_reward_model, write_jsonl
 from posttrain import training
 from posttrain.config import PpoParams, load_params
 from posttrain.ppo import PpoTrainer, response_mask
 from posttrain.ppo_critic import AdapterCritic, RewardModelCritic
-from posttrain.stages import prepare_data, reward, rl
+from posttrain.stages import prepare_data, rl
 
 
 @pytest.fixture(scope="module")
@@ -34,18 +34,9 @@ def prompts(tmp_path_factory, tiny_base):
 @pytest.fixture(scope="module")
 def helpful_rm(tmp_path_factory, tiny_base):
     """A tiny LoRA reward model (its quality does not matter here: it scores and seeds the critic)."""
-    tmp = tmp_path_factory.mktemp("ppo_rm")
     rows = [{"prompt": f"Name {n} fruits.", "chosen": " ".join(["apple"] * n), "rejected": "No.", "subset": "helpful"}
             for n in range(2, 30)]
-    params = load_params([ROOT / "params.yaml", TINY_OVERLAY])
-    params.data.cleaning.near_dup = False
-    prepare_data.main(params, "preference", [str(write_jsonl(tmp / "pairs.jsonl", rows))], tmp / "pref",
-                      tokenizer_dir=tiny_base)
-    overlay = tmp / "rm.yaml"
-    overlay.write_text(json.dumps({"reward": {"init": "base", "checkpoint_dir": str(tmp / "ckpt")}}))
-    reward.main(load_params([ROOT / "params.yaml", TINY_OVERLAY, overlay]), "helpful", tiny_base, tmp / "pref",
-                tmp / "rm")
-    return tmp / "rm"
+    return train_tiny_reward_model(tmp_path_factory.mktemp("ppo_rm"), tiny_base, rows)
 
 
 def _params(tmp_path, **stage):

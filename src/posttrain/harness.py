@@ -365,12 +365,14 @@ def _metrics(per_task: dict) -> dict[str, float]:
 
 
 def run_harness(model_dir: Path, tasks: list[str], task_dir: Path, *, adapter_dir: Path | None = None,
-                limit: int | None = None, max_new_tokens: int = 64, batch_size: int = 8,
+                model=None, limit: int | None = None, max_new_tokens: int = 64, batch_size: int = 8,
                 seed: int = 0) -> dict:
     """Run lm-eval's `hf` model on `tasks` (written by `write_tasks` into `task_dir`).
 
     Greedy, with the model's own chat template; `adapter_dir` loads a PEFT adapter on top of
-    `model_dir` (and its tokenizer, when it saved one). `limit` keeps the first `limit` docs of
+    `model_dir` (and its tokenizer, when it saved one). `model`: the model already loaded from
+    those folders (e.g. with the adapter merged), used as it is instead of loading them again.
+    `limit` keeps the first `limit` docs of
     each task. A name in `tasks` that `task_dir` does not define is looked up among lm-eval's own
     tasks (gsm8k, ifeval, ...), with that task's default shots; its dataset comes from the hub
     (or, with HF_DATASETS_OFFLINE=1, the datasets cache). Our own tasks and local model folders
@@ -400,13 +402,16 @@ def run_harness(model_dir: Path, tasks: list[str], task_dir: Path, *, adapter_di
 
     model_args: dict[str, Any] = {"pretrained": str(model_dir), "tokenizer": str(tokenizer_dir),
                                   "dtype": dtype, "trust_remote_code": False}
-    if adapter_dir is not None:
+    if adapter_dir is not None and model is None:
         model_args["peft"] = str(adapter_dir)
     # Standard task names (gsm8k, ifeval, ...) need lm-eval's own task index, which takes seconds
     # to build and could shadow ours; it is only loaded when asked for.
     local = {p.stem for p in task_dir.glob(f"{TASK_PREFIX}*.yaml")}
     standard = [t for t in tasks if t not in local]
-    lm = HFLM(device=device, batch_size=batch_size, **model_args)
+    if model is not None:
+        lm = HFLM(pretrained=model, tokenizer=str(tokenizer_dir), batch_size=batch_size)
+    else:
+        lm = HFLM(device=device, batch_size=batch_size, **model_args)
 
     gen_kwargs = {"max_gen_toks": max_new_tokens, "do_sample": False, "temperature": 0.0,
                   "eos_token_id": _stop_token_ids(lm.tokenizer, getattr(lm.model, "generation_config", None))}

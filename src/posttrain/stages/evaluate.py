@@ -29,7 +29,7 @@ from pathlib import Path
 from posttrain import chat, gptq_format, harness, models
 from posttrain.config import Params, section
 from posttrain.generation import assistant_nll, generate
-from posttrain.manifest import require_manifest, write_json, write_manifest
+from posttrain.manifest import input_hash, require_manifest, write_json, write_manifest
 from posttrain.refusal import is_refusal
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,28 @@ def _dequantized_copy(weights: Path, out: Path) -> dict | None:
             "evaluated_as": "dequantized float32 weights (CPU)", "folder": folder}
 
 
+def _load(weights: Path, adapter: Path | None):
+    """The model to evaluate, loaded once for every part of the suite: float32 on a CPU (bf16
+    matmuls are slow there, and float32 keeps greedy choices reproducible), the stored dtype on a
+    GPU. An adapter is merged into the weights, as the model is served: unmerged, each of its
+    LoRA layers adds two small matmuls to every decoding step (35 % slower generation, measured
+    in benchmarks/rl_step.py)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cuda = torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(weights, dtype="auto" if cuda else torch.float32,
+                                                 **({"device_map": "cuda"} if cuda else {}))
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    return model.eval()
+
+
 def main(params: Params, model_dir: Path, name: str, eval_dir: Path, heldout_dir: Path | None, out: Path,
          reward_dirs: dict[str, Path] | None = None, reference: Path | None = None) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     cfg = params.evaluate
     weights, adapter, manifest = resolve_model(model_dir)
@@ -97,24 +116,20 @@ def main(params: Params, model_dir: Path, name: str, eval_dir: Path, heldout_dir
     if task_dir.exists():
         shutil.rmtree(task_dir)
     tasks = harness.write_tasks(eval_dir / "test.jsonl", task_dir, limit=cfg.limit)
+    model = _load(weights, adapter)
     result = harness.run_harness(weights, tasks + list(cfg.harness_tasks), task_dir, adapter_dir=adapter,
-                                 limit=cfg.limit, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                                 seed=cfg.seed)
+                                 model=model, limit=cfg.limit, max_new_tokens=cfg.max_new_tokens,
+                                 batch_size=cfg.batch_size, seed=cfg.seed)
     shutil.rmtree(task_dir, ignore_errors=True)
     metrics = dict(result["metrics"])
     samples = [{**s, "task": task} for task, items in result["samples"].items() for s in items]
 
-    # 2. Safety and perplexity with the model in memory; its size, and how fast it generates.
-    model = AutoModelForCausalLM.from_pretrained(weights)
+    # 2. Safety and perplexity with the same model; its size, and how fast it generates.
     metrics["parameters"] = sum(p.numel() for p in model.parameters())
     if getattr(model, "hf_quantizer", None) is not None and manifest.get("parameters"):
         metrics["parameters"] = manifest["parameters"]  # packed 4-bit tensors count 8 weights per element
     metrics["weights_mb"] = models.weights_mb(stored)
     timings = {"generated_tokens": 0, "generation_seconds": 0.0, "batch_size": cfg.batch_size}
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter)
     for subset, metric in (("harmful", "harmful_refusal_rate"), ("benign", "benign_overrefusal_rate")):
         picked = [r for r in rows if r["subset"] == subset][: cfg.limit or None]
         if not picked:
@@ -181,9 +196,9 @@ def _reward_metrics(samples: list[dict], rows: list[dict], reward_dirs: dict[str
 
     by_id = {r["id"]: r for r in rows}
     metrics: dict = {}
-    ref_samples = None
+    ref_samples, ref_inputs = None, {}
     if reference is not None:
-        require_manifest(reference, f"evaluate:{cfg.reference}")
+        ref_inputs = require_manifest(reference, f"evaluate:{cfg.reference}").get("inputs", {})
         ref_samples = {(s["task"], s.get("id") or s["prompt"]): s for s in map(json.loads, open(reference / "samples.jsonl"))}
     for aspect, folder in sorted(reward_dirs.items()):
         subsets = cfg.rm_subsets.get(aspect)
@@ -206,8 +221,15 @@ def _reward_metrics(samples: list[dict], rows: list[dict], reward_dirs: dict[str
         pairs = [(s, r) for s, r in pairs if r is not None and r.get("response") is not None]
         if not pairs:
             raise ValueError(f"{reference}: no responses to the same prompts as {name}; re-run its evaluation")
-        ref_scores = rm.score([_prompt_of(r, by_id) for _, r in pairs], [r["response"] for _, r in pairs],
-                              batch_size=cfg.batch_size)
+        # The reference's own evaluation stored its responses' scores; they are reused when that
+        # evaluation used this very reward model (same manifest hash), else scored again.
+        stored = [r.get("rm_scores", {}).get(aspect) for _, r in pairs]
+        same_rm = ref_inputs.get(f"reward:{aspect}", {}).get("sha256") == input_hash(folder)
+        if same_rm and all(v is not None for v in stored):
+            ref_scores = stored
+        else:
+            ref_scores = rm.score([_prompt_of(r, by_id) for _, r in pairs], [r["response"] for _, r in pairs],
+                                  batch_size=cfg.batch_size)
         wins = [1.0 if s["rm_scores"][aspect] > round(v, 6) else 0.5 if s["rm_scores"][aspect] == round(v, 6) else 0.0
                 for (s, _), v in zip(pairs, ref_scores)]
         metrics["win_rate_vs_reference"] = sum(wins) / len(wins)
