@@ -12,6 +12,7 @@ for _stage in STAGES:
         output:
             [directory(o) for o in _stage.outs],
         threads: _stage.threads or (workflow.cores if _stage.all_cores else 1)
+        priority: _stage.priority
         # wall time, peak memory and CPU time per rule (benchmarks/stage_costs.py gathers them)
         benchmark:
             f"logs/benchmarks/{_stage.name}.tsv"

@@ -206,3 +206,12 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     diff = json.loads(run([bin_path("dvc"), "metrics", "diff", "HEAD", "--json"], other).stdout)
     changed = diff["results/report/metrics.json"]
     assert "base.perplexity" in changed and changed["base.perplexity"]["old"] != changed["base.perplexity"]["new"]
+
+
+def test_the_stages_every_evaluation_waits_for_are_scheduled_first():
+    from posttrain.config import load_params
+    from posttrain.pipeline import stages
+
+    priority = {s.name: s.priority for s in stages(load_params([ROOT / "params.yaml"]))}
+    assert priority["reward_helpful"] == priority["reward_safety"] == priority["evaluate_sft"] > 0
+    assert not [n for n, p in priority.items() if p and n not in ("reward_helpful", "reward_safety", "evaluate_sft")]

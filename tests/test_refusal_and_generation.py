@@ -53,3 +53,25 @@ def test_assistant_nll_counts_only_assistant_tokens(tiny_base):
     expected = len(tok("yes<|im_end|>", add_special_tokens=False)["input_ids"])
     assert n == expected and nll > 0
     assert math.exp(nll / n) > 1
+
+
+def test_generation_stages_compute_on_a_fixed_thread_count_whatever_the_tool_set():
+    import torch
+
+    from posttrain.generation import GENERATION_THREADS, generation_threads
+    from posttrain.pipeline import stages
+    from posttrain.config import load_params
+    from conftest import ROOT
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)        # what DVC leaves on a 2-core machine; Snakemake would say 1
+    try:
+        with generation_threads():
+            inside = torch.get_num_threads()
+        assert inside == GENERATION_THREADS and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    # and the DAG schedules those rules on that many cores (a rule that is not all_cores gets 1)
+    table = {s.name: s for s in stages(load_params([ROOT / "params.yaml"]))}
+    generating = [s for n, s in table.items() if n.startswith("evaluate_") or n == "distill_samples"]
+    assert generating and GENERATION_THREADS == 1 and not any(s.all_cores or s.threads for s in generating)

@@ -8,6 +8,29 @@ from contextlib import contextmanager
 import torch
 
 
+# The stages that mostly generate (evaluation, the distillation teacher's sampling) compute on
+# this many CPU threads whichever tool starts them: Snakemake sets OMP_NUM_THREADS to a rule's
+# threads and DVC sets nothing, and a float sum can end in another last bit when more threads
+# split it, which a greedy choice can follow, so a fixed count keeps both tools' numbers identical.
+# One is also the better use of a small machine: decoding a small model gains little from a
+# second thread, and two such stages run side by side (README, Evaluation). The DAG gives
+# these rules the same count.
+GENERATION_THREADS = 1
+
+
+@contextmanager
+def generation_threads():
+    """Compute on GENERATION_THREADS CPU threads inside the block (what a GPU computes is not
+    affected); the previous count comes back after it."""
+    before = torch.get_num_threads()
+    if not torch.cuda.is_available():
+        torch.set_num_threads(GENERATION_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def stop_ids(tokenizer) -> list[int]:
     """Token ids that end an assistant turn: EOS and ChatML's <|im_end|> where the vocabulary has it."""
     return [t for t in {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}

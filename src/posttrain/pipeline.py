@@ -52,6 +52,9 @@ DVC_HEADER = ("# Generated from posttrain/pipeline.py by `posttrain dag --write`
               "# tests/test_dag.py fails when this file and the Snakefile's rules drift apart.\n")
 
 
+GATES_EVALUATIONS = 10   # Stage.priority of the stages every evaluation but one waits for
+
+
 @dataclass
 class Stage:
     name: str                      # rule / stage name (an identifier)
@@ -76,6 +79,9 @@ class Stage:
     # The stage kind (a CODE key: sft, rl, evaluate, ...) and the Snakemake resources of its rule.
     kind: str = ""
     resources: dict = field(default_factory=dict)
+    # Snakemake runs ready jobs of higher priority first: the reward models and the reference
+    # evaluation gate every other evaluation, so they go before work that nothing waits on yet.
+    priority: int = 0
 
     @property
     def threads(self) -> int | None:
@@ -251,7 +257,8 @@ def _reward_models(params: Params, table: list[Stage]) -> list[Stage]:
                                               "--out", folder],
                          [init, data], [folder], ["reward"], metrics=[f"{folder}/metrics.json"],
                          plots=[{f"{folder}/log.csv": {"x": "step", "y": ["train_accuracy", "val_accuracy"]}}],
-                         launcher=_launcher(params.reward.gpus, params.reward.strategy), all_cores=True))
+                         launcher=_launcher(params.reward.gpus, params.reward.strategy), all_cores=True,
+                         priority=GATES_EVALUATIONS))
     return out
 
 
@@ -324,7 +331,7 @@ def _distill(params: Params, table: list[Stage], sources: dict) -> list[Stage]:
     return [
         Stage("student_base", ["student-base", "--base", base, *calibration, *from_teacher, "--out", student_base],
               [base, *calibration[1:], *from_teacher[1:]], [student_base], ["distill"]),
-        # generation-bound, like the evaluations: one core (see _evaluation)
+        # generation-bound, like the evaluations: GENERATION_THREADS cores (see _evaluation)
         Stage("distill_samples", ["distill-samples", "--teacher", teacher, "--prompts", prompts, "--out", samples],
               [teacher, prompts], [samples], ["distill"], metrics=[f"{samples}/metrics.json"]),
         trained("distill_baseline", ["distill", "--baseline", "--student", student_base, "--data", sft_data],
@@ -426,11 +433,13 @@ def _evaluation(params: Params, table: list[Stage], sources: dict) -> list[Stage
         if reference and name != reference:
             args += ["--reference", str(RESULTS / "eval" / reference)]
             deps.append(str(RESULTS / "eval" / reference))
-        # One core each: greedy decoding of a small model gains little from a second thread (a
-        # batch of 16 x 64 tokens: 19.7 s on one core, 15.8 s on two), so on a small machine two
-        # evaluations side by side finish sooner than one after the other (21 s for both).
+        # One core each (posttrain.generation.GENERATION_THREADS, which the command pins too):
+        # greedy decoding of a small model gains little from a second thread (a batch of 16 x 64
+        # tokens: 19.7 s on one core, 15.8 s on two), so on a small machine two evaluations side
+        # by side finish sooner than one after the other (21 s for both).
         stages.append(Stage(f"evaluate_{name}", [*args, "--out", out], deps, [out], ["evaluate"],
-                            metrics=[f"{out}/metrics.json"], env=EXPORT_ENV if name in quantized else ""))
+                            metrics=[f"{out}/metrics.json"], env=EXPORT_ENV if name in quantized else "",
+                            priority=GATES_EVALUATIONS if name == reference else 0))
     evals = [str(RESULTS / "eval" / name) for name in models]  # the report lists models in DAG order
     report = str(RESULTS / "report")
     curves = [m for n, m in models.items() if n != "base"] + list(rms.values())  # every training stage

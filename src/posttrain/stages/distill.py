@@ -126,6 +126,13 @@ def _describe(source: dict) -> str:
 
 
 def samples(params: Params, teacher_dir: Path, prompts_dir: Path, out: Path) -> dict:
+    from posttrain.generation import generation_threads
+
+    with generation_threads():   # the same samples whichever tool runs the stage
+        return _samples(params, teacher_dir, prompts_dir, out)
+
+
+def _samples(params: Params, teacher_dir: Path, prompts_dir: Path, out: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from posttrain.generation import generate

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from posttrain import chat, gptq_format, harness, models
 from posttrain.config import Params, section
-from posttrain.generation import assistant_nll, generate
+from posttrain.generation import assistant_nll, generate, generation_threads
 from posttrain.manifest import input_hash, require_manifest, write_json, write_manifest
 from posttrain.refusal import is_refusal
 
@@ -97,6 +97,12 @@ def _load(weights: Path, adapter: Path | None):
 
 def main(params: Params, model_dir: Path, name: str, eval_dir: Path, heldout_dir: Path | None, out: Path,
          reward_dirs: dict[str, Path] | None = None, reference: Path | None = None) -> dict:
+    with generation_threads():   # the same numbers whichever tool runs the stage
+        return _evaluate(params, model_dir, name, eval_dir, heldout_dir, out, reward_dirs, reference)
+
+
+def _evaluate(params: Params, model_dir: Path, name: str, eval_dir: Path, heldout_dir: Path | None, out: Path,
+              reward_dirs: dict[str, Path] | None, reference: Path | None) -> dict:
     from transformers import AutoTokenizer
 
     cfg = params.evaluate
