@@ -82,36 +82,52 @@ def generation(model_dir: Path, prompts_dir: Path, n: int, tokens: int, lora_lay
           f"ratio {unmerged / merged:.2f}")
 
 
-def step_breakdown(model_dir: Path, prompts_dir: Path, steps: int, overlay: dict, lora_layers: int | None) -> None:
+def _clocked(fn, spent: dict, key: str, inside: dict | None = None, flag: str | None = None,
+             only_in: str | None = None):
+    """`fn`, adding its run time to spent[key]. `flag`: marks inside[flag] while it runs;
+    `only_in`: counts only calls made while inside[only_in] is marked."""
+    def wrapper(*args, **kwargs):
+        if only_in and not inside[only_in]:
+            return fn(*args, **kwargs)
+        if flag:
+            inside[flag] = True
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[key] += time.perf_counter() - start
+            if flag:
+                inside[flag] = False
+    return wrapper
+
+
+def _run_stage(st: dict, lora_layers: int | None, model_dir: Path, prompts_dir: Path,
+               reward_dirs: dict[str, Path]) -> tuple[float, int]:
+    """Runs the RL stage `st` (merged into the demo params) and returns (seconds, steps)."""
     from posttrain.config import load_params
     from posttrain.stages import rl
 
-    from trl import GRPOTrainer
-
-    spent = {"generation": 0.0, "scoring": 0.0}
-    cls = GRPOTrainer  # the stage's trainer subclasses it and calls these through super()
-
-    def clocked(method, key):
-        def wrapper(self, *args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return method(self, *args, **kwargs)
-            finally:
-                spent[key] += time.perf_counter() - start
-        return wrapper
-
-    cls._generate_single_turn = clocked(cls._generate_single_turn, "generation")
-    cls._calculate_rewards = clocked(cls._calculate_rewards, "scoring")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "overlay.json"
-        st = {"name": "bench", "subsets": ["arithmetic"], "rewards": [{"name": "accuracy"}], "max_steps": steps,
-              "save_steps": steps, **overlay}
         path.write_text(json.dumps({"rl": {"stages": [st], "selection_prompts": 1, "checkpoint_dir": tmp,
                                            "lora": {"layers": lora_layers}}}))
         params = load_params([ROOT / "params.yaml", path])
         start = time.perf_counter()
-        trainer_steps = _train(rl, params, model_dir, prompts_dir, Path(tmp))
+        rl.main(params, st["name"], model_dir, prompts_dir, reward_dirs, Path(tmp) / "out")
         total = time.perf_counter() - start
+        return total, json.loads((Path(tmp) / "out" / "metrics.json").read_text())["steps"]
+
+
+def step_breakdown(model_dir: Path, prompts_dir: Path, steps: int, overlay: dict, lora_layers: int | None) -> None:
+    from trl import GRPOTrainer
+
+    spent = {"generation": 0.0, "scoring": 0.0}
+    cls = GRPOTrainer  # the stage's trainer subclasses it and calls these through super()
+    cls._generate_single_turn = _clocked(cls._generate_single_turn, spent, "generation")
+    cls._calculate_rewards = _clocked(cls._calculate_rewards, spent, "scoring")
+    st = {"name": "bench", "subsets": ["arithmetic"], "rewards": [{"name": "accuracy"}], "max_steps": steps,
+          "save_steps": steps, **overlay}
+    total, trainer_steps = _run_stage(st, lora_layers, model_dir, prompts_dir, {})
     rest = total - spent["generation"] - spent["scoring"]
     print(f"GRPO, {trainer_steps} steps of {st.get('prompts_per_step', 4)} prompts x {st.get('num_generations', 4)} "
           f"completions, {total:.1f} s in all (incl. held-out scoring and saving): generation "
@@ -122,50 +138,26 @@ def step_breakdown(model_dir: Path, prompts_dir: Path, steps: int, overlay: dict
 def ppo_breakdown(model_dir: Path, prompts_dir: Path, reward_dir: Path, steps: int, tokens: int,
                   lora_layers: int | None) -> None:
     from posttrain import ppo
-    from posttrain.config import load_params
-    from posttrain.stages import rl
 
     spent = {"generation": 0.0, "scoring": 0.0, "rollout": 0.0, "step": 0.0}
     inside = {"rollout": False}
     cls = ppo.PpoTrainer
-
-    def clocked(fn, key, flag=None, only_in=None):
-        def wrapper(*args, **kwargs):
-            if only_in and not inside[only_in]:   # generation outside a rollout: held-out selection
-                return fn(*args, **kwargs)
-            if flag:
-                inside[flag] = True
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent[key] += time.perf_counter() - start
-                if flag:
-                    inside[flag] = False
-        return wrapper
-
     init = cls.__init__
 
     def instrumented_init(self, *args, **kwargs):
         init(self, *args, **kwargs)
-        self.reward_fn = clocked(self.reward_fn, "scoring")
-        self.model.generate = clocked(self.model.generate, "generation", only_in="rollout")
+        self.reward_fn = _clocked(self.reward_fn, spent, "scoring")
+        # generation outside a rollout is the held-out selection: counted with the rest
+        self.model.generate = _clocked(self.model.generate, spent, "generation", inside, only_in="rollout")
 
     cls.__init__ = instrumented_init
-    cls._rollout = clocked(cls._rollout, "rollout", flag="rollout")
-    cls.step = clocked(cls.step, "step")
+    cls._rollout = _clocked(cls._rollout, spent, "rollout", inside, flag="rollout")
+    cls.step = _clocked(cls.step, spent, "step")
     st = {"name": "bench", "algorithm": "ppo", "subsets": ["arithmetic"], "max_steps": steps, "save_steps": steps,
           "rewards": [{"name": "reward_model", "aspect": "helpful"}, {"name": "accuracy"}],
           "max_completion_length": tokens, "prompts_per_step": 4, "num_generations": 4,
           "ppo": {"epochs": 2, "mini_batches": 2}}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "overlay.json"
-        path.write_text(json.dumps({"rl": {"stages": [st], "selection_prompts": 1, "checkpoint_dir": tmp,
-                                           "lora": {"layers": lora_layers}}}))
-        params = load_params([ROOT / "params.yaml", path])
-        start = time.perf_counter()
-        rl.main(params, "bench", model_dir, prompts_dir, {"helpful": reward_dir}, Path(tmp) / "out")
-        total = time.perf_counter() - start
+    total, _ = _run_stage(st, lora_layers, model_dir, prompts_dir, {"helpful": reward_dir})
     logprobs = spent["rollout"] - spent["generation"] - spent["scoring"]
     updates = spent["step"] - spent["rollout"]
     rest = total - spent["step"]
@@ -182,11 +174,6 @@ def _tiny_reward_model(tmp: Path, base: Path) -> Path:
     rows = [{"prompt": f"What is {a} plus 3?", "chosen": f"{a} plus 3 is {a + 3}.", "rejected": "No.",
              "subset": "helpful"} for a in range(2, 30)]
     return train_tiny_reward_model(tmp, base, rows)
-
-
-def _train(rl, params, model_dir: Path, prompts_dir: Path, tmp: Path) -> int:
-    rl.main(params, "bench", model_dir, prompts_dir, {}, tmp / "out")
-    return json.loads((tmp / "out" / "metrics.json").read_text())["steps"]
 
 
 def main() -> int:

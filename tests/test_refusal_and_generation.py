@@ -58,10 +58,10 @@ def test_assistant_nll_counts_only_assistant_tokens(tiny_base):
 def test_generation_stages_compute_on_a_fixed_thread_count_whatever_the_tool_set():
     import torch
 
+    from conftest import ROOT
+    from posttrain.config import load_params
     from posttrain.generation import GENERATION_THREADS, generation_threads
     from posttrain.pipeline import stages
-    from posttrain.config import load_params
-    from conftest import ROOT
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)        # what DVC leaves on a 2-core machine; Snakemake would say 1
