@@ -163,6 +163,31 @@ def test_rerun_resumes_from_the_latest_complete_checkpoint(tmp_path, tiny_base, 
     assert c["heldout_mean_margin"] == pytest.approx(b["heldout_mean_margin"], rel=1e-6)
 
 
+def test_pairs_of_similar_length_share_a_batch(tmp_path, tiny_base):
+    """reward.group_by_length: a batch pads to its longest sequence, so grouping pairs by length
+    cuts the padded tokens of an epoch; every pair is still trained on exactly once."""
+    import random
+
+    from posttrain import training
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    rng = random.Random(0)
+    pairs = [{"chosen_ids": [5 + i % 7] * n, "rejected_ids": [9] * max(1, n - rng.randint(0, 5))}
+             for i, n in enumerate(rng.randint(4, 120) for _ in range(64))]
+    padded, seen = {}, {}
+    for grouped in (True, False):
+        cfg = _params(tmp_path, group_by_length=grouped, batch_size=4, max_length=128).reward
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=1)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        trainer = reward._build_trainer(model, tokenizer, pairs, pairs[:4], tmp_path / f"run{grouped}", cfg,
+                                        training.resolve_precision("auto"))
+        batches = list(trainer.get_train_dataloader())
+        padded[grouped] = sum(b["input_ids"].numel() for b in batches)
+        seen[grouped] = sorted(int(n) for b in batches for n in b["attention_mask"][: len(b["attention_mask"]) // 2].sum(1))
+    assert seen[True] == seen[False] == sorted(len(p["chosen_ids"]) for p in pairs)
+    assert padded[True] < 0.8 * padded[False]
+
+
 HH_SAMPLE = ROOT / "tests" / "data" / "hh_rlhf_harmless_test_sample.jsonl.gz"
 
 
@@ -180,3 +205,33 @@ def test_real_hh_rlhf_pairs_are_ingested_as_preference_pairs(tmp_path, tiny_base
     assert all(r["chosen"][-1]["role"] == "assistant" and r["prompt"][-1]["role"] == "user" for r in rows)
     assert all(r["chosen"] != r["rejected"] for r in rows)
     assert any(len(r["prompt"]) >= 3 for r in rows)                       # multi-turn transcripts kept whole
+
+
+@pytest.mark.slow
+def test_a_reward_model_trained_on_real_hh_pairs_ranks_held_out_pairs_above_chance(tmp_path, embedded_base):
+    """Anthropic HH-RLHF (the 400-pair harmless sample): a reward model trained by the real stage
+    on 255 of its pairs ranks the other 143 better than chance, by a one-sided binomial test at
+    p < 0.05. The demo model (135M) with LoRA on its top 8 layers, reading the last exchange, 3
+    epochs (~7 minutes on 2 cores): about 58 % right; README, Reward models."""
+    from math import comb
+
+    from posttrain.config import AspectParams
+
+    params = load_params([ROOT / "params.yaml"])
+    params.data.cleaning.max_tokens = 2048
+    params.data.val_fraction = 0.375
+    prepared = tmp_path / "hh"
+    prepare_data.main(params, "preference", [str(HH_SAMPLE)], prepared, tokenizer_dir=embedded_base)
+    cfg = params.reward
+    cfg.aspects = {"harmless": AspectParams(subsets=reward._subsets(prepared))}
+    cfg.init, cfg.context_turns, cfg.epochs = "base", 1, 3
+    cfg.eval_steps = cfg.save_steps = 1000          # held-out accuracy is measured once, at the end
+    cfg.stats_pairs, cfg.checkpoint_dir = 8, str(tmp_path / "ckpt")
+    reward.main(params, "harmless", embedded_base, prepared, tmp_path / "rm")
+
+    metrics = json.loads((tmp_path / "rm" / "metrics.json").read_text())
+    n = metrics["heldout_pairs"]
+    right = round(metrics["heldout_accuracy"] * n)
+    p_value = sum(comb(n, k) for k in range(right, n + 1)) / 2 ** n
+    assert n >= 120 and metrics["train_pairs"] >= 200
+    assert p_value < 0.05, f"{right} of {n} held-out HH pairs ranked right (p = {p_value:.3f})"

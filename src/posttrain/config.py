@@ -256,6 +256,10 @@ class RewardParams(TrainerParams):
     # transcripts are usually judged by their last exchange. null: the whole history. Saved with
     # the model, so every scorer reads conversations the same way.
     context_turns: int | None = Field(None, ge=1)
+    # Batches of pairs of similar length (transformers' group_by_length sampler, shuffled in
+    # groups of 50 batches): a batch pads to its longest sequence, so random batches of
+    # varied-length pairs spend a third or more of their compute on padding.
+    group_by_length: bool = True
     batch_size: int = Field(8, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
 

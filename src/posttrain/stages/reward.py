@@ -146,16 +146,28 @@ def _build_trainer(model, tokenizer, train: list[dict], val: list[dict], run_dir
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
+    class LengthKeepingRewardTrainer(RewardTrainer):
+        """RewardTrainer that passes the pairs' `length` column on to the length-grouped sampler
+        (it keeps only its own columns; the collator ignores the extra one)."""
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            if "length" not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, "length"]
+
+    def dataset(pairs: list[dict]):
+        return Dataset.from_list([{**p, "length": max(len(p["chosen_ids"]), len(p["rejected_ids"]))} for p in pairs])
+
     args = RewardConfig(
         **training.trainer_kwargs(cfg, precision, run_dir),
         center_rewards_coefficient=cfg.center_rewards_coefficient,
         metric_for_best_model="eval_loss" if cfg.early_stopping_patience else None,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random", length_column_name="length",
     )
-    return RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train),
-                         eval_dataset=Dataset.from_list(val), processing_class=tokenizer,
-                         callbacks=training.callbacks(cfg),
-                         peft_config=training.lora_config(model, cfg.lora, "SEQ_CLS", "reward")
-                         if cfg.method != "full" else None)
+    return LengthKeepingRewardTrainer(model=model, args=args, train_dataset=dataset(train), eval_dataset=dataset(val),
+                                      processing_class=tokenizer, callbacks=training.callbacks(cfg),
+                                      peft_config=training.lora_config(model, cfg.lora, "SEQ_CLS", "reward")
+                                      if cfg.method != "full" else None)
 
 
 def _write_model_card(out: Path, aspect: str, init_dir: Path, cfg, m: dict) -> None:
