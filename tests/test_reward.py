@@ -212,7 +212,7 @@ def test_a_reward_model_trained_on_real_hh_pairs_ranks_held_out_pairs_above_chan
     """Anthropic HH-RLHF (the 400-pair harmless sample): a reward model trained by the real stage
     on 255 of its pairs ranks the other 143 better than chance, by a one-sided binomial test at
     p < 0.05. The demo model (135M) with LoRA on its top 8 layers, reading the last exchange, 3
-    epochs (~7 minutes on 2 cores): about 58 % right; README, Reward models."""
+    epochs (~10 minutes on 2 cores): about 58 % right; README, Reward models."""
     from math import comb
 
     from posttrain.config import AspectParams
@@ -225,7 +225,7 @@ def test_a_reward_model_trained_on_real_hh_pairs_ranks_held_out_pairs_above_chan
     cfg = params.reward
     cfg.aspects = {"harmless": AspectParams(subsets=reward._subsets(prepared))}
     cfg.init, cfg.context_turns, cfg.epochs = "base", 1, 3
-    cfg.eval_steps = cfg.save_steps = 1000          # held-out accuracy is measured once, at the end
+    cfg.eval_steps = cfg.save_steps = 1000          # no evaluation or checkpoint between step 0 and the end
     cfg.stats_pairs, cfg.checkpoint_dir = 8, str(tmp_path / "ckpt")
     reward.main(params, "harmless", embedded_base, prepared, tmp_path / "rm")
 
