@@ -137,7 +137,8 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     for out in ("demo_data", "base", "data/eval", "data/sft", "data/preference", "data/prompts", "sft",
                 "reward/helpful", "reward/safety", "rl/helpfulness", "rl/reasoning", "rl_zero",
                 "distill/student_base", "distill/samples", "distill/student", "distill/student_sft",
-                "export/reasoning/merged", "export/reasoning/gptq", "export/reasoning/gguf", "export/reasoning/check"):
+                "export/reasoning/merged", "export/reasoning/gptq", "export/reasoning/gguf", "export/reasoning/gguf_lora",
+                "export/reasoning/check"):
         assert (results / out / "manifest.json").is_file(), out
     # the reasoning stage starts from the helpfulness stage's model
     rl_manifest = json.loads((results / "rl/reasoning/manifest.json").read_text())
@@ -180,7 +181,7 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     assert "rows_out" in metrics
     report = json.loads((other / "results/report/metrics.json").read_text())
     assert set(report) == {"base", "sft", "helpfulness", "reasoning", "rl_zero", "student_sft", "distilled",
-                           "reasoning_gptq", "reasoning_gguf"}
+                           "reasoning_gptq", "reasoning_gguf", "reasoning_gguf_lora"}
     assert report["distilled"]["parameters"] > 0 and "Size and speed" in (other / "results/report/report.md").read_text()
     samples = json.loads((other / "results/distill/samples/metrics.json").read_text())
     assert samples["accepted"] + samples["rejected"] == samples["samples"] > 0

@@ -332,3 +332,136 @@ def test_an_adapter_is_evaluated_merged_into_its_base_as_it_is_served(sft_model,
     ids = torch.tensor([[1, 5, 9, 14, 3]])
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, served(input_ids=ids).logits, atol=2e-2, rtol=0)
+
+
+def _random_adapter(base, out, **lora):
+    """A LoRA adapter with random A and B (PEFT's own layout), and what PEFT computes with it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                        **lora)
+    peft_model = get_peft_model(model, config)
+    peft_model.save_pretrained(out)
+    return peft_model.eval()
+
+
+@pytest.mark.parametrize("lora", [{}, {"use_rslora": True, "alpha_pattern": {"k_proj": 2}}],
+                         ids=["plain", "rslora-and-alpha-pattern"])
+def test_a_lora_adapter_as_gguf_is_applied_as_peft_applies_it(tmp_path, tiny_base, lora):
+    # tensor names, the rotary permutation of q/k's B, the scale (alpha / rank, rsLoRA's and the
+    # patterns folded into B): any mistake moves the logits
+    import gguf
+
+    from posttrain import gguf_adapter, gguf_export, models
+
+    peft_model = _random_adapter(tiny_base, tmp_path / "adapter", **lora)
+    gguf_export.write(tiny_base, tmp_path / "base.gguf", weights="f32", embeddings="f32", name="base")
+    counts = gguf_adapter.write(tmp_path / "adapter", tiny_base, tmp_path / "adapter.gguf", type="f32", name="a")
+    layers = json.loads((tiny_base / "config.json").read_text())["num_hidden_layers"]
+    assert counts == {"f32": 2 * 7 * layers}
+    reader = gguf.GGUFReader(tmp_path / "adapter.gguf")
+    assert reader.get_field("general.type").contents() == "adapter"
+    assert reader.get_field("adapter.type").contents() == "lora"
+    assert reader.get_field("adapter.lora.alpha").contents() == 8.0
+    shapes = {t.name: tuple(int(n) for n in t.shape) for t in reader.tensors}
+    assert shapes["blk.0.ffn_gate.weight.lora_a"][1] == 4 and shapes["blk.0.ffn_gate.weight.lora_b"][0] == 4
+
+    model = models.load_gguf(tmp_path / "base.gguf").model
+    assert gguf_adapter.apply(model, tmp_path / "adapter.gguf") == 7 * layers
+    ids = torch.tensor([[1, 5, 9, 14, 3, 7, 22, 40]])
+    with torch.no_grad():
+        want, got = peft_model(input_ids=ids).logits, model(input_ids=ids).logits
+        before = models.load_gguf(tmp_path / "base.gguf").model(input_ids=ids).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    assert (want - before).abs().max() > 1e-2                      # the adapter does change the model
+
+
+def test_what_a_gguf_adapter_cannot_carry_is_refused(tmp_path, tiny_base):
+    from posttrain import gguf_adapter
+
+    _random_adapter(tiny_base, tmp_path / "dora", use_dora=True)
+    with pytest.raises(ValueError, match="DoRA"):
+        gguf_adapter.write(tmp_path / "dora", tiny_base, tmp_path / "x.gguf", type="f16", name="x")
+    _random_adapter(tiny_base, tmp_path / "saved", modules_to_save=["lm_head"])
+    with pytest.raises(ValueError, match="modules_to_save"):
+        gguf_adapter.write(tmp_path / "saved", tiny_base, tmp_path / "x.gguf", type="f16", name="x")
+    with pytest.raises(ValueError, match="f32, f16 or q8_0"):
+        gguf_adapter.write(tmp_path / "saved", tiny_base, tmp_path / "x.gguf", type="q4_0", name="x")
+
+
+@pytest.fixture(scope="module")
+def gguf_lora_exports(tmp_path_factory, merged, sft_model):
+    """The SFT model's base as GGUF beside its adapter: float32 both (the layout alone) and the
+    demo's q4_1 base with a q8_0 adapter."""
+    tmp = tmp_path_factory.mktemp("gguf_lora")
+    out = {}
+    for kind, adapter in (("f32", "f32"), ("q4_1", "q8_0")):
+        params, _ = _params(tmp, formats=["gguf_lora"], gguf_lora={"type": kind, "embeddings": kind,
+                                                                   "adapter_type": adapter, "tokenizer_pre": "smollm"})
+        out[kind] = tmp / kind
+        export.gguf_lora(params, sft_model[0], merged, out[kind])
+    return out
+
+
+def test_gguf_lora_in_float32_computes_what_the_merged_model_computes(gguf_lora_exports, sft_model, merged):
+    from posttrain.stages import evaluate
+
+    folder = gguf_lora_exports["f32"]
+    assert sorted(p.name for p in folder.glob("*.gguf")) == ["adapter-f32.gguf", "model-f32.gguf"]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    # the check's reference is the bf16 merge, which rounds what the float32 pair keeps
+    assert metrics["top1_agreement"] >= 0.9
+    assert metrics["size_mb"] == pytest.approx(metrics["base_size_mb"] + metrics["adapter_size_mb"], abs=2e-3)
+    # the evaluation loads the pair as llama.cpp serves it: the adapter applied to the base
+    info = evaluate._dequantized_copy(folder, folder.parent / "eval")
+    assert info["file"] == "model-f32.gguf" and info["adapter"] == "adapter-f32.gguf"
+    served = evaluate._load(info["folder"], None)
+    source = evaluate._load(*evaluate.resolve_model(sft_model[0])[:2])
+    ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(served(input_ids=ids).logits, source(input_ids=ids).logits, atol=1e-4, rtol=0)
+
+
+def test_gguf_lora_export_is_smaller_describes_itself_and_generates(gguf_lora_exports, sft_model, merged):
+    import gguf
+
+    folder = gguf_lora_exports["q4_1"]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["adapter_tensors"] == {"f16": metrics["adapter_tensors"]["q8_0"], "q8_0": metrics["adapter_tensors"]["q8_0"]}
+    assert metrics["size_ratio"] < json.loads((gguf_lora_exports["f32"] / "metrics.json").read_text())["size_ratio"] / 4
+    assert metrics["top1_agreement"] >= 0.5
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(folder / "model-q4_1.gguf").tensors}
+    assert types["blk.0.attn_q.weight"] == "Q4_1"
+    assert (folder / "sample.txt").read_text().startswith(export.PROBE[0]["content"])
+    card = (folder / "README.md").read_text()
+    assert f"llama-server -m {folder}/model-q4_1.gguf --lora {folder}/adapter-q8_0.gguf" in card
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["stage"] == "export-gguf-lora"
+    assert manifest["inputs"]["model"]["path"] == str(sft_model[0])
+    assert (folder / "tokenizer.json").is_file() and (folder / "generation_config.json").is_file()
+
+
+def test_gguf_lora_needs_a_model_with_an_adapter(tmp_path, merged, tiny_base):
+    params, _ = _params(tmp_path, formats=["gguf_lora"])
+    with pytest.raises(ValueError, match="no LoRA adapter"):
+        export.gguf_lora(params, tiny_base, merged, tmp_path / "pair")
+    assert not (tmp_path / "pair").exists()
+
+
+def test_the_dag_serves_the_adapter_beside_its_base_and_evaluates_the_pair(tmp_path):
+    from posttrain import pipeline
+
+    params, _ = _params(tmp_path, model="sft", formats=["gguf_lora"])
+    table = {s.name: s for s in pipeline.stages(params)}
+    pair = table["export_gguf_lora"]
+    assert pair.outs == ["results/export/sft/gguf_lora"] and set(pair.deps) >= {"results/sft",
+                                                                                 "results/export/sft/merged"}
+    assert "results/export/sft/gguf_lora" in table["evaluate_sft_gguf_lora"].deps
+    assert "gguf_lora=results/export/sft/gguf_lora" in table["export_check"].args
+    params, _ = _params(tmp_path, model="base", formats=["gguf_lora"])
+    with pytest.raises(ValueError, match="the base model has none"):
+        pipeline.stages(params)

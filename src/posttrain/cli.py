@@ -116,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     _params_arg(p)
 
+    p = sub.add_parser("export-gguf-lora", help="a 4-bit GGUF of a model's base and its LoRA adapter as a GGUF "
+                                                "adapter (llama.cpp --lora)")
+    p.add_argument("--model", type=Path, required=True, help="a stage output with adapter/: results/sft, ...")
+    p.add_argument("--merged", type=Path, required=True, help="its export-merge output (the check's reference)")
+    p.add_argument("--out", type=Path, required=True)
+    _params_arg(p)
+
     p = sub.add_parser("export-check", help="size ratios and eval deltas of quantized exports against the unquantized model")
     p.add_argument("--merged", type=Path, required=True, help="the export-merge output")
     p.add_argument("--quantized", action="append", default=[], metavar="FORMAT=DIR", required=True,
@@ -225,7 +232,7 @@ def _run(args: argparse.Namespace) -> int:
 
         evaluate.main(params, args.model, args.name, args.eval_data, args.heldout, args.out,
                       reward_dirs=_pairs_arg(args.reward, "--reward"), reference=args.reference)
-    elif args.command in ("export-merge", "export-gptq", "export-gguf", "export-check"):
+    elif args.command in ("export-merge", "export-gptq", "export-gguf", "export-gguf-lora", "export-check"):
         from posttrain.stages import export
 
         if args.command == "export-merge":
@@ -234,6 +241,8 @@ def _run(args: argparse.Namespace) -> int:
             export.gptq(params, args.model, args.calibration, args.out)
         elif args.command == "export-gguf":
             export.gguf(params, args.model, args.out)
+        elif args.command == "export-gguf-lora":
+            export.gguf_lora(params, args.model, args.merged, args.out)
         else:
             export.check(args.merged, _pairs_arg(args.quantized, "--quantized"), args.eval,
                          _pairs_arg(args.quantized_eval, "--quantized-eval"), args.out)

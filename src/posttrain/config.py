@@ -521,6 +521,17 @@ class GgufParams(Section):
     tokenizer_pre: str | None = None
 
 
+class GgufLoraParams(GgufParams):
+    """The exported model's base as a GGUF file and its LoRA adapter as a llama.cpp GGUF adapter,
+    applied when the server loads them (`llama-server -m BASE --lora ADAPTER`): the fine-tune
+    keeps full precision beside a 4-bit base, where quantizing the merged weights can round a
+    small fine-tune away. Needs a model with a LoRA adapter (SFT, an RL stage)."""
+    type: Literal["f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"] = "q4_1"
+    # the adapter's A and B matrices: f32, f16 or q8_0 (what llama.cpp loads; B's rank-wide rows
+    # do not split into 32-weight blocks and stay f16)
+    adapter_type: Literal["f32", "f16", "q8_0"] = "q8_0"
+
+
 class ExportParams(Section):
     """Serving artifacts for one model of the DAG: merged weights, then quantized formats."""
     # which model: `last` (the last RL stage; sft, then base, without RL stages), sft, base, an
@@ -528,9 +539,10 @@ class ExportParams(Section):
     model: str = "last"
     # the merged (adapters folded in) model's dtype; the quantizers start from it.
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    formats: list[Literal["gptq", "gguf"]] = Field(default_factory=lambda: ["gptq"])
+    formats: list[Literal["gptq", "gguf", "gguf_lora"]] = Field(default_factory=lambda: ["gptq"])
     gptq: GptqParams = Field(default_factory=GptqParams)
     gguf: GgufParams = Field(default_factory=GgufParams)
+    gguf_lora: GgufLoraParams = Field(default_factory=GgufLoraParams)
     # Written into the model card's `vllm serve` line and generation_config.json.
     max_model_len: int = Field(4096, ge=16)
     temperature: float = Field(0.7, ge=0)

@@ -108,9 +108,10 @@ def _vocabulary(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
 
 
 def write(model_dir: Path, path: Path, *, weights: str, embeddings: str, name: str,
-          tokenizer_pre: str | None = None) -> dict:
+          tokenizer_pre: str | None = None, chat_template: str | None = None) -> dict:
     """`model_dir` (a merged Hugging Face folder) as the GGUF file `path`; returns the tensor
-    count per GGUF type."""
+    count per GGUF type. `chat_template` replaces the folder's own (a base written for an adapter
+    whose stage changed the template)."""
     import gguf
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -155,7 +156,9 @@ def write(model_dir: Path, path: Path, *, weights: str, embeddings: str, name: s
     special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=config.vocab_size)
     if not special.merges:
         raise ValueError(f"{model_dir}: tokenizer.json has no BPE merges to write")
-    if special.chat_template is None and tokenizer.chat_template:
+    if chat_template is not None:
+        special.chat_template = chat_template
+    elif special.chat_template is None and tokenizer.chat_template:
         special.chat_template = tokenizer.chat_template
     special.add_to_gguf(writer, quiet=True)
 

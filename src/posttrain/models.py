@@ -112,17 +112,28 @@ def load_pretrained(name_or_path: str, revision: str | None, trust_remote_code: 
     return Resolved(model, tokenizer, source, {"base": Path(name_or_path)} if kind == "local" else {})
 
 
-def weights_mb(folder: Path) -> float:
-    """Size of a model folder's weight files (safetensors shards or a GGUF file), in MiB."""
-    files = [*Path(folder).glob("*.safetensors"), *Path(folder).glob("*.gguf")]
+def weights_mb(folder: Path, pattern: str | None = None) -> float:
+    """Size of a model folder's weight files (safetensors shards, GGUF files; those matching
+    `pattern` when given), in MiB."""
+    files = list(Path(folder).glob(pattern)) if pattern else [*Path(folder).glob("*.safetensors"),
+                                                              *Path(folder).glob("*.gguf")]
     return sum(f.stat().st_size for f in files) / 2**20
 
 
 def gguf_file(folder: Path) -> Path | None:
-    """The one GGUF file of a model folder (an export-gguf output), or None."""
-    found = sorted(Path(folder).glob("*.gguf"))
+    """The one GGUF model file of a model folder (an export-gguf output), or None; a LoRA
+    adapter beside it (adapter-*.gguf, export-gguf-lora) is gguf_adapter_file's."""
+    found = sorted(f for f in Path(folder).glob("*.gguf") if not f.name.startswith("adapter-"))
     if len(found) > 1:
         raise ValueError(f"{folder}: more than one GGUF file ({', '.join(f.name for f in found)}); keep one")
+    return found[0] if found else None
+
+
+def gguf_adapter_file(folder: Path) -> Path | None:
+    """The GGUF LoRA adapter served with a folder's GGUF model (adapter-<type>.gguf), or None."""
+    found = sorted(Path(folder).glob("adapter-*.gguf"))
+    if len(found) > 1:
+        raise ValueError(f"{folder}: more than one GGUF adapter ({', '.join(f.name for f in found)}); keep one")
     return found[0] if found else None
 
 

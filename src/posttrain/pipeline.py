@@ -36,12 +36,14 @@ CODE = {
     "distill": [f"{SRC}/stages/distill.py", f"{SRC}/distillation.py", f"{SRC}/stages/sft.py", f"{SRC}/training.py",
                 f"{SRC}/checkpoints.py", f"{SRC}/preemption.py"],
     "evaluate": [f"{SRC}/stages/evaluate.py", f"{SRC}/harness.py", f"{SRC}/generation.py", f"{SRC}/refusal.py",
-                 f"{SRC}/gptq_format.py", f"{SRC}/models.py"],
+                 f"{SRC}/gptq_format.py", f"{SRC}/models.py", f"{SRC}/gguf_adapter.py"],
     "report": [f"{SRC}/stages/report.py"],
     "export_merge": [f"{SRC}/stages/export.py", f"{SRC}/stages/evaluate.py", f"{SRC}/generation.py",
                      f"{SRC}/models.py"],
     "export_gptq": [f"{SRC}/stages/export.py", f"{SRC}/generation.py", "envs/export.txt"],
     "export_gguf": [f"{SRC}/stages/export.py", f"{SRC}/gguf_export.py", f"{SRC}/generation.py"],
+    "export_gguf_lora": [f"{SRC}/stages/export.py", f"{SRC}/gguf_export.py", f"{SRC}/gguf_adapter.py",
+                         f"{SRC}/generation.py"],
     "export_check": [f"{SRC}/stages/export.py"],
 }
 # GPTQModel's environment (envs/export.txt; `make setup` builds it): its pins conflict with
@@ -383,6 +385,13 @@ def _export(params: Params, table: list[Stage], sources: dict) -> list[Stage]:
         gguf = str(EXPORT / name / "gguf")
         out.append(Stage("export_gguf", ["export-gguf", "--model", merged, "--out", gguf], [merged], [gguf], ["export"],
                          metrics=[f"{gguf}/metrics.json"]))
+    if "gguf_lora" in cfg.formats:
+        if name == "base":
+            raise ValueError("export.formats gguf_lora serves a model's LoRA adapter beside its base; the base model "
+                             "has none: drop gguf_lora or export a trained model")
+        pair = str(EXPORT / name / "gguf_lora")
+        out.append(Stage("export_gguf_lora", ["export-gguf-lora", "--model", folder, "--merged", merged, "--out", pair],
+                         [folder, merged], [pair], ["export"], metrics=[f"{pair}/metrics.json"]))
     return out
 
 

@@ -63,11 +63,18 @@ def _dequantized_copy(weights: Path, out: Path) -> dict | None:
         folder = out.parent / f".{out.name}-dequantized"
         if folder.exists():
             shutil.rmtree(folder)
-        models.load_gguf(gguf).model.save_pretrained(folder)
+        model = models.load_gguf(gguf).model
+        adapter = models.gguf_adapter_file(weights)
+        if adapter is not None:              # a LoRA served beside the base: applied as llama.cpp does
+            from posttrain import gguf_adapter
+
+            gguf_adapter.apply(model, adapter)
+        model.save_pretrained(folder)
         # the export's own tokenizer files and sampling defaults, as the harness loads them
         AutoTokenizer.from_pretrained(weights).save_pretrained(folder)
         shutil.copy(weights / "generation_config.json", folder / "generation_config.json")
-        return {"method": "gguf", "file": gguf.name, "evaluated_as": "dequantized float32 weights", "folder": folder}
+        return {"method": "gguf", "file": gguf.name, **({"adapter": adapter.name} if adapter else {}),
+                "evaluated_as": "dequantized float32 weights", "folder": folder}
     q = gptq_format.quantization_config(weights)
     if q is None or torch.cuda.is_available():
         return None
