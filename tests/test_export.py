@@ -232,7 +232,7 @@ def gguf_exports(tmp_path_factory, merged):
     out = {}
     for kind in ("f32", "q8_0", "q4_0"):
         params, _ = _params(tmp, formats=["gguf"], gguf={"type": kind, "embeddings": kind,
-                                                                    "tokenizer_pre": "smollm"})
+                                                                    "tokenizer_pre": "gpt-2"})
         out[kind] = tmp / kind
         export.gguf(params, merged, out[kind])
     return out
@@ -266,7 +266,7 @@ def test_gguf_export_is_smaller_describes_itself_and_generates_on_cpu(gguf_expor
     assert types["token_embd.weight"] == "Q4_0" and types["blk.0.attn_q.weight"] == "Q4_0"
     assert types["blk.0.attn_norm.weight"] == "F32" and "output.weight" not in types   # tied head
     field = reader.fields["tokenizer.ggml.pre"]
-    assert bytes(field.parts[field.data[0]]).decode() == "smollm"
+    assert bytes(field.parts[field.data[0]]).decode() == "gpt-2"    # the tiny tokenizer's GPT-2 regex
     assert "tokenizer.chat_template" in reader.fields and "tokenizer.ggml.merges" in reader.fields
 
     folder = gguf_exports["q8_0"]
@@ -401,7 +401,7 @@ def gguf_lora_exports(tmp_path_factory, merged, sft_model):
     out = {}
     for kind, adapter in (("f32", "f32"), ("q4_1", "q8_0")):
         params, _ = _params(tmp, formats=["gguf_lora"], gguf_lora={"type": kind, "embeddings": kind,
-                                                                   "adapter_type": adapter, "tokenizer_pre": "smollm"})
+                                                                   "adapter_type": adapter, "tokenizer_pre": "gpt-2"})
         out[kind] = tmp / kind
         export.gguf_lora(params, sft_model[0], merged, out[kind])
     return out
@@ -465,3 +465,60 @@ def test_the_dag_serves_the_adapter_beside_its_base_and_evaluates_the_pair(tmp_p
     params, _ = _params(tmp_path, model="base", formats=["gguf_lora"])
     with pytest.raises(ValueError, match="the base model has none"):
         pipeline.stages(params)
+
+
+LLAMA_CPP = ROOT / "tests" / "llama_cpp"
+
+
+def _llama_cpp(model, text: str, n: int, adapter=None) -> dict:
+    """llama.cpp's own tokenization of `text` and greedy continuation (`make llama-cpp` installs
+    its prebuilt CPU build)."""
+    res = subprocess.run(["node", str(LLAMA_CPP / "greedy.mjs"), str(model), text, str(n),
+                          *([str(adapter)] if adapter else [])], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert not out["warnings"], out["warnings"]
+    return out
+
+
+def _greedy(model, ids: list[int], n: int, stop: list[int]) -> list[int]:
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=n, do_sample=False, eos_token_id=stop, pad_token_id=stop[0])
+    tokens = out[0, len(ids):].tolist()
+    return tokens[:-1] if tokens and tokens[-1] in stop else tokens   # llama.cpp stops before end of turn
+
+
+def test_llama_cpp_serves_gguf_files_and_adapters_as_the_source_models_compute(gguf_exports, merged, tiny_base,
+                                                                              tmp_path):
+    # the real server's loader: vocabulary and pre-tokenizer, tensor names and layouts, the
+    # rotary permutation, the adapter format and its scale
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from posttrain.generation import stop_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    text = tokenizer.apply_chat_template(export.PROBE, add_generation_prompt=True, tokenize=False)
+    stop = stop_ids(tokenizer)
+    n = 12
+    one_file = _llama_cpp(gguf_exports["f32"] / "model-f32.gguf", text, n)
+    assert one_file["prompt"] == tokenizer(text).input_ids
+    assert _llama_cpp(gguf_exports["f32"] / "model-f32.gguf", export.CHECK_TEXT, 1)["prompt"] == \
+        tokenizer(export.CHECK_TEXT).input_ids
+    served = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
+    assert one_file["tokens"] == _greedy(served, one_file["prompt"], n, stop)
+
+    # a LoRA adapter as llama.cpp applies it (random A and B: the tiny fine-tune's greedy answers
+    # are the base's); rsLoRA's scale goes through the file's one alpha
+    from posttrain import gguf_adapter, gguf_export
+
+    peft_model = _random_adapter(tiny_base, tmp_path / "adapter", use_rslora=True)
+    gguf_export.write(tiny_base, tmp_path / "base.gguf", weights="f32", embeddings="f32", name="base",
+                      tokenizer_pre="gpt-2")
+    gguf_adapter.write(tmp_path / "adapter", tiny_base, tmp_path / "adapter.gguf", type="f32", name="adapter")
+    with_adapter = _llama_cpp(tmp_path / "base.gguf", text, n, adapter=tmp_path / "adapter.gguf")
+    without = _llama_cpp(tmp_path / "base.gguf", text, n)
+    base = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32)
+    want_adapted, want_base = (_greedy(m, with_adapter["prompt"], n, stop) for m in (peft_model, base))
+    assert want_adapted != want_base                     # the adapter changes these answers
+    assert with_adapter["tokens"] == want_adapted and without["tokens"] == want_base
