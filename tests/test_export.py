@@ -121,36 +121,69 @@ def test_a_group_size_the_layers_cannot_use_is_refused_before_calibration(merged
 
 
 @pytest.fixture(scope="module")
-def gptq(tmp_path_factory, merged, sft_model):
-    """The 4-bit export, made by the export environment's posttrain (as the DAG's rule runs it)."""
-    tmp = tmp_path_factory.mktemp("gptq")
-    _, overlay = _params(tmp)
-    out = tmp / "gptq"
-    res = subprocess.run([str(EXPORT_BIN / "posttrain"), "export-gptq", "--model", str(merged), "--calibration",
+def wide_merged(tmp_path_factory, tiny_base):
+    """The merged export of a tiny model whose every layer is a multiple of 64 wide (AWQ's
+    clipping search works in blocks of 64 output rows; the tiny model's k/v are 32 wide)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from posttrain.manifest import write_manifest
+
+    tmp = tmp_path_factory.mktemp("wide")
+    config = AutoConfig.from_pretrained(tiny_base)
+    config.head_dim = 32
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    model.save_pretrained(tmp / "model")
+    tokenizer.save_pretrained(tmp / "model")
+    write_manifest(tmp / "model", stage="base-model", params={}, seed=0, chat_template=tokenizer.chat_template)
+    params, _ = _params(tmp)
+    export.merge(params, tmp / "model", tmp / "merged")
+    return tmp / "merged"
+
+
+def test_awq_refuses_layers_its_clipping_search_cannot_split(merged):
+    with pytest.raises(ValueError, match=r"not a multiple of 64 \(k_proj \(32\), v_proj \(32\)\).*use gptq"):
+        export.check_awq_widths(merged)
+
+
+@pytest.fixture(scope="module", params=["gptq", "awq"])
+def quantized(request, tmp_path_factory, merged, wide_merged, sft_model):
+    """(method, folder): the 4-bit export made by the export environment's posttrain (as the
+    DAG's rule runs it), with GPTQModel's GPTQ and its AWQ."""
+    method = request.param
+    tmp = tmp_path_factory.mktemp(method)
+    _, overlay = _params(tmp, awq={"group_size": 32, "calibration_rows": 8, "calibration_max_length": 64})
+    out = tmp / method
+    source = merged if method == "gptq" else wide_merged
+    res = subprocess.run([str(EXPORT_BIN / "posttrain"), f"export-{method}", "--model", str(source), "--calibration",
                           str(sft_model[1]), "--out", str(out), "--params", str(ROOT / "params.yaml"),
                           "--params", str(TINY_OVERLAY), "--params", str(overlay)],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-4000:]
-    return out
+    return method, out, source
 
 
-def test_gptq_export_is_4bit_smaller_and_describes_itself(gptq, merged):
-    config = json.loads((gptq / "config.json").read_text())
+def test_quantized_export_is_4bit_smaller_and_describes_itself(quantized):
+    method, folder, merged = quantized
+    config = json.loads((folder / "config.json").read_text())
     q = config["quantization_config"]
-    assert q["quant_method"] == "gptq" and q["bits"] == 4 and q["group_size"] == 32
-    metrics = json.loads((gptq / "metrics.json").read_text())
+    assert q["quant_method"] == method and q["bits"] == 4 and q["group_size"] == 32
+    if method == "awq":       # what vLLM's AWQ kernels read: zero points, GEMM layout, float16
+        assert q["zero_point"] is True and q["version"] == "gemm" and config["dtype"] == "float16"
+    metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["calibration_rows"] == 8 and metrics["calibration_tokens"] <= 8 * 64
-    assert metrics["size_ratio"] == pytest.approx(export.weights_mb(gptq) / export.weights_mb(merged), abs=1e-3)
+    assert metrics["size_ratio"] == pytest.approx(export.weights_mb(folder) / export.weights_mb(merged), abs=1e-3)
     assert metrics["size_ratio"] < 1.0
-    assert "gptq_loss_mean" in metrics
-    assert "--quantization gptq" in (gptq / "README.md").read_text()
-    manifest = json.loads((gptq / "manifest.json").read_text())
-    assert manifest["versions"]["gptqmodel"] == "7.7.0" and manifest["stage"] == "export-gptq"
-    assert json.loads((gptq / "generation_config.json").read_text()) == json.loads(
+    assert f"--quantization {method}" in (folder / "README.md").read_text()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["versions"]["gptqmodel"] == "7.7.0" and manifest["stage"] == f"export-{method}"
+    assert json.loads((folder / "generation_config.json").read_text()) == json.loads(
         (merged / "generation_config.json").read_text())
 
 
-def test_gptq_export_reloads_in_transformers_and_generates_on_cpu(gptq, merged):
+def test_quantized_export_reloads_in_transformers_and_generates_on_cpu(quantized):
+    _, folder, merged = quantized
     script = (
         "import sys, torch\n"
         "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
@@ -168,7 +201,7 @@ def test_gptq_export_reloads_in_transformers_and_generates_on_cpu(gptq, merged):
         "with torch.no_grad():\n"
         "    a, b = model(**ids).logits.float(), full(**ids).logits\n"
         "print('AGREE', float((a.argmax(-1) == b.argmax(-1)).float().mean()))\n")
-    res = subprocess.run([str(EXPORT_BIN / "python"), "-c", script, str(gptq), str(merged)],
+    res = subprocess.run([str(EXPORT_BIN / "python"), "-c", script, str(folder), str(merged)],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-4000:]
     lines = dict(line.split(" ", 1) for line in res.stdout.splitlines() if line.startswith(("NEW", "AGREE")))
@@ -177,11 +210,12 @@ def test_gptq_export_reloads_in_transformers_and_generates_on_cpu(gptq, merged):
     assert float(lines["AGREE"]) >= 0.5
 
 
-def test_dequantized_weights_compute_what_the_gptq_kernels_compute(gptq, tmp_path):
+def test_dequantized_weights_compute_what_the_kernels_compute(quantized, tmp_path):
     """The CPU evaluation runs on the dequantized weights: they must be the kernels' numbers."""
     from posttrain import gptq_format
 
-    assert gptq_format.quantization_config(gptq)["bits"] == 4
+    method, folder, _ = quantized
+    assert gptq_format.quantization_config(folder)["quant_method"] == method
     script = (
         "import sys, torch\n"
         "from pathlib import Path\n"
@@ -196,30 +230,32 @@ def test_dequantized_weights_compute_what_the_gptq_kernels_compute(gptq, tmp_pat
         "with torch.no_grad():\n"
         "    a, b = kernel(**ids).logits, dense(**ids).logits\n"
         "print('DIFF', float((a - b).abs().max()), float((a.argmax(-1) == b.argmax(-1)).float().mean()))\n")
-    res = subprocess.run([str(EXPORT_BIN / "python"), "-c", script, str(gptq), str(tmp_path / "dense")],
+    res = subprocess.run([str(EXPORT_BIN / "python"), "-c", script, str(folder), str(tmp_path / "dense")],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-4000:]
     diff, agree = map(float, next(l for l in res.stdout.splitlines() if l.startswith("DIFF")).split()[1:])
     assert diff < 0.05 and agree == 1.0
 
 
-def test_check_records_size_ratio_and_metric_deltas(tmp_path, gptq, merged):
+def test_check_records_size_ratio_and_metric_deltas(tmp_path, quantized):
     def evaluation(folder, metrics):
         folder.mkdir()
         (folder / "metrics.json").write_text(json.dumps({"metrics": metrics}))
         (folder / "manifest.json").write_text(json.dumps({"stage": f"evaluate:{folder.name}"}))
         return folder
 
+    method, folder, merged = quantized
     full = evaluation(tmp_path / "sft", {"arithmetic_accuracy": 0.30, "perplexity": 3.0, "format_accuracy": 0.2})
-    quant = evaluation(tmp_path / "sft_gptq", {"arithmetic_accuracy": 0.29, "perplexity": 3.15})
-    metrics = export.check(merged, {"gptq": gptq}, full, {"gptq": quant}, tmp_path / "check")
-    assert metrics["arithmetic_accuracy_delta_gptq"] == pytest.approx(-0.01)
-    assert metrics["perplexity_change_gptq"] == pytest.approx(0.05)
-    assert "format_accuracy_gptq" not in metrics              # not measured on both
-    assert metrics["size_ratio_gptq"] == pytest.approx(json.loads((gptq / "metrics.json").read_text())["size_ratio"], abs=1e-3)
+    quant = evaluation(tmp_path / f"sft_{method}", {"arithmetic_accuracy": 0.29, "perplexity": 3.15})
+    metrics = export.check(merged, {method: folder}, full, {method: quant}, tmp_path / "check")
+    assert metrics[f"arithmetic_accuracy_delta_{method}"] == pytest.approx(-0.01)
+    assert metrics[f"perplexity_change_{method}"] == pytest.approx(0.05)
+    assert f"format_accuracy_{method}" not in metrics              # not measured on both
+    assert metrics[f"size_ratio_{method}"] == pytest.approx(
+        json.loads((folder / "metrics.json").read_text())["size_ratio"], abs=1e-3)
     assert json.loads((tmp_path / "check" / "metrics.json").read_text()) == metrics
-    with pytest.raises(ValueError, match="--quantized-eval gptq"):
-        export.check(merged, {"gptq": gptq}, full, {}, tmp_path / "check2")
+    with pytest.raises(ValueError, match=f"--quantized-eval {method}"):
+        export.check(merged, {method: folder}, full, {}, tmp_path / "check2")
 
 
 # --- GGUF ---------------------------------------------------------------------------------------
@@ -522,3 +558,14 @@ def test_llama_cpp_serves_gguf_files_and_adapters_as_the_source_models_compute(g
     want_adapted, want_base = (_greedy(m, with_adapter["prompt"], n, stop) for m in (peft_model, base))
     assert want_adapted != want_base                     # the adapter changes these answers
     assert with_adapter["tokens"] == want_adapted and without["tokens"] == want_base
+
+
+def test_the_dag_quantizes_awq_in_the_export_environment_and_evaluates_it(tmp_path):
+    from posttrain import pipeline
+
+    params, _ = _params(tmp_path, model="sft", formats=["awq"])
+    table = {s.name: s for s in pipeline.stages(params)}
+    awq = table["export_awq"]
+    assert awq.args[0] == "export-awq" and awq.env == pipeline.EXPORT_ENV and awq.outs == ["results/export/sft/awq"]
+    assert table["evaluate_sft_awq"].env == pipeline.EXPORT_ENV
+    assert "awq=results/export/sft/awq" in table["export_check"].args

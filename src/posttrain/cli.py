@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     _params_arg(p)
 
+    p = sub.add_parser("export-awq", help="4-bit AWQ of a merged export (GPTQModel; run from .venv-export)")
+    p.add_argument("--model", type=Path, required=True, help="an export-merge output")
+    p.add_argument("--calibration", type=Path, required=True, help="prepared SFT data (results/data/sft)")
+    p.add_argument("--out", type=Path, required=True)
+    _params_arg(p)
+
     p = sub.add_parser("export-gguf", help="a GGUF file of a merged export (llama.cpp, Ollama, vLLM)")
     p.add_argument("--model", type=Path, required=True, help="an export-merge output")
     p.add_argument("--out", type=Path, required=True)
@@ -232,13 +238,15 @@ def _run(args: argparse.Namespace) -> int:
 
         evaluate.main(params, args.model, args.name, args.eval_data, args.heldout, args.out,
                       reward_dirs=_pairs_arg(args.reward, "--reward"), reference=args.reference)
-    elif args.command in ("export-merge", "export-gptq", "export-gguf", "export-gguf-lora", "export-check"):
+    elif args.command in ("export-merge", "export-gptq", "export-awq", "export-gguf", "export-gguf-lora",
+                          "export-check"):
         from posttrain.stages import export
 
         if args.command == "export-merge":
             export.merge(params, args.model, args.out)
-        elif args.command == "export-gptq":
-            export.gptq(params, args.model, args.calibration, args.out)
+        elif args.command in ("export-gptq", "export-awq"):
+            quantize = export.gptq if args.command == "export-gptq" else export.awq
+            quantize(params, args.model, args.calibration, args.out)
         elif args.command == "export-gguf":
             export.gguf(params, args.model, args.out)
         elif args.command == "export-gguf-lora":

@@ -490,14 +490,10 @@ class DistillParams(SftParams):
 # --- export ----------------------------------------------------------------------------------
 
 
-class GptqParams(Section):
-    """4-bit GPTQ with GPTQModel: what vLLM, transformers and optimum load as `quant_method: gptq`."""
-    bits: Literal[2, 3, 4, 8] = 4
+class CalibratedQuantParams(Section):
+    """What GPTQModel's calibrated 4-bit quantizers (GPTQ, AWQ) share."""
     # weights per scale/zero group: smaller groups cost size and keep more quality
     group_size: int = Field(128, ge=-1)
-    desc_act: bool = False       # act-order: better quality, slower kernels on some servers
-    sym: bool = True
-    damp_percent: float = Field(0.05, gt=0, lt=1)
     # calibration: the SFT train rows (chat template applied), of these subsets only when set
     calibration_rows: int = Field(256, ge=1)
     calibration_max_length: int = Field(256, ge=16)
@@ -506,6 +502,21 @@ class GptqParams(Section):
     # GPTQModel parks quantized layers on disk while it works through the model: needed where the
     # model does not fit in memory (a 30B MoE), slower otherwise.
     offload_to_disk: bool = False
+
+
+class GptqParams(CalibratedQuantParams):
+    """4-bit GPTQ with GPTQModel: what vLLM, transformers and optimum load as `quant_method: gptq`."""
+    bits: Literal[2, 3, 4, 8] = 4
+    desc_act: bool = False       # act-order: better quality, slower kernels on some servers
+    sym: bool = True
+    damp_percent: float = Field(0.05, gt=0, lt=1)
+
+
+class AwqParams(CalibratedQuantParams):
+    """4-bit AWQ (activation-aware scales, asymmetric, GEMM layout) with GPTQModel: what vLLM
+    loads as `quant_method: awq` (its Marlin kernels on recent GPUs). Saved in float16, the
+    dtype vLLM's AWQ kernels compute in."""
+    bits: Literal[4] = 4
 
 
 class GgufParams(Section):
@@ -539,8 +550,9 @@ class ExportParams(Section):
     model: str = "last"
     # the merged (adapters folded in) model's dtype; the quantizers start from it.
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    formats: list[Literal["gptq", "gguf", "gguf_lora"]] = Field(default_factory=lambda: ["gptq"])
+    formats: list[Literal["gptq", "awq", "gguf", "gguf_lora"]] = Field(default_factory=lambda: ["gptq"])
     gptq: GptqParams = Field(default_factory=GptqParams)
+    awq: AwqParams = Field(default_factory=AwqParams)
     gguf: GgufParams = Field(default_factory=GgufParams)
     gguf_lora: GgufLoraParams = Field(default_factory=GgufLoraParams)
     # Written into the model card's `vllm serve` line and generation_config.json.

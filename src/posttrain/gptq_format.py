@@ -1,4 +1,4 @@
-"""Reading a GPTQ checkpoint's weights back into plain floating-point tensors.
+"""Reading a GPTQ or AWQ checkpoint's weights back into plain floating-point tensors.
 
 The evaluation measures what 4-bit weights cost in quality. On a CPU, GPTQModel's int4 kernels
 decode batched prompts dozens of times slower than a dense model, so the suite runs on the
@@ -10,6 +10,11 @@ transformers/optimum and vLLM share (`checkpoint_format: gptq`):
 - `qzeros` int32 [groups, out * bits / 32]: zero points, packed the same way along the output
   dim, stored minus one (the format's historical offset);
 - `scales` float16 [groups, out]; `g_idx` int32 [in]: each input row's group.
+
+AWQ's GEMM format (`quant_method: awq`, what vLLM's AWQ kernels and GPTQModel's write) packs the
+other way: `qweight` int32 [in, out * bits / 32] and `qzeros` [groups, out * bits / 32], both along
+the output dim with eight columns per int32 in the interleaved order 0 2 4 6 1 3 5 7, zero points
+stored as they are; `scales` [groups, out]; groups are consecutive input rows (no g_idx).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ WEIGHT_PARTS = ("qweight", "qzeros", "scales", "g_idx")
 def quantization_config(folder: Path) -> dict | None:
     config = json.loads((Path(folder) / "config.json").read_text())
     q = config.get("quantization_config")
-    return q if q and q.get("quant_method") == "gptq" else None
+    return q if q and q.get("quant_method") in ("gptq", "awq") else None
 
 
 def _unpack(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
@@ -54,14 +59,37 @@ def dequantize_linear(qweight, qzeros, scales, g_idx, bits: int, v1_zero_offset:
     return weight.t().contiguous()
 
 
+# AWQ's packing order: nibble j of an int32 holds column AWQ_ORDER[j] of its eight; column c sits in
+# nibble AWQ_NIBBLE[c].
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+AWQ_NIBBLE = tuple(AWQ_ORDER.index(c) for c in range(8))
+
+
+def _unpack_awq(packed: torch.Tensor) -> torch.Tensor:
+    codes = _unpack(packed, 4, 1)                             # [rows, out] in nibble order
+    return codes.view(codes.shape[0], -1, 8)[:, :, list(AWQ_NIBBLE)].reshape(codes.shape)
+
+
+def dequantize_awq_linear(qweight, qzeros, scales, group_size: int) -> torch.Tensor:
+    """The float32 weight [out, in] of one 4-bit AWQ (GEMM) linear layer."""
+    codes, zeros = _unpack_awq(qweight), _unpack_awq(qzeros)   # [in, out], [groups, out]
+    groups = torch.arange(codes.shape[0]) // group_size
+    weight = scales.float()[groups] * (codes - zeros[groups]).float()
+    return weight.t().contiguous()
+
+
 def dequantize_folder(src: Path, dst: Path) -> Path:
-    """A float32 copy of the GPTQ model folder `src` at `dst` that any transformers install loads."""
+    """A float32 copy of the GPTQ or AWQ model folder `src` at `dst` that any transformers
+    install loads."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     q = quantization_config(src)
     if q is None:
-        raise ValueError(f"{src}: config.json has no GPTQ quantization_config")
+        raise ValueError(f"{src}: config.json has no GPTQ or AWQ quantization_config")
+    awq = q["quant_method"] == "awq"
+    if awq and (q["bits"] != 4 or q.get("version", q.get("format", "gemm")) != "gemm"):
+        raise ValueError(f"{src}: AWQ {q['bits']}-bit {q.get('version')} weights are not supported here (4-bit gemm)")
     v1 = q.get("checkpoint_format", q.get("format", "gptq")) == "gptq"
     tensors: dict[str, torch.Tensor] = {}
     for f in sorted(Path(src).glob("*.safetensors")):
@@ -71,7 +99,10 @@ def dequantize_folder(src: Path, dst: Path) -> Path:
     out: dict[str, torch.Tensor] = {}
     for key in list(tensors):
         prefix, _, part = key.rpartition(".")
-        if part == "qweight":
+        if part == "qweight" and awq:
+            out[f"{prefix}.weight"] = dequantize_awq_linear(tensors[key], tensors[f"{prefix}.qzeros"],
+                                                            tensors[f"{prefix}.scales"], q["group_size"])
+        elif part == "qweight":
             parts = [tensors[f"{prefix}.{p}"] for p in WEIGHT_PARTS]
             out[f"{prefix}.weight"] = dequantize_linear(*parts, bits=q["bits"], v1_zero_offset=v1)
         elif part in WEIGHT_PARTS:

@@ -41,6 +41,7 @@ CODE = {
     "export_merge": [f"{SRC}/stages/export.py", f"{SRC}/stages/evaluate.py", f"{SRC}/generation.py",
                      f"{SRC}/models.py"],
     "export_gptq": [f"{SRC}/stages/export.py", f"{SRC}/generation.py", "envs/export.txt"],
+    "export_awq": [f"{SRC}/stages/export.py", f"{SRC}/generation.py", "envs/export.txt"],
     "export_gguf": [f"{SRC}/stages/export.py", f"{SRC}/gguf_export.py", f"{SRC}/generation.py"],
     "export_gguf_lora": [f"{SRC}/stages/export.py", f"{SRC}/gguf_export.py", f"{SRC}/gguf_adapter.py",
                          f"{SRC}/generation.py"],
@@ -374,13 +375,17 @@ def _export(params: Params, table: list[Stage], sources: dict) -> list[Stage]:
     merged = str(EXPORT / name / "merged")
     out = [Stage("export_merge", ["export-merge", "--model", folder, "--out", merged], [folder], [merged],
                  ["export"], metrics=[f"{merged}/metrics.json"])]
-    if "gptq" in cfg.formats:
+    for method in ("gptq", "awq"):                 # GPTQModel's calibrated 4-bit quantizers
+        if method not in cfg.formats:
+            continue
         if not sources["sft"]:
-            raise ValueError("export.formats gptq calibrates on the SFT data: set data.sources.sft, or drop gptq")
-        sft_data, gptq = str(RESULTS / "data" / "sft"), str(EXPORT / name / "gptq")
-        out.append(Stage("export_gptq", ["export-gptq", "--model", merged, "--calibration", sft_data, "--out", gptq],
-                         [merged, sft_data], [gptq], ["export"], metrics=[f"{gptq}/metrics.json"], env=EXPORT_ENV,
-                         all_cores=True))
+            raise ValueError(f"export.formats {method} calibrates on the SFT data: set data.sources.sft, or drop "
+                             f"{method}")
+        sft_data, quantized = str(RESULTS / "data" / "sft"), str(EXPORT / name / method)
+        out.append(Stage(f"export_{method}", [f"export-{method}", "--model", merged, "--calibration", sft_data,
+                                              "--out", quantized],
+                         [merged, sft_data], [quantized], ["export"], metrics=[f"{quantized}/metrics.json"],
+                         env=EXPORT_ENV, all_cores=True))
     if "gguf" in cfg.formats:
         gguf = str(EXPORT / name / "gguf")
         out.append(Stage("export_gguf", ["export-gguf", "--model", merged, "--out", gguf], [merged], [gguf], ["export"],

@@ -79,7 +79,7 @@ def _dequantized_copy(weights: Path, out: Path) -> dict | None:
     if q is None or torch.cuda.is_available():
         return None
     folder = gptq_format.dequantize_folder(weights, out.parent / f".{out.name}-dequantized")
-    return {"method": "gptq", "bits": q["bits"], "group_size": q.get("group_size"),
+    return {"method": q["quant_method"], "bits": q["bits"], "group_size": q.get("group_size"),
             "evaluated_as": "dequantized float32 weights (CPU)", "folder": folder}
 
 

@@ -129,17 +129,18 @@ def _generation_config(current, tokenizer, cfg: ExportParams):
     return gen
 
 
-def serve_command(folder: str | Path, cfg: ExportParams, quantized: bool) -> str:
+def serve_command(folder: str | Path, cfg: ExportParams, quantized: str | None) -> str:
+    """vLLM's command line for an export: `quantized` is its method (gptq, awq) or None."""
     parts = ["vllm", "serve", str(folder), "--max-model-len", str(cfg.max_model_len), "--generation-config", "auto"]
     if quantized:
-        parts += ["--quantization", "gptq"]
+        parts += ["--quantization", quantized]
     else:
         parts += ["--dtype", cfg.dtype]
     return " ".join(parts)
 
 
 def _write_card(tmp: Path, folder: Path, cfg: ExportParams, *, title: str, tags: list[str], intro: str, rows: dict,
-                quantized: bool = False) -> None:
+                quantized: str | None = None) -> None:
     """README.md in the staging folder `tmp` of the export that will live at `folder`."""
     needs = " (needs `gptqmodel` and `optimum` installed)" if quantized else ""
     usage = (f"## Serving\n\n```bash\n{serve_command(folder, cfg, quantized)}\n```\n\n"
@@ -152,7 +153,7 @@ def _write_card(tmp: Path, folder: Path, cfg: ExportParams, *, title: str, tags:
                               usage=usage)
 
 
-# --- 4-bit GPTQ ---------------------------------------------------------------------------------
+# --- 4-bit GPTQ and AWQ -----------------------------------------------------------------------------
 
 
 def calibration_rows(tokenizer, data_dir: Path, subsets: list[str] | None, n: int, max_length: int) -> list[dict]:
@@ -175,46 +176,78 @@ def calibration_rows(tokenizer, data_dir: Path, subsets: list[str] | None, n: in
     return rows
 
 
-def check_group_size(merged_dir: Path, group_size: int) -> None:
-    """Refuse a group size that does not divide every quantized layer's input width, before the
-    long calibration: the CPU kernel (and vLLM's) cannot run the result."""
-    import math
-
+def _layer_shapes(merged_dir: Path) -> dict[str, list[int]]:
+    """The shapes of a merged export's decoder-layer projection weights, by tensor name."""
     from safetensors import safe_open
 
-    widths = set()
+    shapes = {}
     for f in Path(merged_dir).glob("*.safetensors"):
         with safe_open(f, "pt") as st:
             for key in st.keys():
                 shape = st.get_slice(key).get_shape()
                 if ".layers." in key and key.endswith("proj.weight") and len(shape) == 2:
-                    widths.add(shape[1])
+                    shapes[key] = shape
+    return shapes
+
+
+def check_awq_widths(merged_dir: Path) -> None:
+    """GPTQModel's AWQ searches clipping bounds in blocks of 64 output rows: refuse, before the
+    calibration, a model with a layer whose output width is not a multiple of 64."""
+    bad = sorted({f"{k.split('.')[-2]} ({shape[0]})" for k, shape in _layer_shapes(merged_dir).items()
+                  if shape[0] % 64})
+    if bad:
+        raise ValueError(f"export.formats awq: {merged_dir} has layers whose output width is not a multiple of 64 "
+                         f"({', '.join(bad)}), which GPTQModel's AWQ cannot quantize; use gptq")
+
+
+def check_group_size(merged_dir: Path, group_size: int, setting: str = "export.gptq.group_size") -> None:
+    """Refuse a group size that does not divide every quantized layer's input width, before the
+    long calibration: the CPU kernel (and vLLM's) cannot run the result."""
+    import math
+
+    widths = {shape[1] for shape in _layer_shapes(merged_dir).values()}
     if group_size <= 0 or not widths:
         return
     bad = sorted(w for w in widths if w % group_size)
     if bad:
         common = math.gcd(*widths)
         fits = max(g for g in (32, 64, 128, 256) if common % g == 0) if common % 32 == 0 else -1
-        raise ValueError(f"export.gptq.group_size {group_size} does not divide the input width of {merged_dir}'s "
+        raise ValueError(f"{setting} {group_size} does not divide the input width of {merged_dir}'s "
                          f"layers ({', '.join(map(str, bad))}); use {fits} (or -1: one group per row)")
 
 
 def gptq(params: Params, merged_dir: Path, calibration_dir: Path, out: Path) -> dict:
+    """4-bit GPTQ of the merged export (GPTQModel)."""
+    return _quantize(params, "gptq", merged_dir, calibration_dir, out)
+
+
+def awq(params: Params, merged_dir: Path, calibration_dir: Path, out: Path) -> dict:
+    """4-bit AWQ of the merged export (GPTQModel's AWQ, GEMM layout, float16)."""
+    return _quantize(params, "awq", merged_dir, calibration_dir, out)
+
+
+def _quantize(params: Params, method: str, merged_dir: Path, calibration_dir: Path, out: Path) -> dict:
+    """GPTQModel's calibrated 4-bit quantization of the merged export, saved as transformers,
+    optimum and vLLM load it, reloaded and asked the probe."""
     cfg = _cfg(params)
-    q = cfg.gptq
+    q = getattr(cfg, method)
     merged = require_manifest(merged_dir, "export-merge")
     require_manifest(calibration_dir, "prepare-data --kind sft")
     # GPTQModel packs one layer per CPU worker; it reads this at import
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(1, len(os.sched_getaffinity(0)))))
     try:
         from gptqmodel import GPTQModel, QuantizeConfig
+        from gptqmodel.quantization import FORMAT, METHOD
     except ImportError as err:
-        raise RuntimeError("export-gptq needs GPTQModel, which lives in the export environment (its pins conflict "
-                           "with Snakemake's): run `make setup-export` and call .venv-export/bin/posttrain "
-                           f"(the DAG's export_gptq rule does); import failed: {err}") from err
+        raise RuntimeError(f"export-{method} needs GPTQModel, which lives in the export environment (its pins "
+                           "conflict with Snakemake's): run `make setup` and call .venv-export/bin/posttrain "
+                           f"(the DAG's export_{method} rule does); import failed: {err}") from err
+    import torch
     from transformers import AutoTokenizer
 
-    check_group_size(merged_dir, q.group_size)
+    check_group_size(merged_dir, q.group_size, f"export.{method}.group_size")
+    if method == "awq":
+        check_awq_widths(merged_dir)
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     calibration = calibration_rows(tokenizer, calibration_dir, q.calibration_subsets, q.calibration_rows,
                                    q.calibration_max_length)
@@ -223,10 +256,20 @@ def gptq(params: Params, merged_dir: Path, calibration_dir: Path, out: Path) -> 
     # temporary path that GPTQModel would then record in the exported config
     offload = {"offload_to_disk": True, "offload_to_disk_path": str(tmp / ".offload")} if q.offload_to_disk \
         else {"offload_to_disk": False}
-    qconfig = QuantizeConfig(bits=q.bits, group_size=q.group_size, desc_act=q.desc_act, sym=q.sym,
-                             damp_percent=q.damp_percent, **offload)
+    if method == "gptq":
+        qconfig = QuantizeConfig(bits=q.bits, group_size=q.group_size, desc_act=q.desc_act, sym=q.sym,
+                                 damp_percent=q.damp_percent, **offload)
+        load = {}
+        settings = {"bits": q.bits, "group_size": q.group_size, "desc_act": q.desc_act}
+    else:
+        # asymmetric (zero points), the GEMM layout vLLM's AWQ kernels read; float16, the dtype
+        # they compute in (GPTQModel would pick bfloat16 on a CPU)
+        qconfig = QuantizeConfig(bits=q.bits, group_size=q.group_size, quant_method=METHOD.AWQ, format=FORMAT.GEMM,
+                                 sym=False, **offload)
+        load = {"dtype": torch.float16}
+        settings = {"bits": q.bits, "group_size": q.group_size, "dtype": "float16"}
     started = time.perf_counter()
-    model = GPTQModel.load(str(merged_dir), qconfig)
+    model = GPTQModel.load(str(merged_dir), qconfig, **load)
     model.quantize(calibration, batch_size=q.batch_size, tokenizer=tokenizer)
     model.save(str(tmp))
     seconds = time.perf_counter() - started
@@ -238,28 +281,28 @@ def gptq(params: Params, merged_dir: Path, calibration_dir: Path, out: Path) -> 
 
     sample = _reload_and_generate(tmp, tokenizer)
     layer_losses = _layer_losses(tmp / "quant_log.csv")
-    metrics = {"bits": q.bits, "group_size": q.group_size, "desc_act": q.desc_act,
-               "calibration_rows": len(calibration),
+    metrics = {**settings, "calibration_rows": len(calibration),
                "calibration_tokens": sum(len(r["input_ids"]) for r in calibration),
                "size_mb": round(weights_mb(tmp), 3), "merged_size_mb": round(weights_mb(merged_dir), 3),
                "size_ratio": round(weights_mb(tmp) / weights_mb(merged_dir), 4),
                "quantize_seconds": round(seconds, 1), **layer_losses}
     write_json(tmp / "metrics.json", metrics)
     (tmp / "sample.txt").write_text(f"{PROBE[0]['content']}\n---\n{sample}\n")
-    _write_card(tmp, out, cfg, title=f"{merged_dir.parent.name}, {q.bits}-bit GPTQ", tags=["gptq", f"{q.bits}bit"],
-                intro=(f"The merged export `{merged_dir}` quantized with GPTQModel ({q.bits}-bit, group size "
+    name = method.upper()
+    _write_card(tmp, out, cfg, title=f"{merged_dir.parent.name}, {q.bits}-bit {name}", tags=[method, f"{q.bits}bit"],
+                intro=(f"The merged export `{merged_dir}` quantized with GPTQModel's {name} ({q.bits}-bit, group size "
                        f"{q.group_size}) on {len(calibration)} SFT rows; the embeddings stay in "
-                       f"{merged['params'].get('dtype', 'the merged dtype')}."),
-                rows={"bits": q.bits, "group size": q.group_size, "act-order": q.desc_act,
+                       f"{settings.get('dtype') or merged['params'].get('dtype', 'the merged dtype')}."),
+                rows={**{k.replace("_", " "): v for k, v in settings.items()},
                       "size (MB)": metrics["size_mb"], "of the merged size": metrics["size_ratio"],
                       "quantization time (s)": metrics["quantize_seconds"]},
-                quantized=True)
-    write_manifest(tmp, stage="export-gptq", params=section(params, "export"), seed=cfg.seed,
+                quantized=method)
+    write_manifest(tmp, stage=f"export-{method}", params=section(params, "export"), seed=cfg.seed,
                    inputs={"merged": merged_dir, "calibration": calibration_dir},
                    chat_template=tokenizer.chat_template,
                    extra={"metrics": metrics, "parameters": merged.get("metrics", {}).get("parameters")})
     _publish(tmp, out)
-    log.info("gptq export: %s", metrics)
+    log.info("%s export: %s", method, metrics)
     return metrics
 
 
@@ -279,14 +322,23 @@ def _reload_and_generate(folder: Path, tokenizer) -> str:
     return generate(model, tokenizer, [PROBE], max_new_tokens=24)[0]
 
 
+def _is_number(text: str | None) -> bool:
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _layer_losses(path: Path) -> dict:
     """GPTQ's per-module reconstruction loss (GPTQModel's quant_log.csv): a quick look at where
     quantization hurt, without an evaluation."""
     if not path.is_file():
         return {}
     with open(path) as fh:
-        losses = [float(r["loss"]) for r in csv.DictReader(fh) if r.get("loss") not in (None, "")]
-    return {"gptq_loss_mean": round(sum(losses) / len(losses), 8), "gptq_loss_max": round(max(losses), 8)} \
+        # AWQ logs "not applicable" for modules it scales through another (o_proj through v_proj)
+        losses = [float(r["loss"]) for r in csv.DictReader(fh) if _is_number(r.get("loss"))]
+    return {"quant_loss_mean": round(sum(losses) / len(losses), 8), "quant_loss_max": round(max(losses), 8)} \
         if losses else {}
 
 
