@@ -152,7 +152,8 @@ def apply(model, path: Path) -> int:
         for gguf_name, (a, b) in pairs.items():
             key = by_gguf.get(gguf_name)
             if key is None:
-                raise ValueError(f"{path}: adapter tensor {gguf_name} matches no weight of this {config.model_type} model")
+                raise ValueError(f"{path}: adapter tensor {gguf_name} matches no weight of this "
+                                 f"{config.model_type} model")
             if permute and key.endswith("q_proj.weight"):
                 b = _unpermute(b, config.num_attention_heads)
             elif permute and key.endswith("k_proj.weight"):

@@ -377,7 +377,7 @@ def gguf(params: Params, merged_dir: Path, out: Path) -> dict:
     training.write_model_card(
         tmp, library="gguf", tags=["gguf", g.type], title=f"{merged_dir.parent.name}, GGUF {g.type}",
         intro=(f"The merged export `{merged_dir}` as one GGUF file: {g.type} weights, {embeddings} token "
-               f"embeddings, float32 norms." + _no_pre_tokenizer_note(g.tokenizer_pre)),
+               f"embeddings, float32 norms." + _no_pre_tokenizer_note(g.tokenizer_pre, "export.gguf.tokenizer_pre")),
         rows={"file": filename, "weights": g.type, "embeddings": embeddings, "size (MB)": metrics["size_mb"],
               "of the merged size": metrics["size_ratio"],
               "next-token agreement with the merged model": metrics["top1_agreement"]},
@@ -440,7 +440,7 @@ def gguf_lora(params: Params, model_dir: Path, merged_dir: Path, out: Path) -> d
         title=f"{model_dir.name}, GGUF {g.type} base + LoRA adapter",
         intro=(f"`{base_dir}` as a GGUF file ({g.type} weights, {embeddings} token embeddings) and the LoRA "
                f"adapter of `{model_dir}` as a llama.cpp adapter ({g.adapter_type}), applied at load time."
-               + _no_pre_tokenizer_note(g.tokenizer_pre)),
+               + _no_pre_tokenizer_note(g.tokenizer_pre, "export.gguf_lora.tokenizer_pre")),
         rows={"base file": base_file, "adapter file": adapter_file, "size (MB)": metrics["size_mb"],
               "of the merged size": metrics["size_ratio"],
               "next-token agreement with the merged model": metrics["top1_agreement"]},
@@ -466,9 +466,9 @@ def _gguf_metrics(tmp: Path, merged_dir: Path, fields: dict, agreement: float, s
     return metrics
 
 
-def _no_pre_tokenizer_note(tokenizer_pre: str | None) -> str:
-    return "" if tokenizer_pre else (" No `tokenizer.ggml.pre` was set (export.gguf.tokenizer_pre): llama.cpp "
-                                     "pre-tokenizes with its default regex and warns.")
+def _no_pre_tokenizer_note(tokenizer_pre: str | None, setting: str) -> str:
+    return "" if tokenizer_pre else (f" No `tokenizer.ggml.pre` was set ({setting}): llama.cpp pre-tokenizes with "
+                                     "its default regex and warns.")
 
 
 def _check_gguf(tmp: Path, filename: str, adapter: Path | None, merged_dir: Path, tokenizer) -> tuple[float, str]:
