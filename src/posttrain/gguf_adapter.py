@@ -93,10 +93,9 @@ def write(adapter_dir: Path, base_config_dir: Path, path: Path, *, type: str, na
             raise ValueError(f"{adapter_dir}: adapted weight {weight} has no GGUF name for {config.model_type}")
         rank = a.shape[0]
         b = b * (_scaling(peft_config, weight, rank) / (alpha / rank))  # exactly 1 for plain LoRA
-        if permute and weight.endswith("q_proj.weight"):
-            b = gguf_export._permute(b, config.num_attention_heads)
-        elif permute and weight.endswith("k_proj.weight"):
-            b = gguf_export._permute(b, config.num_key_value_heads)
+        heads = gguf_export.rotary_heads(weight, config, permute)
+        if heads:
+            b = gguf_export._permute(b, heads)
         for suffix, array in (("lora_a", a), ("lora_b", b)):
             kind = gguf_export._tensor_type("", array, type, type)
             qtype = gguf_export._qtype(kind)
@@ -154,10 +153,9 @@ def apply(model, path: Path) -> int:
             if key is None:
                 raise ValueError(f"{path}: adapter tensor {gguf_name} matches no weight of this "
                                  f"{config.model_type} model")
-            if permute and key.endswith("q_proj.weight"):
-                b = _unpermute(b, config.num_attention_heads)
-            elif permute and key.endswith("k_proj.weight"):
-                b = _unpermute(b, config.num_key_value_heads)
+            heads = gguf_export.rotary_heads(key, config, permute)
+            if heads:
+                b = _unpermute(b, heads)
             delta = torch.from_numpy((alpha / a.shape[0]) * (b @ a))
             params[key].add_(delta.to(params[key].dtype))
     return len(pairs)

@@ -75,6 +75,16 @@ def _permute(weight: np.ndarray, heads: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weight.shape))
 
 
+def rotary_heads(key: str, config, permute: bool) -> int | None:
+    """How many heads llama.cpp's rotary row order permutes the Hugging Face weight `key` by
+    (its attention q and k, in llama-arch models), or None."""
+    if permute and key.endswith("q_proj.weight"):
+        return config.num_attention_heads
+    if permute and key.endswith("k_proj.weight"):
+        return config.num_key_value_heads
+    return None
+
+
 def _tensor_type(gguf_name: str, array: np.ndarray, weights: str, embeddings: str) -> str:
     from gguf import GGML_QUANT_SIZES
 
@@ -170,10 +180,9 @@ def write(model_dir: Path, path: Path, *, weights: str, embeddings: str, name: s
         if gguf_name is None:
             raise ValueError(f"{model_dir}: tensor {key} has no GGUF name for {config.model_type}")
         array = tensor.to(torch.float32).numpy()
-        if permute and key.endswith("q_proj.weight"):
-            array = _permute(array, heads)
-        elif permute and key.endswith("k_proj.weight"):
-            array = _permute(array, kv_heads)
+        rotary = rotary_heads(key, config, permute)
+        if rotary:
+            array = _permute(array, rotary)
         kind = _tensor_type(gguf_name, array, weights, embeddings)
         qtype = _qtype(kind)
         data = gguf.quants.quantize(np.ascontiguousarray(array), qtype)

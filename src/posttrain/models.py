@@ -123,18 +123,19 @@ def weights_mb(folder: Path, pattern: str | None = None) -> float:
 def gguf_file(folder: Path) -> Path | None:
     """The one GGUF model file of a model folder (an export-gguf output), or None; a LoRA
     adapter beside it (adapter-*.gguf, export-gguf-lora) is gguf_adapter_file's."""
-    found = sorted(f for f in Path(folder).glob("*.gguf") if not f.name.startswith("adapter-"))
-    if len(found) > 1:
-        raise ValueError(f"{folder}: more than one GGUF file ({', '.join(f.name for f in found)}); keep one")
-    return found[0] if found else None
+    return _at_most_one(folder, [f for f in Path(folder).glob("*.gguf") if not f.name.startswith("adapter-")],
+                        "GGUF file")
 
 
 def gguf_adapter_file(folder: Path) -> Path | None:
     """The GGUF LoRA adapter served with a folder's GGUF model (adapter-<type>.gguf), or None."""
-    found = sorted(Path(folder).glob("adapter-*.gguf"))
+    return _at_most_one(folder, list(Path(folder).glob("adapter-*.gguf")), "GGUF adapter")
+
+
+def _at_most_one(folder: Path, found: list[Path], what: str) -> Path | None:
     if len(found) > 1:
-        raise ValueError(f"{folder}: more than one GGUF adapter ({', '.join(f.name for f in found)}); keep one")
-    return found[0] if found else None
+        raise ValueError(f"{folder}: more than one {what} ({', '.join(sorted(f.name for f in found))}); keep one")
+    return min(found) if found else None
 
 
 def load_gguf(path: Path) -> Resolved:
