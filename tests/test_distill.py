@@ -16,11 +16,12 @@ from posttrain.pruning import depth_pruned, kept_layers
 from posttrain.stages import distill, prepare_data
 
 
-def _deep_tiny(arch: str, layers: int = 6):
+def _deep_tiny(arch: str, layers: int = 6, tied: bool = True):
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_model(arch, tokenizer)
     config = model.config
     config.num_hidden_layers = layers
+    config.tie_word_embeddings = tied
     if getattr(config, "layer_types", None):
         config.layer_types = [config.layer_types[0]] * layers
     torch.manual_seed(1)
@@ -35,9 +36,9 @@ def test_kept_layers_are_every_kth_and_the_last():
         kept_layers(6, 1)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3_moe"])
-def test_a_pruned_model_keeps_the_chosen_layers_weights(arch):
-    model, _ = _deep_tiny(arch)
+@pytest.mark.parametrize("arch, tied", [("llama", True), ("qwen3_moe", True), ("llama", False)])
+def test_a_pruned_model_keeps_the_chosen_layers_weights(arch, tied):
+    model, _ = _deep_tiny(arch, tied=tied)
     student = depth_pruned(model, [0, 3, 5])
     assert student.config.num_hidden_layers == 3
     ours, theirs = model.state_dict(), student.state_dict()
@@ -48,8 +49,12 @@ def test_a_pruned_model_keeps_the_chosen_layers_weights(arch):
     assert torch.equal(theirs["model.embed_tokens.weight"], ours["model.embed_tokens.weight"])
     ids = torch.tensor([[1, 2, 3, 4]])
     assert student(ids).logits.shape == model(ids).logits.shape
-    # keeping every layer is the same model
-    assert torch.allclose(depth_pruned(model, list(range(6)))(ids).logits, model(ids).logits)
+    # keeping every layer is the same model (no weight left uninitialised), tied as the model is
+    same = depth_pruned(model, list(range(6)))
+    assert torch.allclose(same(ids).logits, model(ids).logits)
+    for m in (model, student, same):
+        assert (m.lm_head.weight is m.get_input_embeddings().weight) == tied
+    assert torch.equal(student.lm_head.weight, model.lm_head.weight)
     with pytest.raises(ValueError, match="increasing"):
         depth_pruned(model, [3, 0])
 

@@ -11,6 +11,7 @@ import copy
 import re
 
 from transformers import AutoModelForCausalLM
+from transformers.initialization import no_init_weights
 
 _LAYER = re.compile(r"(^|\.)layers\.(\d+)\.")
 
@@ -79,7 +80,12 @@ def depth_pruned(model, keep: list[int]):
                 continue
             name = f"{name[:m.start(2)]}{renumber[old]}{name[m.end(2):]}"
         state[name] = tensor
-    student = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
+    # Every weight is loaded from `state` right after, so random initialisation (seconds for a
+    # 135M model, and layer ranking builds one model per layer) is skipped; skipping it also skips
+    # the tying of input and output embeddings, which tie_weights does once the weights are in.
+    with no_init_weights():
+        student = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
     student.load_state_dict(state, strict=True)
+    student.tie_weights()
     student.generation_config = copy.deepcopy(model.generation_config)
     return student
