@@ -334,7 +334,7 @@ def test_gguf_refuses_what_it_cannot_write(tmp_path, merged):
     from posttrain import gguf_export
 
     with pytest.raises(ValueError, match="convert_hf_to_gguf.py"):
-        gguf_export._architecture(Qwen3MoeConfig())
+        gguf_export.architecture(Qwen3MoeConfig())
     with pytest.raises(ValueError, match="q3_k"):
         _params(tmp_path, formats=["gguf"], gguf={"type": "q3_k"})
     assert not (tmp_path / "gguf").exists()

@@ -76,7 +76,7 @@ def write(adapter_dir: Path, base_config_dir: Path, path: Path, *, type: str, na
     if type not in ("f32", "f16", "q8_0"):
         raise ValueError(f"GGUF adapter type {type!r}: llama.cpp adapters are f32, f16 or q8_0")
     config = AutoConfig.from_pretrained(base_config_dir)
-    arch, permute = gguf_export._architecture(config)
+    arch, permute = gguf_export.architecture(config)
     names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     peft_config, pairs = _peft_tensors(adapter_dir)
     alpha = float(peft_config["lora_alpha"])
@@ -95,10 +95,10 @@ def write(adapter_dir: Path, base_config_dir: Path, path: Path, *, type: str, na
         b = b * (_scaling(peft_config, weight, rank) / (alpha / rank))  # exactly 1 for plain LoRA
         heads = gguf_export.rotary_heads(weight, config, permute)
         if heads:
-            b = gguf_export._permute(b, heads)
+            b = gguf_export.permute_rotary(b, heads)
         for suffix, array in (("lora_a", a), ("lora_b", b)):
-            kind = gguf_export._tensor_type("", array, type, type)
-            qtype = gguf_export._qtype(kind)
+            kind = gguf_export.tensor_type("", array, type, type)
+            qtype = gguf_export.qtype_of(kind)
             writer.add_tensor(f"{gguf_name}.{suffix}", gguf.quants.quantize(np.ascontiguousarray(array), qtype),
                               raw_dtype=qtype)
             counts[kind] += 1
@@ -111,7 +111,7 @@ def write(adapter_dir: Path, base_config_dir: Path, path: Path, *, type: str, na
 
 
 def _unpermute(weight: np.ndarray, heads: int) -> np.ndarray:
-    """The inverse of gguf_export._permute: llama.cpp's interleaved rotary rows back to Hugging Face's."""
+    """The inverse of gguf_export.permute_rotary: llama.cpp's interleaved rotary rows back to Hugging Face's."""
     return (weight.reshape(heads, weight.shape[0] // heads // 2, 2, *weight.shape[1:])
             .swapaxes(1, 2).reshape(weight.shape))
 
@@ -142,7 +142,7 @@ def apply(model, path: Path) -> int:
     import torch
 
     config = model.config
-    arch, permute = gguf_export._architecture(config)
+    arch, permute = gguf_export.architecture(config)
     names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     by_gguf = {names.get_name(k, try_suffixes=(".weight",)): k for k in model.state_dict() if k.endswith(".weight")}
     alpha, pairs = read(path)

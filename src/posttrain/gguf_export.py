@@ -32,7 +32,7 @@ ARCHITECTURES = {"llama": ("LLAMA", True), "mistral": ("LLAMA", True), "qwen2": 
                  "qwen3": ("QWEN3", False)}
 
 
-def _qtype(name: str):
+def qtype_of(name: str):
     from gguf import GGMLQuantizationType
 
     if name not in TYPES:
@@ -47,7 +47,7 @@ def file_type(name: str) -> int:
     return special[name] if name in special else LlamaFileType[f"MOSTLY_{name.upper()}"]
 
 
-def _architecture(config) -> tuple:
+def architecture(config) -> tuple:
     from gguf import MODEL_ARCH
 
     model_type = config.model_type
@@ -69,7 +69,7 @@ def _rope_theta(config) -> float:
     return float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
 
 
-def _permute(weight: np.ndarray, heads: int) -> np.ndarray:
+def permute_rotary(weight: np.ndarray, heads: int) -> np.ndarray:
     """Rows of each head from Hugging Face's half-split rotary order to llama.cpp's interleaved one."""
     return (weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:])
             .swapaxes(1, 2).reshape(weight.shape))
@@ -85,13 +85,13 @@ def rotary_heads(key: str, config, permute: bool) -> int | None:
     return None
 
 
-def _tensor_type(gguf_name: str, array: np.ndarray, weights: str, embeddings: str) -> str:
+def tensor_type(gguf_name: str, array: np.ndarray, weights: str, embeddings: str) -> str:
     from gguf import GGML_QUANT_SIZES
 
     if array.ndim == 1:
         return "f32"
     wanted = embeddings if gguf_name.startswith(("token_embd.", "output.")) else weights
-    block = GGML_QUANT_SIZES[_qtype(wanted)][0]
+    block = GGML_QUANT_SIZES[qtype_of(wanted)][0]
     return wanted if array.shape[-1] % block == 0 else "f16"
 
 
@@ -126,9 +126,9 @@ def write(model_dir: Path, path: Path, *, weights: str, embeddings: str, name: s
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    _qtype(weights), _qtype(embeddings)
+    qtype_of(weights), qtype_of(embeddings)
     config = AutoConfig.from_pretrained(model_dir)
-    arch, permute = _architecture(config)
+    arch, permute = architecture(config)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokens, token_types = _vocabulary(tokenizer, config.vocab_size)
     # in the stored precision; each tensor goes to float32 only while it is quantized
@@ -182,9 +182,9 @@ def write(model_dir: Path, path: Path, *, weights: str, embeddings: str, name: s
         array = tensor.to(torch.float32).numpy()
         rotary = rotary_heads(key, config, permute)
         if rotary:
-            array = _permute(array, rotary)
-        kind = _tensor_type(gguf_name, array, weights, embeddings)
-        qtype = _qtype(kind)
+            array = permute_rotary(array, rotary)
+        kind = tensor_type(gguf_name, array, weights, embeddings)
+        qtype = qtype_of(kind)
         data = gguf.quants.quantize(np.ascontiguousarray(array), qtype)
         writer.add_tensor(gguf_name, data, raw_dtype=qtype)  # the shape follows from the bytes
         counts[kind] += 1
