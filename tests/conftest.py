@@ -43,6 +43,26 @@ def tiny_base(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def chatty_model(tmp_path_factory, tiny_base):
+    """The tiny base with large random weights. At its initial scale the tiny model only repeats
+    the prompt's last newline; this one emits digits, "####" and <|im_end|> at varying points, so
+    batches mix early stops, padding and numbers to extract."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 1.0, generator=gen)
+    out = tmp_path_factory.mktemp("chatty") / "model"
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_base).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def embedded_base(tmp_path_factory):
     """The demo's real model (SmolLM2-135M-Instruct from the packaged GGUF), resolved once."""
     from posttrain.config import load_params

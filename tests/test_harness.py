@@ -224,26 +224,6 @@ def _check_report(report):
     assert m["arithmetic_accuracy"] == sum(s["correct"] for s in report["samples"][ARITHMETIC_TASK]) / 2
 
 
-@pytest.fixture(scope="module")
-def chatty_model(tmp_path_factory, tiny_base):
-    """The tiny base with large random weights. At its initial scale the tiny model only repeats
-    the prompt's last newline; this one emits digits, "####" and <|im_end|> at varying points, so
-    batches mix early stops, padding and numbers to extract."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_base)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 1.0, generator=gen)
-    out = tmp_path_factory.mktemp("chatty") / "model"
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_base).save_pretrained(out)
-    return out
-
-
 def test_run_harness_end_to_end_is_deterministic(eval_jsonl, tmp_path, chatty_model):
     task_dir = tmp_path / "tasks"
     names = write_tasks(eval_jsonl, task_dir)
@@ -255,6 +235,34 @@ def test_run_harness_end_to_end_is_deterministic(eval_jsonl, tmp_path, chatty_mo
     assert again["metrics"] == first["metrics"]
     assert again["samples"] == first["samples"]
     assert again["raw"]["results"] == first["raw"]["results"]
+
+
+def test_harness_refills_finished_rows_and_keeps_lm_evals_texts(eval_jsonl, tmp_path, chatty_model, monkeypatch):
+    """RefillingHFLM decodes all of a task's requests with `batch_size` rows at a time, a finished
+    row's place going to the next request; its texts and metrics are those of lm-eval's own
+    batches (here: one batch of every request, lm-eval's model.generate)."""
+    from posttrain import harness_model
+
+    calls = []
+    real = harness_model.greedy_refilling
+
+    def spy(model, prompts, **kw):
+        calls.append((len(prompts), kw["slots"]))
+        return real(model, prompts, **kw)
+
+    monkeypatch.setattr(harness_model, "greedy_refilling", spy)
+    task_dir = tmp_path / "tasks"
+    names = write_tasks(eval_jsonl, task_dir)
+    refilled = run_harness(chatty_model, names, task_dir, limit=4, max_new_tokens=16, batch_size=2)
+    assert calls and all(n > slots == 2 for n, slots in calls)   # more requests than places
+    lengths = {len(s["response"]) for samples in refilled["samples"].values() for s in samples}
+    assert len(lengths) > 1                                        # rows ended at different steps
+    before = len(calls)
+    monkeypatch.setattr(harness_model, "refillable", lambda m: False)
+    fixed = run_harness(chatty_model, names, task_dir, limit=4, max_new_tokens=16, batch_size=2)
+    assert len(calls) == before                                    # lm-eval's own generate ran
+    assert fixed["samples"] == refilled["samples"]
+    assert fixed["metrics"] == refilled["metrics"]
 
 
 def test_run_harness_with_adapter(eval_jsonl, tmp_path, tiny_base):

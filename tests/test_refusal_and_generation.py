@@ -1,9 +1,10 @@
 import math
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from posttrain.generation import assistant_nll, generate
+from posttrain.generation import assistant_nll, generate, greedy_refilling, refillable
 from posttrain.refusal import is_refusal
 
 
@@ -42,6 +43,56 @@ def test_generation_is_batched_greedy_and_repeatable(tiny_base):
     assert len(a) == 3 and a == b
     one = generate(model, tok, convs[1:2], max_new_tokens=8)
     assert one[0] == a[1]   # left padding does not change a prompt's completion
+
+
+def _alone(model, ids: list[int], n: int) -> list[int]:
+    """A prompt's greedy continuation by transformers' own generate, alone in its batch."""
+    out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=None,
+                         pad_token_id=0)
+    return out[0, len(ids):].tolist()
+
+
+def test_refilling_decodes_each_prompt_as_it_would_be_decoded_alone(chatty_model):
+    tok = AutoTokenizer.from_pretrained(chatty_model)
+    model = AutoModelForCausalLM.from_pretrained(chatty_model).eval()
+    assert refillable(model)
+    texts = ["hi", "What is 2 plus 3? Explain.", "x", "Name three colours.", "ok",
+             # long and late: the cache already decoding is left-padded to its length
+             "Tell me, step by step and with care, how a bicycle's gears work on a steep hill."]
+    prompts = [tok(tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                           add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+               for t in texts]
+    n = 10
+    alone = [_alone(model, p, n) for p in prompts]
+    stop = alone[0][2]   # the first answer's third token ends every answer that reaches it
+    expected = [a[:a.index(stop) + 1] if stop in a else a for a in alone]
+    assert len({len(e) for e in expected}) > 1   # rows end at different steps
+    finished = []
+    got = greedy_refilling(model, prompts, stops=[stop], max_new_tokens=n, slots=2,
+                           on_finished=lambda: finished.append(1))
+    assert got == expected
+    assert len(finished) == len(prompts)
+    # a stop string ends a row too (here: after its fourth token)
+    short = greedy_refilling(model, prompts, stops=[], max_new_tokens=n, slots=3, stop_when=lambda ids: len(ids) >= 4)
+    assert short == [a[:4] for a in alone]
+
+
+def test_refilled_generation_gives_the_fixed_batches_texts(chatty_model, monkeypatch):
+    import posttrain.generation as generation
+
+    tok = AutoTokenizer.from_pretrained(chatty_model)
+    model = AutoModelForCausalLM.from_pretrained(chatty_model)
+    convs = [[{"role": "user", "content": t}] for t in ("hi", "What is 2 plus 3?", "x", "Count to five.", "ok")]
+    refilled = generate(model, tok, convs, max_new_tokens=12, batch_size=2)
+    monkeypatch.setattr(generation, "refillable", lambda m: False)
+    assert generate(model, tok, convs, max_new_tokens=12, batch_size=2) == refilled
+
+
+def test_models_with_logits_processing_are_not_refilled(tiny_base):
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    assert refillable(model)
+    model.generation_config.repetition_penalty = 1.3   # greedy_refilling has no such processor
+    assert not refillable(model)
 
 
 def test_assistant_nll_counts_only_assistant_tokens(tiny_base):

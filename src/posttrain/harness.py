@@ -381,8 +381,9 @@ def run_harness(model_dir: Path, tasks: list[str], task_dir: Path, *, adapter_di
     """
     import lm_eval
     import torch
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
+
+    from posttrain.harness_model import RefillingHFLM
 
     if not tasks:
         raise ValueError("no tasks to run")
@@ -409,9 +410,9 @@ def run_harness(model_dir: Path, tasks: list[str], task_dir: Path, *, adapter_di
     local = {p.stem for p in task_dir.glob(f"{TASK_PREFIX}*.yaml")}
     standard = [t for t in tasks if t not in local]
     if model is not None:
-        lm = HFLM(pretrained=model, tokenizer=str(tokenizer_dir), batch_size=batch_size)
+        lm = RefillingHFLM(pretrained=model, tokenizer=str(tokenizer_dir), batch_size=batch_size)
     else:
-        lm = HFLM(device=device, batch_size=batch_size, **model_args)
+        lm = RefillingHFLM(device=device, batch_size=batch_size, **model_args)
 
     gen_kwargs = {"max_gen_toks": max_new_tokens, "do_sample": False, "temperature": 0.0,
                   "eos_token_id": _stop_token_ids(lm.tokenizer, getattr(lm.model, "generation_config", None))}
