@@ -175,12 +175,20 @@ def test_evaluate_scores_responses_with_reward_models_and_a_reference(tmp_path, 
                           reference=tmp_path / "sft")["metrics"]
     mine = {(s["task"], s["id"]): s for s in map(json.loads, open(tmp_path / "short" / "samples.jsonl"))}
     theirs = {(s["task"], s["id"]): s for s in samples}
-    wins = [1.0 if a > b else 0.5 if a == b else 0.0
+    wins = [0.5 if s["response"] == theirs[k]["response"] else 1.0 if a > b else 0.5 if a == b else 0.0
             for k, s in mine.items() if "helpful" in s.get("rm_scores", {})
             for a, b in [(s["rm_scores"]["helpful"], theirs[k]["rm_scores"]["helpful"])]]
     assert other["win_rate_vs_reference"] == pytest.approx(sum(wins) / len(wins))
     manifest = json.loads((tmp_path / "short" / "manifest.json").read_text())
     assert {"reward:helpful", "reward:safety", "reference"} <= set(manifest["inputs"])
+
+
+def test_identical_responses_tie_whatever_their_rounded_scores():
+    # the same text scored in two batches can differ in the last rounded digit
+    assert evaluate._win("Paris.", 0.300001, "Paris.", 0.3) == 0.5
+    assert evaluate._win("Paris.", 0.300001, "Lyon.", 0.3) == 1.0
+    assert evaluate._win("Lyon.", 0.3, "Paris.", 0.300001) == 0.0
+    assert evaluate._win("Lyon.", 0.3, "Paris.", 0.3) == 0.5
 
 
 def test_the_reference_responses_scores_are_reused_only_from_the_same_reward_model(tmp_path, tiny_base, eval_dir,

@@ -243,10 +243,19 @@ def _reward_metrics(samples: list[dict], rows: list[dict], reward_dirs: dict[str
         else:
             ref_scores = rm.score([_prompt_of(r, by_id) for _, r in pairs], [r["response"] for _, r in pairs],
                                   batch_size=cfg.batch_size)
-        wins = [1.0 if s["rm_scores"][aspect] > round(v, 6) else 0.5 if s["rm_scores"][aspect] == round(v, 6) else 0.0
-                for (s, _), v in zip(pairs, ref_scores)]
+        wins = [_win(s["response"], s["rm_scores"][aspect], r["response"], round(v, 6))
+                for (s, r), v in zip(pairs, ref_scores)]
         metrics["win_rate_vs_reference"] = sum(wins) / len(wins)
     return metrics
+
+
+def _win(response: str, score: float, reference_response: str, reference_score: float) -> float:
+    """1 when the reward model prefers the response, 0.5 for a tie, 0 otherwise. The same text is
+    a tie whatever its two scores: scored in batches of other rows, identical texts can differ in
+    the last rounded digit, which would otherwise decide a comparison of nothing."""
+    if response == reference_response or score == reference_score:
+        return 0.5
+    return 1.0 if score > reference_score else 0.0
 
 
 def _prompt_of(sample: dict, by_id: dict) -> list[dict]:
