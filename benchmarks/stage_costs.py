@@ -1,16 +1,17 @@
 """Per-stage wall time and peak memory of the last Snakemake run, from its `benchmark:` files.
 
-    .venv/bin/python benchmarks/stage_costs.py [logs/benchmarks]
+    .venv/bin/python benchmarks/stage_costs.py [logs/benchmarks] [--params params.yaml [overlay.yaml]]
 
 Every rule writes logs/benchmarks/<rule>.tsv (Snakemake's benchmark directive: seconds, peak
 resident memory, CPU time). This prints them as one table, slowest first, with the total and the
-share of each stage.
+share of each stage; then the DAG's critical path (the params' stage table, with these wall
+times): the chain of stages that no number of cores would shorten, a lower bound of the run's
+wall time next to the CPU seconds divided by the cores.
 """
 
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
 
@@ -41,7 +42,49 @@ def stage_table(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def critical_path(walls: dict[str, float], table) -> tuple[list[str], float]:
+    """The longest chain of dependent stages (stage table order is a topological order), and its
+    wall time: each stage starts when the last of its inputs is written."""
+    produced = {out: s.name for s in table for out in s.outs}
+    finish: dict[str, float] = {}
+    before: dict[str, str | None] = {}
+    for s in table:
+        deps = [produced[d] for d in s.deps if d in produced]
+        before[s.name] = max(deps, key=finish.__getitem__) if deps else None
+        finish[s.name] = (finish[before[s.name]] if deps else 0.0) + walls.get(s.name, 0.0)
+    if not finish:
+        return [], 0.0
+    last: str | None = max(finish, key=finish.__getitem__)
+    path = []
+    while last is not None:
+        path.append(last)
+        last = before[last]
+    return path[::-1], max(finish.values())
+
+
+def path_summary(rows: list[dict], table, cores: int) -> str:
+    walls = {r["rule"]: r["s"] for r in rows}
+    path, length = critical_path(walls, table)
+    cpu = sum(r["cpu_s"] or r["s"] for r in rows)
+    chain = " -> ".join(f"{n} ({walls.get(n, 0):.0f})" for n in path)
+    return (f"critical path: {length:.0f} s ({length / 60:.1f} min): {chain}\n"
+            f"CPU seconds / {cores} cores: {cpu / cores:.0f} s ({cpu / cores / 60:.1f} min); the run cannot take less "
+            f"than the larger of the two")
+
+
 if __name__ == "__main__":
-    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("logs/benchmarks")
-    table = stage_table(folder)
-    print(table or f"no benchmark files under {folder}: run the DAG with Snakemake first")
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("folder", nargs="?", default="logs/benchmarks", type=Path)
+    ap.add_argument("--params", nargs="*", help="params.yaml and overlays: adds the DAG's critical path")
+    ap.add_argument("--cores", type=int, default=2)
+    args = ap.parse_args()
+    table = stage_table(args.folder)
+    print(table or f"no benchmark files under {args.folder}: run the DAG with Snakemake first")
+    if table and args.params:
+        from posttrain.config import load_params
+        from posttrain.pipeline import stages
+
+        print()
+        print(path_summary(read(args.folder), stages(load_params(args.params), args.params), args.cores))

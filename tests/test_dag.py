@@ -156,8 +156,13 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     train_text = (results / "data/sft/train.jsonl").read_text()
     assert not any(p in train_text for p in eval_prompts)
     # every rule left its wall time and peak memory (Snakemake's benchmark files), gathered in one table
-    table = run([bin_path("python"), str(ROOT / "benchmarks/stage_costs.py"), "logs/benchmarks"], project).stdout
+    table = run([bin_path("python"), str(ROOT / "benchmarks/stage_costs.py"), "logs/benchmarks",
+                 "--params", "params.yaml", "tiny.yaml"], project).stdout
     assert "| sft |" in table and "| report |" in table and "all " in table
+    # the longest chain of the DAG: from a stage with no inputs from others to the report, through SFT
+    chain = table.split("critical path: ")[1].splitlines()[0].split(": ", 1)[1]
+    assert chain.startswith(("demo_data", "base_model")) and " -> sft (" in chain and chain.endswith(")")
+    assert chain.split(" -> ")[-1].startswith("report")
     # a second run has nothing to do
     again = run([bin_path("snakemake"), "--cores", "2", "--configfile", "tiny.yaml"], project)
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -216,3 +221,17 @@ def test_the_stages_every_evaluation_waits_for_are_scheduled_first():
     priority = {s.name: s.priority for s in stages(load_params([ROOT / "params.yaml"]))}
     assert priority["reward_helpful"] == priority["reward_safety"] == priority["evaluate_sft"] > 0
     assert not [n for n, p in priority.items() if p and n not in ("reward_helpful", "reward_safety", "evaluate_sft")]
+
+
+def test_critical_path_is_the_longest_chain_of_dependent_stages():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from stage_costs import critical_path
+
+    from posttrain.pipeline import Stage
+
+    table = [Stage("a", [], [], ["out/a"], []), Stage("b", [], ["out/a"], ["out/b"], []),
+             Stage("c", [], ["out/a"], ["out/c"], []), Stage("d", [], ["out/b", "out/c", "data/raw"], ["out/d"], [])]
+    assert critical_path({"a": 1, "b": 5, "c": 2, "d": 1}, table) == (["a", "b", "d"], 7)
+    assert critical_path({"a": 1, "b": 1, "c": 9, "d": 1}, table) == (["a", "c", "d"], 11)

@@ -171,6 +171,17 @@ def test_quantized_export_is_4bit_smaller_and_describes_itself(quantized):
     assert q["quant_method"] == method and q["bits"] == 4 and q["group_size"] == 32
     if method == "awq":       # what vLLM's AWQ kernels read: zero points, GEMM layout, float16
         assert q["zero_point"] is True and q["version"] == "gemm" and config["dtype"] == "float16"
+    else:                     # calibrated in float32 on a CPU, stored in the merged export's dtype
+        from safetensors import safe_open
+
+        dtype = json.loads((merged / "config.json").read_text())["dtype"]
+        assert config["dtype"] == dtype
+        assert json.loads((folder / "metrics.json").read_text())["calibration_dtype"] == "float32"
+        unquantized = set()
+        for shard in folder.glob("*.safetensors"):
+            with safe_open(shard, "pt") as f:
+                unquantized |= {f.get_slice(k).get_dtype() for k in f.keys() if k.endswith(("norm.weight", "embed_tokens.weight"))}
+        assert unquantized == {{"bfloat16": "BF16", "float16": "F16", "float32": "F32"}[dtype]}
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["calibration_rows"] == 8 and metrics["calibration_tokens"] <= 8 * 64
     assert metrics["size_ratio"] == pytest.approx(export.weights_mb(folder) / export.weights_mb(merged), abs=1e-3)

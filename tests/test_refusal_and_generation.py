@@ -106,6 +106,30 @@ def test_assistant_nll_counts_only_assistant_tokens(tiny_base):
     assert math.exp(nll / n) > 1
 
 
+def test_assistant_nll_in_padded_batches_equals_each_conversation_scored_in_full(tiny_base):
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    convs = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}],
+             [{"role": "user", "content": "a much longer question " * 6}, {"role": "assistant", "content": "no"},
+              {"role": "user", "content": "why"}, {"role": "assistant", "content": "because it is late " * 3}],
+             [{"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2?"},
+              {"role": "assistant", "content": "4"}]]
+    # Reference: every position's logits, one conversation at a time, assistant targets only.
+    total, count = 0.0, 0
+    for conv in convs:
+        enc = tok.apply_chat_template(conv, return_dict=True, return_assistant_tokens_mask=True)
+        ids = torch.tensor([enc["input_ids"]])
+        with torch.no_grad():
+            logits = model(ids).logits[0, :-1]
+        mask = torch.tensor(enc["assistant_masks"][1:], dtype=torch.bool)
+        total += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")[mask].sum())
+        count += int(mask.sum())
+    for batch_size in (1, 2, 3):
+        nll, n = assistant_nll(model, tok, convs, batch_size=batch_size)
+        assert n == count
+        assert nll == pytest.approx(total, rel=1e-5)
+
+
 def test_generation_stages_compute_on_a_fixed_thread_count_whatever_the_tool_set():
     import torch
 

@@ -158,7 +158,7 @@ def _evaluate(params: Params, model_dir: Path, name: str, eval_dir: Path, heldou
                     for r, o, f in zip(picked, outputs, refused)]
     if heldout_dir is not None and cfg.perplexity_rows:
         held = [json.loads(line)["messages"] for line in open(heldout_dir / "val.jsonl")][: cfg.perplexity_rows]
-        nll, n = assistant_nll(model, tokenizer, held, batch_size=cfg.batch_size)
+        nll, n = assistant_nll(model, tokenizer, held)
         metrics["perplexity"] = math.exp(nll / n) if n else None
 
     del model
