@@ -30,7 +30,7 @@ CODE = {
            f"{SRC}/constraints.py", f"{SRC}/reward_model.py", f"{SRC}/generation.py", f"{SRC}/training.py",
            f"{SRC}/checkpoints.py", f"{SRC}/preemption.py", f"{SRC}/ppo.py", f"{SRC}/ppo_math.py",
            f"{SRC}/ppo_critic.py"],
-    "student_base": [f"{SRC}/stages/distill.py", f"{SRC}/pruning.py", f"{SRC}/models.py"],
+    "student_base": [f"{SRC}/stages/distill.py", f"{SRC}/pruning.py", f"{SRC}/models.py", f"{SRC}/generation.py"],
     "distill_samples": [f"{SRC}/stages/distill.py", f"{SRC}/generation.py", f"{SRC}/rewards.py", f"{SRC}/answers.py",
                         f"{SRC}/refusal.py", f"{SRC}/constraints.py", f"{SRC}/stages/rl.py"],
     "distill": [f"{SRC}/stages/distill.py", f"{SRC}/distillation.py", f"{SRC}/stages/sft.py", f"{SRC}/training.py",
