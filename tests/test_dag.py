@@ -61,6 +61,30 @@ def test_recipe_overlay_reaches_both_tools(project):
     assert {name: s["cmd"] for name, s in stages.items()} == jobs
 
 
+def test_quick_demo_leaves_out_distillation_and_gptq_and_changes_only_the_export(project):
+    """`make demo-quick` runs a subset of `make demo`'s jobs. An overlay reaches only the commands
+    of the stages that read a section it sets (here `export`): the others stay the same, so
+    Snakemake and DVC keep their results when a user goes from one demo to the other."""
+    recipe = "recipes/demo-quick.yaml"
+    full, full_edges = snakemake_jobs(project)
+    quick, quick_edges = snakemake_jobs(project, "--configfile", recipe)
+    left_out = {"student_base", "distill_samples", "distill", "distill_baseline", "evaluate_distilled",
+                "evaluate_student_sft", "export_gptq", "evaluate_sft_gptq"}
+    assert set(full) - set(quick) == left_out and set(quick) <= set(full)
+    with_overlay = {name for name, cmd in quick.items() if cmd.endswith(f" --params {recipe}")}
+    assert with_overlay == {"export_merge", "export_gguf_lora"}
+    for name, cmd in quick.items():
+        # the report and the export check list the models they compare
+        if name not in ("report", "export_check"):
+            assert cmd.removesuffix(f" --params params.yaml --params {recipe}") == full[name]
+    assert quick_edges == {(a, b) for a, b in full_edges if a not in left_out and b not in left_out}
+    # DVC tracks the overlay's params for those stages only
+    run([bin_path("posttrain"), "dag", "--write", "--recipe", recipe], project)
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    assert stages["export_merge"]["params"] == ["export", {recipe: ["export"]}]
+    assert stages["sft"]["params"] == ["sft"] and stages["sft"]["cmd"] == full["sft"]
+
+
 def test_rl_stages_in_params_grow_both_dags(project):
     """Adding an RL stage is a params change only: both tools get a stage and its evaluation."""
     stages = yaml.safe_load((project / "tiny.yaml").read_text())["rl"]["stages"]

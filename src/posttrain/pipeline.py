@@ -68,7 +68,8 @@ class Stage:
     params: list[str]              # params.yaml sections the stage reads
     metrics: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
-    # Parameter files (params.yaml + overlays), appended to the command when not the default.
+    # Parameter files (params.yaml + the overlays that set a section in `params`), appended to
+    # the command when not the default.
     param_files: list[str] = field(default_factory=list)
     # The stage's own code, as extra inputs: editing it reruns the stage in both tools.
     code: list[str] = field(default_factory=list)
@@ -169,8 +170,12 @@ def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
             table.append(_export_check(exported))
 
     _check_resource_keys(params, table)
+    overlay_sections = {f: set(read_yaml(Path(f))) for f in param_files[1:]}
     for s in table:
-        s.param_files = param_files
+        # The first file, then each overlay that sets a section the stage reads: an overlay leaves
+        # the commands of the other stages as they were, so switching overlays (the quick demo,
+        # the RL stages) reruns only the stages it changes, in Snakemake and in DVC alike.
+        s.param_files = [param_files[0], *(f for f in param_files[1:] if overlay_sections[f] & set(s.params))]
         s.kind = next((k for k in ("prepare_data", "evaluate", "reward", "rl", "distill_samples", "distill")
                        if s.name.startswith(k)), s.name)
         s.code = CODE[s.kind]
@@ -334,7 +339,7 @@ def _distill(params: Params, table: list[Stage], sources: dict) -> list[Stage]:
     from_teacher = ["--teacher", teacher] if pruned and cfg.student.prune_from == "teacher" else []
     return [
         Stage("student_base", ["student-base", "--base", base, *calibration, *from_teacher, "--out", student_base],
-              [base, *calibration[1:], *from_teacher[1:]], [student_base], ["distill"]),
+              [base, *calibration[1:], *from_teacher[1:]], [student_base], ["distill", "model"]),
         # generation-bound, like the evaluations: GENERATION_THREADS cores (see _evaluation)
         Stage("distill_samples", ["distill-samples", "--teacher", teacher, "--prompts", prompts, "--out", samples],
               [teacher, prompts], [samples], ["distill"], metrics=[f"{samples}/metrics.json"]),
