@@ -202,8 +202,10 @@ def train_resumably(trainer, run_dir: Path, resume: Path | None) -> tuple[list[d
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(initial, {**trainer.evaluate(), "step": 0})
     result, elapsed = train_or_restore(trainer, resume)
-    last = trainer.state.log_history[-1] if trainer.state.log_history else {}
-    if last.get("step") != trainer.state.global_step or not any(k.startswith("eval_") for k in last):
+    # The final step's evaluation, unless training ended on an eval step (the train summary comes
+    # after it in the log): the same weights evaluated twice cost a pass over the validation set.
+    step = trainer.state.global_step
+    if not any(e.get("step") == step and any(k.startswith("eval_") for k in e) for e in trainer.state.log_history):
         trainer.evaluate()
     return [json.loads(initial.read_text()), *trainer.state.log_history], result, elapsed
 
