@@ -202,10 +202,11 @@ def train_resumably(trainer, run_dir: Path, resume: Path | None) -> tuple[list[d
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(initial, {**trainer.evaluate(), "step": 0})
     result, elapsed = train_or_restore(trainer, resume)
-    # The final step's evaluation, unless training ended on an eval step (the train summary comes
-    # after it in the log): the same weights evaluated twice cost a pass over the validation set.
+    # The final weights' evaluation, unless training ended on an eval step (the train summary comes
+    # after it in the log) with those weights kept: evaluating them again costs a validation pass.
     step = trainer.state.global_step
-    if not any(e.get("step") == step and any(k.startswith("eval_") for k in e) for e in trainer.state.log_history):
+    evaluated = any(e.get("step") == step and any(k.startswith("eval_") for k in e) for e in trainer.state.log_history)
+    if not evaluated or trainer.args.load_best_model_at_end:
         trainer.evaluate()
     return [json.loads(initial.read_text()), *trainer.state.log_history], result, elapsed
 
