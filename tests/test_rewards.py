@@ -150,6 +150,18 @@ def test_length_penalty():
     assert got == [0.0, -0.5, -1.0]
 
 
+def test_repetition_penalty_costs_loops_not_lists():
+    plain = "1. Math\n2. Science\n3. History"
+    loop = "1. 1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1"
+    got = score("repetition", [plain, loop, "ok", "the cat sat and the cat sat"], options={"ngram": 3})
+    assert got[0] == 0.0 and got[2] == 0.0
+    assert got[1] < -0.8
+    assert got[3] == pytest.approx(-1 / 5)  # 5 trigrams, the last repeats the first
+    assert score("repetition", [loop], options={"max_penalty": 0.5})[0] == pytest.approx(got[1] / 2)
+    with pytest.raises(ValueError, match="ngram"):
+        rewards.build({"name": "repetition", "ngram": 0})
+
+
 # --- building ----------------------------------------------------------------------------------
 
 

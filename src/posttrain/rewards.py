@@ -13,7 +13,7 @@ made-up value; TRL's GRPOTrainer skips None the same way.
     fn = combine([{"name": "accuracy", "weight": 1.0},          # a weighted sum
                   {"name": "format", "weight": 0.2, "think_tag": "think"}])
 
-Names: accuracy, format, refusal, constraint, length, reward_model. `build` fails on an unknown
+Names: accuracy, format, refusal, constraint, length, repetition, reward_model. `build` fails on an unknown
 name or option with the list of what exists.
 """
 
@@ -165,6 +165,29 @@ def length(max_words: int = 100) -> RewardFn:
         return [-min(1.0, max(0, len(text_of(c).split()) - max_words) / max_words) for c in completions]
 
     return _named(fn, "length")
+
+
+@register("repetition")
+def repetition(ngram: int = 3, max_penalty: float = 1.0) -> RewardFn:
+    """Minus the share of the completion's word n-grams that repeat an earlier one, times
+    `max_penalty`: 0.0 for text without repeats, towards -max_penalty for a loop. A reward model
+    trained on a few hundred pairs can be won by repeating what it likes (a list marker, a
+    phrase); this term makes that cost. Texts shorter than one n-gram score 0.0."""
+    if ngram < 1:
+        raise ValueError(f"repetition: ngram must be >= 1, got {ngram}")
+    if max_penalty < 0:
+        raise ValueError(f"repetition: max_penalty must be >= 0, got {max_penalty}")
+
+    def fn(prompts, completions, **columns):
+        out = []
+        for c in completions:
+            # split on whitespace and on digits-and-dots runs, so "1.1.1.1.2.3" counts as a loop
+            tokens = re.findall(r"[A-Za-z]+|\d+|[^\sA-Za-z\d]", text_of(c).lower())
+            grams = [tuple(tokens[i:i + ngram]) for i in range(len(tokens) - ngram + 1)]
+            out.append(-max_penalty * (1 - len(set(grams)) / len(grams)) if grams else 0.0)
+        return out
+
+    return _named(fn, "repetition")
 
 
 @register("reward_model")
