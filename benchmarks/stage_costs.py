@@ -6,13 +6,37 @@ Every rule writes logs/benchmarks/<rule>.tsv (Snakemake's benchmark directive: s
 resident memory, CPU time). This prints them as one table, slowest first, with the total and the
 share of each stage; then the DAG's critical path (the params' stage table, with these wall
 times): the chain of stages that no number of cores would shorten, a lower bound of the run's
-wall time next to the CPU seconds divided by the cores.
+wall time next to the CPU seconds divided by the cores. The first line names this machine's CPU:
+the same DAG takes twice as long on one 2-core machine as on another, so a figure is only
+comparable next to the machine it was measured on (run it where the DAG ran).
 """
 
 from __future__ import annotations
 
 import csv
+import os
+import platform
 from pathlib import Path
+
+
+def machine() -> str:
+    """The CPU model, the cores this process may use and the memory, from /proc (Linux)."""
+    model = platform.processor() or platform.machine()
+    try:
+        # the first processor's fields; a virtual machine may name only the vendor ("AMD EPYC"),
+        # so the family and model numbers (the CPU generation) come with it
+        info = {}
+        for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines():
+            key, _, value = line.partition(":")
+            info[key.strip()] = value.strip()
+        if "model name" in info:
+            model = f"{info['model name']} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
+        mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal"))
+        memory = f", {mem_kb / 2**20:.0f} GiB"
+    except (OSError, StopIteration, ValueError):
+        memory = ""
+    return f"machine: {model}, {len(os.sched_getaffinity(0))} cores{memory}"
 
 
 def read(folder: Path) -> list[dict]:
@@ -81,6 +105,8 @@ if __name__ == "__main__":
     ap.add_argument("--cores", type=int, default=2)
     args = ap.parse_args()
     table = stage_table(args.folder)
+    print(machine())
+    print()
     print(table or f"no benchmark files under {args.folder}: run the DAG with Snakemake first")
     if table and args.params:
         from posttrain.config import load_params

@@ -183,6 +183,7 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     table = run([bin_path("python"), str(ROOT / "benchmarks/stage_costs.py"), "logs/benchmarks",
                  "--params", "params.yaml", "tiny.yaml"], project).stdout
     assert "| sft |" in table and "| report |" in table and "all " in table
+    assert table.startswith("machine: ") and " cores" in table.splitlines()[0]  # figures name their machine
     # the longest chain of the DAG: from a stage with no inputs from others, through SFT, to one
     # that nothing reads (the report or the export check, whichever ended last)
     chain = table.split("critical path: ")[1].splitlines()[0].split(": ", 1)[1]
