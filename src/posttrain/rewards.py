@@ -13,8 +13,8 @@ made-up value; TRL's GRPOTrainer skips None the same way.
     fn = combine([{"name": "accuracy", "weight": 1.0},          # a weighted sum
                   {"name": "format", "weight": 0.2, "think_tag": "think"}])
 
-Names: accuracy, format, refusal, constraint, length, repetition, reward_model. `build` fails on an unknown
-name or option with the list of what exists.
+Names: accuracy, format, refusal, constraint, length, repetition, reward_model. `build` fails on
+an unknown name or option with the list of what exists.
 """
 
 from __future__ import annotations
@@ -181,7 +181,8 @@ def repetition(ngram: int = 3, max_penalty: float = 1.0) -> RewardFn:
     def fn(prompts, completions, **columns):
         out = []
         for c in completions:
-            # split on whitespace and on digits-and-dots runs, so "1.1.1.1.2.3" counts as a loop
+            # tokens: runs of letters, runs of digits, single punctuation marks; so "1.1.1.1.2.3"
+            # is a loop of "1 . 1", where posttrain.constraints.words would see one word
             tokens = re.findall(r"[A-Za-z]+|\d+|[^\sA-Za-z\d]", text_of(c).lower())
             grams = [tuple(tokens[i:i + ngram]) for i in range(len(tokens) - ngram + 1)]
             out.append(-max_penalty * (1 - len(set(grams)) / len(grams)) if grams else 0.0)
