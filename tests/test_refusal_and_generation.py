@@ -146,7 +146,7 @@ def test_generation_stages_compute_on_a_fixed_thread_count_whatever_the_tool_set
         assert inside == GENERATION_THREADS and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
-    # and the DAG schedules those rules on that many cores (a rule that is not all_cores gets 1)
+    # and the DAG schedules those rules on that many cores (a rule with no cores_share gets 1)
     table = {s.name: s for s in stages(load_params([ROOT / "params.yaml"]))}
     generating = [s for n, s in table.items() if n.startswith("evaluate_") or n == "distill_samples"]
-    assert generating and GENERATION_THREADS == 1 and not any(s.all_cores or s.threads for s in generating)
+    assert generating and GENERATION_THREADS == 1 and not any(s.cores_share or s.threads for s in generating)

@@ -56,6 +56,7 @@ DVC_HEADER = ("# Generated from posttrain/pipeline.py by `posttrain dag --write`
               "# tests/test_dag.py fails when this file and the Snakefile's rules drift apart.\n")
 
 
+ALL_CORES, HALF_THE_CORES = 1.0, 0.5   # Stage.cores_share
 GATES_EVALUATIONS = 10   # Stage.priority of the stages every evaluation but one waits for
 
 
@@ -78,9 +79,12 @@ class Stage:
     # A virtual environment whose posttrain runs the stage (relative to the working directory);
     # empty: the one Snakemake and DVC run in.
     env: str = ""
-    # Training stages use every core Snakemake may use (it sets OMP_NUM_THREADS to a rule's
-    # threads, 1 by default, which would halve CPU training speed on two cores).
-    all_cores: bool = False
+    # The share of Snakemake's cores the rule takes (at least one thread; 0: one). Snakemake sets
+    # OMP_NUM_THREADS to a rule's threads, 1 by default. The SFT and RL stages take every core:
+    # everything after them waits. Training that other work runs beside takes half: a second
+    # thread makes it only 1.6-1.8x faster on two cores, so two such jobs side by side finish
+    # sooner than one after the other (benchmarks/RESULTS.md, "The whole demo").
+    cores_share: float = 0.0
     # The stage kind (a CODE key: sft, rl, evaluate, ...) and the Snakemake resources of its rule.
     kind: str = ""
     resources: dict = field(default_factory=dict)
@@ -149,7 +153,7 @@ def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
                            [base, str(RESULTS / "data" / "sft")], [sft], ["sft"],
                            metrics=[f"{sft}/metrics.json"],
                            plots=[{f"{sft}/log.csv": {"x": "step", "y": ["train_loss", "val_loss"]}}],
-                           launcher=_launcher(params.sft.gpus, params.sft.strategy), all_cores=True))
+                           launcher=_launcher(params.sft.gpus, params.sft.strategy), cores_share=ALL_CORES))
 
     if sources["preference"]:
         table += _reward_models(params, table)
@@ -266,7 +270,7 @@ def _reward_models(params: Params, table: list[Stage]) -> list[Stage]:
                                               "--out", folder],
                          [init, data], [folder], ["reward"], metrics=[f"{folder}/metrics.json"],
                          plots=[{f"{folder}/log.csv": {"x": "step", "y": ["train_accuracy", "val_accuracy"]}}],
-                         launcher=_launcher(params.reward.gpus, params.reward.strategy), all_cores=True,
+                         launcher=_launcher(params.reward.gpus, params.reward.strategy), cores_share=HALF_THE_CORES,
                          priority=GATES_EVALUATIONS))
     return out
 
@@ -305,7 +309,7 @@ def _rl(params: Params, table: list[Stage]) -> list[Stage]:
                              PPO_PLOTS if st.algorithm == "ppo" else [])]}}],
                          # PPO is one process whose model spans the node's GPUs (device map)
                          launcher=_launcher(1 if st.algorithm == "ppo" else params.rl.gpus, params.rl.strategy),
-                         all_cores=True))
+                         cores_share=ALL_CORES))
         if not is_zero:
             previous = folder
     return out
@@ -331,7 +335,7 @@ def _distill(params: Params, table: list[Stage], sources: dict) -> list[Stage]:
     def trained(name: str, args: list[str], deps: list[str], out: str) -> Stage:
         return Stage(name, [*args, "--out", out], deps, [out], ["distill"], metrics=[f"{out}/metrics.json"],
                      plots=[{f"{out}/log.csv": {"x": "step", "y": ["train_loss", "val_loss"]}}], launcher=launcher,
-                     all_cores=True)
+                     cores_share=HALF_THE_CORES)
 
     logit = ["--teacher", teacher] if cfg.level == "logit" else []
     pruned = cfg.student.model == "prune"
@@ -391,7 +395,7 @@ def _export(params: Params, table: list[Stage], sources: dict) -> list[Stage]:
         out.append(Stage(f"export_{method}", [f"export-{method}", "--model", merged, "--calibration", sft_data,
                                               "--out", quantized],
                          [merged, sft_data], [quantized], ["export"], metrics=[f"{quantized}/metrics.json"],
-                         env=EXPORT_ENV, all_cores=True))
+                         env=EXPORT_ENV, cores_share=HALF_THE_CORES))
     if "gguf" in cfg.formats:
         gguf = str(EXPORT / name / "gguf")
         out.append(Stage("export_gguf", ["export-gguf", "--model", merged, "--out", gguf], [merged], [gguf], ["export"],
