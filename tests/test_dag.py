@@ -240,13 +240,17 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     assert "base.perplexity" in changed and changed["base.perplexity"]["old"] != changed["base.perplexity"]["new"]
 
 
-def test_the_stages_every_evaluation_waits_for_are_scheduled_first():
+def test_the_longest_chain_and_the_stages_every_evaluation_waits_for_are_scheduled_first():
     from posttrain.config import load_params
     from posttrain.pipeline import stages
 
     priority = {s.name: s.priority for s in stages(load_params([ROOT / "params.yaml"]))}
     assert priority["reward_helpful"] == priority["reward_safety"] == priority["evaluate_sft"] > 0
-    assert not [n for n, p in priority.items() if p and n not in ("reward_helpful", "reward_safety", "evaluate_sft")]
+    # the longest chain (the student's layers and the teacher's samples, then distillation) goes first
+    chain = ("student_base", "distill_samples", "distill")
+    assert {priority[n] for n in chain} == {max(priority.values())} and max(priority.values()) > priority["evaluate_sft"]
+    assert not [n for n, p in priority.items()
+                if p and n not in ("reward_helpful", "reward_safety", "evaluate_sft", *chain)]
 
 
 def rule_threads(cwd, cores: int) -> dict[str, int]:
