@@ -11,7 +11,7 @@ for _stage in STAGES:
             _stage.inputs,
         output:
             [directory(o) for o in _stage.outs],
-        threads: _stage.threads or max(1, int(workflow.cores * _stage.cores_share))
+        threads: _stage.rule_threads(workflow.cores)
         priority: _stage.priority
         # wall time, peak memory and CPU time per rule (benchmarks/stage_costs.py gathers them)
         benchmark:

@@ -283,3 +283,22 @@ def test_critical_path_is_the_longest_chain_of_dependent_stages():
              Stage("c", [], ["out/a"], ["out/c"], []), Stage("d", [], ["out/b", "out/c", "data/raw"], ["out/d"], [])]
     assert critical_path({"a": 1, "b": 5, "c": 2, "d": 1}, table) == (["a", "b", "d"], 7)
     assert critical_path({"a": 1, "b": 1, "c": 9, "d": 1}, table) == (["a", "c", "d"], 11)
+
+
+def test_the_cores_a_rule_holds_bound_the_run():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from stage_costs import path_summary
+
+    from posttrain.pipeline import Stage
+
+    # a two-thread training stage beside two one-core evaluations; one stage ran elsewhere
+    table = [Stage("train", [], [], ["out/t"], [], cores_share=1.0), Stage("e1", [], ["out/t"], ["out/e1"], []),
+             Stage("e2", [], ["out/t"], ["out/e2"], [])]
+    rows = [{"rule": "train", "s": 100.0, "cpu_s": 170.0}, {"rule": "e1", "s": 50.0, "cpu_s": 50.0},
+            {"rule": "e2", "s": 30.0, "cpu_s": 30.0}]
+    summary = path_summary(rows, table, cores=2)
+    assert "critical path: 150 s" in summary                         # train, then the longer evaluation
+    assert "CPU seconds / 2 cores: 125 s" in summary                  # (170 + 50 + 30) / 2
+    assert "core-seconds held (wall x the rule's threads) / 2 cores: 140 s" in summary   # (200 + 50 + 30) / 2

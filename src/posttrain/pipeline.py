@@ -104,6 +104,10 @@ class Stage:
         r = self.resources
         return r.get("cpus_per_task") or (r["cpus_per_gpu"] * r["gpu"] if r.get("cpus_per_gpu") and r.get("gpu") else None)
 
+    def rule_threads(self, cores: int) -> int:
+        """The threads of the stage's rule when Snakemake runs with `cores` cores."""
+        return self.threads or max(1, int(cores * self.cores_share))
+
     @property
     def inputs(self) -> list[str]:
         return [*self.deps, *self.code]
