@@ -60,8 +60,8 @@ ALL_CORES, HALF_THE_CORES = 1.0, 0.5   # Stage.cores_share
 GATES_EVALUATIONS = 10   # Stage.priority of the stages every evaluation but one waits for
 # Stage.priority of the distillation chain (the student's layers, the teacher's samples, the
 # distillation): the demo's longest chain of dependent stages (`benchmarks/stage_costs.py
-# --params` prints it). Snakemake breaks ties between ready jobs of one priority by their input
-# size, which put it last: the demo then took 27.7 minutes against ~22 with it first.
+# --params` prints it). Among ready jobs of one priority Snakemake's scheduler only fills the
+# cores, in no particular order; it once put the teacher's sampling last: 27.7 minutes for the demo.
 LONGEST_CHAIN = 20
 
 
