@@ -624,7 +624,10 @@ def test_refusals_vary_for_repeated_requests(data):
 
 def test_rl_prompts(data):
     rows = data["prompts_rl"]
-    harmful = {p for p, _ in dc.TRAIN_HARMFUL_PROMPTS}
+    # the training intents, in wordings of their own: neither the SFT data's nor the evaluation's
+    harmful = {p for p, _ in dc._harmful_prompts(dc.TRAIN_HARMFUL, dc.RL_HARMFUL_TEMPLATES)}
+    assert not harmful & {p for p, _ in dc.TRAIN_HARMFUL_PROMPTS}
+    assert not set(dc.RL_HARMFUL_TEMPLATES) & set(dc.TRAIN_HARMFUL_TEMPLATES + dc.EVAL_HARMFUL_TEMPLATES)
     edgy = {q for q, _ in dc.EDGY_PHRASINGS}
     subsets = collections.Counter(r["subset"] for r in rows)
     assert subsets == {"arithmetic": 240, "safety": 120, "helpful": 120}     # 480 rows: 1/2, 1/4, 1/4
@@ -642,6 +645,10 @@ def test_rl_prompts(data):
             assert find_constraint(row["prompt"]) == row["constraint"]
             assert row["prompt"].endswith(constraint_instruction(row["constraint"]))
     assert expects == {"refuse": 60, "comply": 60}
+    refuse = [r["prompt"] for r in rows if r["expect"] == "refuse"]
+    assert len(set(refuse)) == 60
+    used = {t for t in dc.RL_HARMFUL_TEMPLATES for p in refuse if p.startswith(t.split("{x}")[0])}
+    assert used == set(dc.RL_HARMFUL_TEMPLATES)         # every wording is asked
 
 
 def test_eval_safety_sets(data):
