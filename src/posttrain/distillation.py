@@ -82,7 +82,11 @@ class Teacher:
                 if "loss" in logs:  # a training log: add the two parts, averaged since the last one
                     for key, values in self._parts.items():
                         if values:
-                            logs[key] = sum(values) / len(values)
+                            # Six significant digits: the divergence is a float32 sum over the
+                            # vocabulary whose last digits follow the reduction's thread count
+                            # (Snakemake runs this stage on half the cores, `dvc repro` on all;
+                            # the weights come out the same), and the log must too.
+                            logs[key] = float(f"{sum(values) / len(values):.6g}")
                             values.clear()
                 super().log(logs, *args, **kwargs)
 
