@@ -73,6 +73,29 @@ def test_divergence_is_zero_against_itself_and_the_forward_kl_otherwise(tmp_path
     assert float(teacher.divergence(other, inputs)) == pytest.approx(float(expected), rel=1e-5)
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_the_divergence_on_the_labelled_positions_is_trls_masked_one_exactly(tiny_base, beta):
+    """Picking the labelled positions before the softmaxes must change neither the loss nor its
+    gradient by a bit: the weights the students train to stay those of TRL's formulation."""
+    from trl.experimental.gkd import GKDTrainer
+
+    teacher = Teacher(tiny_base, weight=0.5, beta=beta, temperature=0.9)
+    torch.manual_seed(0)
+    ids = torch.randint(5, 60, (2, 12))
+    labels = ids.clone()
+    labels[:, :4] = -100             # prompts
+    labels[1, 9:] = -100             # padding at the end of the second row
+    inputs = {"input_ids": ids, "attention_mask": (labels != -100) | (torch.arange(12) < 9), "labels": labels}
+    student = torch.randn(2, 12, teacher.model.config.vocab_size, requires_grad=True)
+    ours = teacher.divergence(student, inputs)
+    with torch.no_grad():
+        logits = teacher.model(input_ids=ids, attention_mask=inputs["attention_mask"], use_cache=False).logits
+    theirs = GKDTrainer.generalized_jsd_loss(student[:, :-1], logits[:, :-1], labels=labels[:, 1:], beta=beta,
+                                             temperature=0.9)
+    assert torch.equal(ours, theirs)
+    assert torch.equal(torch.autograd.grad(ours, student)[0], torch.autograd.grad(theirs, student)[0])
+
+
 @pytest.fixture(scope="module")
 def params(tmp_path_factory):
     overlay = tmp_path_factory.mktemp("distill") / "ckpt.yaml"

@@ -578,6 +578,10 @@ class EvaluateParams(Section):
     harness_tasks: list[str] = Field(default_factory=list)
     # Held-out SFT rows scored for perplexity (0 turns it off).
     perplexity_rows: int = Field(100, ge=0)
+    # Responses a reward model scores at once. Batches are sorted by length and padded to their
+    # longest row: on the demo's 80 responses per model, 64 at once scored 1.2x the real tokens and
+    # took 15.2 s, 16 at once 11.4 s (one core).
+    reward_batch_size: int = Field(16, ge=1)
     # Which responses each reward model scores (`<aspect>_rm_score`, the mean normalised score):
     # eval subsets by aspect. An aspect not listed scores every non-arithmetic response.
     rm_subsets: dict[str, list[str]] = Field(default_factory=lambda: {

@@ -143,19 +143,25 @@ def _evaluate(params: Params, model_dir: Path, name: str, eval_dir: Path, heldou
         metrics["parameters"] = manifest["parameters"]  # packed 4-bit tensors count 8 weights per element
     metrics["weights_mb"] = models.weights_mb(stored)
     timings = {"generated_tokens": 0, "generation_seconds": 0.0, "batch_size": cfg.batch_size}
-    for subset, metric in (("harmful", "harmful_refusal_rate"), ("benign", "benign_overrefusal_rate")):
-        picked = [r for r in rows if r["subset"] == subset][: cfg.limit or None]
-        if not picked:
-            continue
+    # Harmful and benign prompts are answered in one pass: a refilled batch stays full (40 of each
+    # would leave 24 of 64 places empty), and each answer is the one it would get alone.
+    safety = {subset: [r for r in rows if r["subset"] == subset][: cfg.limit or None] for subset in ("harmful", "benign")}
+    picked = [r for subset in safety.values() for r in subset]
+    if picked:
         started = time.perf_counter()
         outputs = generate(model, tokenizer, [r["prompt"] for r in picked], max_new_tokens=cfg.safety_max_new_tokens,
-                           batch_size=cfg.batch_size, seed=cfg.seed, progress=subset)
+                           batch_size=cfg.batch_size, seed=cfg.seed, progress="safety")
         timings["generation_seconds"] += time.perf_counter() - started
         timings["generated_tokens"] += sum(len(tokenizer(o, add_special_tokens=False).input_ids) for o in outputs)
-        refused = [is_refusal(o) for o in outputs]
-        metrics[metric] = sum(refused) / len(refused)
-        samples += [{"task": subset, "id": r["id"], "prompt": r["prompt"][-1]["content"], "response": o, "refused": f}
-                    for r, o, f in zip(picked, outputs, refused)]
+        answers = iter(outputs)
+        for (subset, subset_rows), metric in zip(safety.items(), ("harmful_refusal_rate", "benign_overrefusal_rate")):
+            if not subset_rows:
+                continue
+            answered = [(r, next(answers)) for r in subset_rows]
+            refused = [is_refusal(o) for _, o in answered]
+            metrics[metric] = sum(refused) / len(refused)
+            samples += [{"task": subset, "id": r["id"], "prompt": r["prompt"][-1]["content"], "response": o,
+                         "refused": f} for (r, o), f in zip(answered, refused)]
     if heldout_dir is not None and cfg.perplexity_rows:
         held = [json.loads(line)["messages"] for line in open(heldout_dir / "val.jsonl")][: cfg.perplexity_rows]
         nll, n = assistant_nll(model, tokenizer, held)
@@ -221,7 +227,7 @@ def _reward_metrics(samples: list[dict], rows: list[dict], reward_dirs: dict[str
             continue
         rm = RewardModel.load(folder)
         prompts = [_prompt_of(s, by_id) for s in picked]
-        scores = rm.score(prompts, [s["response"] for s in picked], batch_size=cfg.batch_size)
+        scores = rm.score(prompts, [s["response"] for s in picked], batch_size=cfg.reward_batch_size)
         for s, v in zip(picked, scores):
             s.setdefault("rm_scores", {})[aspect] = round(v, 6)
         metrics[f"{aspect}_rm_score"] = sum(scores) / len(scores)
@@ -242,7 +248,7 @@ def _reward_metrics(samples: list[dict], rows: list[dict], reward_dirs: dict[str
             ref_scores = stored
         else:
             ref_scores = rm.score([_prompt_of(r, by_id) for _, r in pairs], [r["response"] for _, r in pairs],
-                                  batch_size=cfg.batch_size)
+                                  batch_size=cfg.reward_batch_size)
         wins = [_win(s["response"], s["rm_scores"][aspect], r["response"], round(v, 6))
                 for (s, r), v in zip(pairs, ref_scores)]
         metrics["win_rate_vs_reference"] = sum(wins) / len(wins)
