@@ -240,7 +240,7 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     assert "base.perplexity" in changed and changed["base.perplexity"]["old"] != changed["base.perplexity"]["new"]
 
 
-def test_the_longest_chain_and_the_stages_every_evaluation_waits_for_are_scheduled_first():
+def test_the_longest_chain_then_what_the_evaluations_wait_for_are_scheduled_first():
     from posttrain.config import load_params
     from posttrain.pipeline import stages
 
@@ -249,8 +249,12 @@ def test_the_longest_chain_and_the_stages_every_evaluation_waits_for_are_schedul
     # the longest chain (the student's layers and the teacher's samples, then distillation) goes first
     chain = ("student_base", "distill_samples", "distill")
     assert {priority[n] for n in chain} == {max(priority.values())} and max(priority.values()) > priority["evaluate_sft"]
+    # then what one evaluation waits for (the exports, the plain-SFT student), then the evaluations
+    one = ("export_merge", "export_gptq", "export_gguf_lora", "distill_baseline")
+    assert 0 < {priority[n] for n in one}.pop() < priority["evaluate_sft"] and len({priority[n] for n in one}) == 1
     assert not [n for n, p in priority.items()
-                if p and n not in ("reward_helpful", "reward_safety", "evaluate_sft", *chain)]
+                if p and n not in ("reward_helpful", "reward_safety", "evaluate_sft", *chain, *one)]
+    assert not [n for n in priority if n.startswith("evaluate_") and n != "evaluate_sft" and priority[n]]
 
 
 def rule_threads(cwd, cores: int) -> dict[str, int]:

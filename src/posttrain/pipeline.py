@@ -58,6 +58,10 @@ DVC_HEADER = ("# Generated from posttrain/pipeline.py by `posttrain dag --write`
 
 ALL_CORES, HALF_THE_CORES = 1.0, 0.5   # Stage.cores_share
 GATES_EVALUATIONS = 10   # Stage.priority of the stages every evaluation but one waits for
+# Stage.priority of the stages one evaluation waits for (the exports, the plain-SFT student): ahead
+# of the evaluations nothing waits on, so the last jobs are evaluations side by side rather than the
+# GPTQ export and its evaluation alone on one core (1.7 minutes of the demo, one core idle).
+GATES_AN_EVALUATION = 5
 # Stage.priority of the distillation chain (the student's layers, the teacher's samples, the
 # distillation): the demo's longest chain of dependent stages (`benchmarks/stage_costs.py
 # --params` prints it). Among ready jobs of one priority Snakemake's scheduler only fills the
@@ -358,7 +362,7 @@ def _distill(params: Params, table: list[Stage], sources: dict) -> list[Stage]:
         Stage("distill_samples", ["distill-samples", "--teacher", teacher, "--prompts", prompts, "--out", samples],
               [teacher, prompts], [samples], ["distill"], metrics=[f"{samples}/metrics.json"], priority=LONGEST_CHAIN),
         trained("distill_baseline", ["distill", "--baseline", "--student", student_base, "--data", sft_data],
-                [student_base, sft_data], STUDENTS["student_sft"]),
+                [student_base, sft_data], STUDENTS["student_sft"], priority=GATES_AN_EVALUATION),
         trained("distill", ["distill", "--student", student_base, "--data", sft_data, "--samples", samples, *logit],
                 [student_base, sft_data, samples, *logit[1:]], STUDENTS["distilled"], priority=LONGEST_CHAIN),
     ]
@@ -394,7 +398,7 @@ def _export(params: Params, table: list[Stage], sources: dict) -> list[Stage]:
     name, folder = _model_folder(cfg.model, table, "export.model")
     merged = str(EXPORT / name / "merged")
     out = [Stage("export_merge", ["export-merge", "--model", folder, "--out", merged], [folder], [merged],
-                 ["export"], metrics=[f"{merged}/metrics.json"])]
+                 ["export"], metrics=[f"{merged}/metrics.json"], priority=GATES_AN_EVALUATION)]
     for method in ("gptq", "awq"):                 # GPTQModel's calibrated 4-bit quantizers
         if method not in cfg.formats:
             continue
@@ -405,18 +409,19 @@ def _export(params: Params, table: list[Stage], sources: dict) -> list[Stage]:
         out.append(Stage(f"export_{method}", [f"export-{method}", "--model", merged, "--calibration", sft_data,
                                               "--out", quantized],
                          [merged, sft_data], [quantized], ["export"], metrics=[f"{quantized}/metrics.json"],
-                         env=EXPORT_ENV, cores_share=HALF_THE_CORES))
+                         env=EXPORT_ENV, cores_share=HALF_THE_CORES, priority=GATES_AN_EVALUATION))
     if "gguf" in cfg.formats:
         gguf = str(EXPORT / name / "gguf")
         out.append(Stage("export_gguf", ["export-gguf", "--model", merged, "--out", gguf], [merged], [gguf], ["export"],
-                         metrics=[f"{gguf}/metrics.json"]))
+                         metrics=[f"{gguf}/metrics.json"], priority=GATES_AN_EVALUATION))
     if "gguf_lora" in cfg.formats:
         if name == "base":
             raise ValueError("export.formats gguf_lora serves a model's LoRA adapter beside its base; the base model "
                              "has none: drop gguf_lora or export a trained model")
         pair = str(EXPORT / name / "gguf_lora")
         out.append(Stage("export_gguf_lora", ["export-gguf-lora", "--model", folder, "--merged", merged, "--out", pair],
-                         [folder, merged], [pair], ["export"], metrics=[f"{pair}/metrics.json"]))
+                         [folder, merged], [pair], ["export"], metrics=[f"{pair}/metrics.json"],
+                         priority=GATES_AN_EVALUATION))
     return out
 
 
