@@ -251,7 +251,8 @@ def test_the_longest_chain_then_what_the_evaluations_wait_for_are_scheduled_firs
     assert {priority[n] for n in chain} == {max(priority.values())} and max(priority.values()) > priority["evaluate_sft"]
     # then what one evaluation waits for (the exports, the plain-SFT student), then the evaluations
     one = ("export_merge", "export_gptq", "export_gguf_lora", "distill_baseline")
-    assert 0 < {priority[n] for n in one}.pop() < priority["evaluate_sft"] and len({priority[n] for n in one}) == 1
+    levels = {priority[n] for n in one}
+    assert len(levels) == 1 and 0 < min(levels) < priority["evaluate_sft"]
     assert not [n for n, p in priority.items()
                 if p and n not in ("reward_helpful", "reward_safety", "evaluate_sft", *chain, *one)]
     assert not [n for n in priority if n.startswith("evaluate_") and n != "evaluate_sft" and priority[n]]

@@ -60,7 +60,7 @@ ALL_CORES, HALF_THE_CORES = 1.0, 0.5   # Stage.cores_share
 GATES_EVALUATIONS = 10   # Stage.priority of the stages every evaluation but one waits for
 # Stage.priority of the stages one evaluation waits for (the exports, the plain-SFT student): ahead
 # of the evaluations nothing waits on, so the last jobs are evaluations side by side rather than the
-# GPTQ export and its evaluation alone on one core (1.7 minutes of the demo, one core idle).
+# GPTQ export and its evaluation alone on one core (1.8 minutes of the demo, one core idle).
 GATES_AN_EVALUATION = 5
 # Stage.priority of the distillation chain (the student's layers, the teacher's samples, the
 # distillation): the demo's longest chain of dependent stages (`benchmarks/stage_costs.py

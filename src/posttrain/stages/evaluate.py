@@ -145,23 +145,21 @@ def _evaluate(params: Params, model_dir: Path, name: str, eval_dir: Path, heldou
     timings = {"generated_tokens": 0, "generation_seconds": 0.0, "batch_size": cfg.batch_size}
     # Harmful and benign prompts are answered in one pass: a refilled batch stays full (40 of each
     # would leave 24 of 64 places empty), and each answer is the one it would get alone.
-    safety = {subset: [r for r in rows if r["subset"] == subset][: cfg.limit or None] for subset in ("harmful", "benign")}
-    picked = [r for subset in safety.values() for r in subset]
+    safety = {"harmful": "harmful_refusal_rate", "benign": "benign_overrefusal_rate"}
+    picked = [r for subset in safety for r in [r for r in rows if r["subset"] == subset][: cfg.limit or None]]
     if picked:
         started = time.perf_counter()
         outputs = generate(model, tokenizer, [r["prompt"] for r in picked], max_new_tokens=cfg.safety_max_new_tokens,
                            batch_size=cfg.batch_size, seed=cfg.seed, progress="safety")
         timings["generation_seconds"] += time.perf_counter() - started
         timings["generated_tokens"] += sum(len(tokenizer(o, add_special_tokens=False).input_ids) for o in outputs)
-        answers = iter(outputs)
-        for (subset, subset_rows), metric in zip(safety.items(), ("harmful_refusal_rate", "benign_overrefusal_rate")):
-            if not subset_rows:
-                continue
-            answered = [(r, next(answers)) for r in subset_rows]
-            refused = [is_refusal(o) for _, o in answered]
-            metrics[metric] = sum(refused) / len(refused)
-            samples += [{"task": subset, "id": r["id"], "prompt": r["prompt"][-1]["content"], "response": o,
-                         "refused": f} for (r, o), f in zip(answered, refused)]
+        refused = [is_refusal(o) for o in outputs]
+        for subset, metric in safety.items():
+            flags = [f for r, f in zip(picked, refused) if r["subset"] == subset]
+            if flags:
+                metrics[metric] = sum(flags) / len(flags)
+        samples += [{"task": r["subset"], "id": r["id"], "prompt": r["prompt"][-1]["content"], "response": o,
+                     "refused": f} for r, o, f in zip(picked, outputs, refused)]
     if heldout_dir is not None and cfg.perplexity_rows:
         held = [json.loads(line)["messages"] for line in open(heldout_dir / "val.jsonl")][: cfg.perplexity_rows]
         nll, n = assistant_nll(model, tokenizer, held)
