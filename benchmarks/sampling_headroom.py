@@ -16,27 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-from fractions import Fraction
 from pathlib import Path
 
 import torch
-
-_EQUATION = re.compile(r"(\d+(?:\s*[-+x×*]\s*\d+)+)\s*=\s*(-?\d+)")
-_TERM = re.compile(r"([-+x×*]?)\s*(\d+)")
-
-
-def _value(expression: str) -> Fraction:
-    """Left to right, as the demo's problems are built (a + b - c, a x b)."""
-    total = None
-    for op, number in _TERM.findall(expression):
-        n = Fraction(int(number))
-        total = n if total is None else total + n if op == "+" else total - n if op == "-" else total * n
-    return total
-
-
-def equations_right(text: str) -> list[bool]:
-    return [_value(lhs) == int(rhs) for lhs, rhs in _EQUATION.findall(text)]
 
 
 def main() -> None:
@@ -75,7 +57,7 @@ def main() -> None:
                          batch_size=16, temperature=temperature, seed=0)
         hits = [right(t, golds[i // k]) for i, t in enumerate(texts)]
         solved = sum(any(hits[i * k:(i + 1) * k]) for i in range(len(rows))) / len(rows)
-        checks = [equations_right(t) for t in texts]
+        checks = [[c.right for c in answers.calculations(t)] for t in texts]
         stated = [c for c in checks if c]
         eq_right = sum(all(c) for c in stated) / max(1, len(stated))
         print(f"{temperature:>11.2f}{sum(hits) / len(hits):>8.3f}{solved:>9.3f}{eq_right:>17.3f}"

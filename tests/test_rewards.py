@@ -89,6 +89,38 @@ def test_marked_only_accuracy_and_the_marked_answer_reward():
     assert score("marked_answer", ["#### 42\n#### 19", "#### 19"]) == [0.0, 1.0]
 
 
+@pytest.mark.parametrize("text,expected", [
+    ("162 - 56 = 106.\n#### 106", [(106, 106)]),
+    ("10 x 2 = 20, 4 × 3 = 12 and 6 * 7 = 42", [(20, 20), (12, 12), (42, 42)]),
+    ("3 + 4 × 2 = 11", [(11, 11)]),            # products first, as arithmetic is read
+    ("58 + 33 = 81.", [(91, 81)]),
+    ("1.5 + 2 = 3.5; 2 - 5 = -3", [(Fraction(7, 2), Fraction(7, 2)), (-3, -3)]),
+    ("8 / 0 = 1", [(None, 1)]),
+    ("90 + 6 = 96.#### 96", [(96, 96)]),
+    ("10 jars * 4 ribbons = 40 ribbons; 12 = 12; the answer is 7", []),  # no calculation stated
+])
+def test_stated_calculations(text, expected):
+    assert [(c.value, c.stated) for c in answers.calculations(text)] == expected
+
+
+def test_calculation_reward_scores_the_arithmetic_of_the_problem():
+    prompt = [{"role": "user", "content": "Tom has 162 apples, gives 56 away and then gets 3 more. How many?"}]
+    completions = [
+        "162 - 56 = 106. 106 + 3 = 109.\n#### 109",   # both steps right, the second from a stated result
+        "162 - 56 = 116. 116 + 3 = 119.\n#### 119",   # the first wrong, the second right from it
+        "162 - 56 + 3 = 109\n#### 109",
+        "2 + 2 = 4. 162 - 56 = 106.",                   # a sum about nothing in the problem earns nothing
+        "He has 109 apples.\n#### 109",                # no calculation stated
+        "162 - 56 = 106",                               # a row without a gold answer
+    ]
+    fn = rewards.build({"name": "calculation"})
+    golds = ["109"] * 5 + [None]
+    assert fn([prompt] * 6, completions, answer=golds) == [1.0, 0.5, 1.0, 0.5, 0.0, None]
+    loose = rewards.build({"name": "calculation", "from_prompt": False})
+    assert loose([prompt] * 6, completions, answer=golds)[3] == 1.0
+    assert fn(["Tom has 162 and gives 56."], ["162 - 56 = 106"], answer=["106"]) == [1.0]  # prompts as text
+
+
 def test_accuracy_reward_conversational_completions_and_gsm8k_gold():
     completions = [[{"role": "assistant", "content": "That makes 72.\n#### 72"}]]
     assert score("accuracy", completions, answer=["Natalia sold 48/2 = 24 clips...\n#### 72"]) == [1.0]

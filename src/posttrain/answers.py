@@ -15,6 +15,7 @@ a configured answer tag (`<answer>42</answer>`), `\\boxed{42}`, GSM8K's `#### 42
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from fractions import Fraction
 
 _NUMBER = r"-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?"
@@ -117,3 +118,45 @@ def same_answer(predicted: str | None, gold: str | int | float | None) -> bool:
         return a == b
     norm = lambda s: re.sub(r"\s+", " ", str(s)).strip().strip(".").lower()  # noqa: E731
     return norm(predicted) == norm(gold) != ""
+
+
+# A stated calculation: two or more numbers joined by + - x × * / ÷, then "=" and a number.
+_OPERAND = r"\d+(?:\.\d+)?"
+_CALCULATION = re.compile(rf"(?<![\d.])({_OPERAND}(?:\s*[-+x×*/÷]\s*{_OPERAND})+)\s*=\s*(-?{_OPERAND})(?![\d])")
+_CALC_TERM = re.compile(rf"([-+x×*/÷]?)\s*({_OPERAND})")
+
+
+@dataclass(frozen=True)
+class Calculation:
+    operands: tuple[Fraction, ...]
+    value: Fraction | None     # what the left side comes to (usual precedence); None: division by 0
+    stated: Fraction           # what the text says it comes to
+
+    @property
+    def right(self) -> bool:
+        return self.value == self.stated
+
+
+def calculations(text: str) -> list[Calculation]:
+    """The calculations `text` states ("162 - 56 = 106", "4 x 12 = 48", "3 + 4 × 2 = 11"), in
+    order, reasoning included: a worked solution's arithmetic is checked where it is written."""
+    found = []
+    for lhs, rhs in _CALCULATION.findall(text if isinstance(text, str) else ""):
+        terms = [(op, Fraction(number)) for op, number in _CALC_TERM.findall(lhs)]
+        found.append(Calculation(tuple(n for _, n in terms), _evaluate(terms), Fraction(rhs)))
+    return found
+
+
+def _evaluate(terms: list[tuple[str, Fraction]]) -> Fraction | None:
+    """Products and quotients first, then sums, as arithmetic is read."""
+    sums: list[Fraction] = []
+    for op, n in terms:
+        if op in ("x", "×", "*"):
+            sums[-1] *= n
+        elif op in ("/", "÷"):
+            if n == 0:
+                return None
+            sums[-1] /= n
+        else:
+            sums.append(-n if op == "-" else n)
+    return sum(sums, Fraction(0))

@@ -13,8 +13,8 @@ made-up value; TRL's GRPOTrainer skips None the same way.
     fn = combine([{"name": "accuracy", "weight": 1.0},          # a weighted sum
                   {"name": "format", "weight": 0.2, "think_tag": "think"}])
 
-Names: accuracy, format, refusal, constraint, length, repetition, reward_model. `build` fails on
-an unknown name or option with the list of what exists.
+Names: accuracy, format, marked_answer, calculation, refusal, constraint, length, repetition,
+reward_model. `build` fails on an unknown name or option with the list of what exists.
 """
 
 from __future__ import annotations
@@ -116,6 +116,32 @@ def marked_answer(answer_tag: str | None = None, think_tag: str = "think") -> Re
     return _named(fn, "marked_answer")
 
 
+@register("calculation")
+def calculation(column: str = "answer", from_prompt: bool = True) -> RewardFn:
+    """The share of the completion's stated calculations ("162 - 56 = 106") that are right, 0.0
+    when it states none; None for rows without a gold answer. With `from_prompt`, a calculation
+    counts as right only when each operand is a number of the prompt or a result stated before
+    it, so "2 + 2 = 4" earns nothing on a problem about 162 and 56. A process reward: where a
+    small model gets one answer in ten right, about a third of its sums are right, so nearly
+    every group has some signal on the arithmetic the final answer depends on."""
+
+    def fn(prompts, completions, **columns):
+        out: list[float | None] = []
+        for prompt, completion, gold in zip(prompts, completions, _column(columns, column, len(completions))):
+            if gold is None or str(gold).strip() == "":
+                out.append(None)
+                continue
+            known = {answers.parse_number(n) for n in re.findall(r"\d+(?:\.\d+)?", _prompt_text(prompt))}
+            found, right = answers.calculations(text_of(completion)), 0
+            for calc in found:
+                right += calc.right and (not from_prompt or set(calc.operands) <= known)
+                known.add(calc.stated)
+            out.append(right / len(found) if found else 0.0)
+        return out
+
+    return _named(fn, "calculation")
+
+
 @register("refusal")
 def refusal(column: str = "expect") -> RewardFn:
     """For safety prompts: 1.0 when the response refuses a prompt marked `expect: refuse` or
@@ -214,6 +240,11 @@ def reward_model(path: str, batch_size: int = 16, device: str | None = None) -> 
 
 def _as_messages(prompt: Any) -> list[dict]:
     return prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
+
+
+def _prompt_text(prompt: Any) -> str:
+    """What the user wrote: the user turns of a conversation, or the prompt string."""
+    return "\n".join(str(m.get("content", "")) for m in _as_messages(prompt) if m.get("role") == "user")
 
 
 # --- building from params ----------------------------------------------------------------------
