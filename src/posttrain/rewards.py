@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+from fractions import Fraction
 from typing import Any, Callable
 
 from posttrain import answers
@@ -121,9 +122,9 @@ def calculation(column: str = "answer", from_prompt: bool = True) -> RewardFn:
     """The share of the completion's stated calculations ("162 - 56 = 106") that are right, 0.0
     when it states none; None for rows without a gold answer. With `from_prompt`, a calculation
     counts as right only when each operand is a number of the prompt or a result stated before
-    it, so "2 + 2 = 4" earns nothing on a problem about 162 and 56. A process reward: where a
-    small model gets one answer in ten right, about a third of its sums are right, so nearly
-    every group has some signal on the arithmetic the final answer depends on."""
+    it, so "2 + 2 = 4" earns nothing on a problem about 162 and 56. A process reward: the demo's
+    SFT model samples a right answer one time in eight but a right calculation one time in three,
+    so nearly every group has some signal on the arithmetic the final answer depends on."""
 
     def fn(prompts, completions, **columns):
         out: list[float | None] = []
@@ -131,7 +132,7 @@ def calculation(column: str = "answer", from_prompt: bool = True) -> RewardFn:
             if gold is None or str(gold).strip() == "":
                 out.append(None)
                 continue
-            known = {answers.parse_number(n) for n in re.findall(r"\d+(?:\.\d+)?", _prompt_text(prompt))}
+            known = {Fraction(n) for n in re.findall(r"\d+(?:\.\d+)?", _prompt_text(prompt))}
             found, right = answers.calculations(text_of(completion)), 0
             for calc in found:
                 right += calc.right and (not from_prompt or set(calc.operands) <= known)
