@@ -121,6 +121,28 @@ def test_calculation_reward_scores_the_arithmetic_of_the_problem():
     assert fn(["Tom has 162 and gives 56."], ["162 - 56 = 106"], answer=["106"]) == [1.0]  # prompts as text
 
 
+def test_setup_reward_scores_the_set_up_whatever_the_sum():
+    prompt = [{"role": "user", "content": "Oscar started with 41 stamps, got 12 and used up 14. What number remain?"}]
+    completions = [
+        "41 + 12 - 14 = 39.\n#### 39",               # set up and summed right
+        "41 + 12 - 14 = 36.\n#### 36",               # set up right, the sum wrong
+        "41 + 12 + 14 = 67.\n#### 67",               # the sum right, an operation wrong
+        "41 + 12 = 50. 50 - 14 = 36.\n#### 36",      # chained: the first step wrong, the set-up right
+        "41 + 12 = 53. 53 + 14 = 67.\n#### 67",      # chained, an operation wrong
+        "40 - 1 = 39.\n#### 39",                     # numbers the problem does not have
+        "Oscar has 39 stamps left.\n#### 39",        # no calculation
+        "41 + 12 - 14 = 39",                          # a row without a gold answer
+    ]
+    fn = rewards.build({"name": "setup"})
+    golds = ["39"] * 7 + [None]
+    assert fn([prompt] * 8, completions, answer=golds) == [1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, None]
+    assert fn(["A box of 12 cards is shared by 0 and 3 friends."], ["12 / 0 = 4. 4 x 3 = 12"], answer=["12"]) == [0.0]
+    # with `calculation` it ranks the right operation above the easy one when the sum is wrong either way
+    both = rewards.combine([{"name": "setup", "weight": 1.0}, {"name": "calculation", "weight": 0.5}])
+    wrong_sum, easy_op = both([prompt] * 2, completions[1:3], answer=golds[:2])
+    assert wrong_sum > easy_op
+
+
 def test_accuracy_reward_conversational_completions_and_gsm8k_gold():
     completions = [[{"role": "assistant", "content": "That makes 72.\n#### 72"}]]
     assert score("accuracy", completions, answer=["Natalia sold 48/2 = 24 clips...\n#### 72"]) == [1.0]

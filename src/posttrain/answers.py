@@ -131,10 +131,16 @@ class Calculation:
     operands: tuple[Fraction, ...]
     value: Fraction | None     # what the left side comes to (usual precedence); None: division by 0
     stated: Fraction           # what the text says it comes to
+    ops: tuple[str, ...] = ()  # the operator before each operand ("" before the first)
 
     @property
     def right(self) -> bool:
         return self.value == self.stated
+
+    def value_with(self, operands: tuple[Fraction, ...]) -> Fraction | None:
+        """What the left side comes to with other operands in the same places (a chained step
+        read with the right value of the result it builds on)."""
+        return _evaluate(list(zip(self.ops, operands)))
 
 
 def calculations(text: str) -> list[Calculation]:
@@ -143,7 +149,8 @@ def calculations(text: str) -> list[Calculation]:
     found = []
     for lhs, rhs in _CALCULATION.findall(text if isinstance(text, str) else ""):
         terms = [(op, Fraction(number)) for op, number in _CALC_TERM.findall(lhs)]
-        found.append(Calculation(tuple(n for _, n in terms), _evaluate(terms), Fraction(rhs)))
+        found.append(Calculation(tuple(n for _, n in terms), _evaluate(terms), Fraction(rhs),
+                                 tuple(op for op, _ in terms)))
     return found
 
 

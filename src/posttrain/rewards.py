@@ -13,7 +13,7 @@ made-up value; TRL's GRPOTrainer skips None the same way.
     fn = combine([{"name": "accuracy", "weight": 1.0},          # a weighted sum
                   {"name": "format", "weight": 0.2, "think_tag": "think"}])
 
-Names: accuracy, format, marked_answer, calculation, refusal, constraint, length, repetition,
+Names: accuracy, format, marked_answer, calculation, setup, refusal, constraint, length, repetition,
 reward_model. `build` fails on an unknown name or option with the list of what exists.
 """
 
@@ -141,6 +141,42 @@ def calculation(column: str = "answer", from_prompt: bool = True) -> RewardFn:
         return out
 
     return _named(fn, "calculation")
+
+
+@register("setup")
+def setup(column: str = "answer") -> RewardFn:
+    """1.0 when the completion's last stated calculation, computed right, comes to the gold
+    answer, whatever result it states: the problem was set up right (its numbers, the right
+    operations), the sum aside. 0.0 otherwise, None for rows without a gold answer. Operands must
+    be the prompt's numbers or results stated before; a chained step is read with the right
+    value of the result it builds on ("41 + 12 = 50. 50 - 14 = 36" sets up 41 + 12 - 14).
+    The counterweight `calculation` needs: on a problem whose sum the model gets wrong either
+    way, a right "41 + 14 = 55" for a "used up 14" question earns the arithmetic reward that a
+    wrong "41 - 14 = 29" does not, and GRPO learns the easy operation; this reward pays for
+    the right one."""
+
+    def fn(prompts, completions, **columns):
+        out: list[float | None] = []
+        for prompt, completion, gold in zip(prompts, completions, _column(columns, column, len(completions))):
+            if gold is None or str(gold).strip() == "":
+                out.append(None)
+                continue
+            target = answers.parse_number(str(gold).split("####")[-1])
+            given = {Fraction(n) for n in re.findall(r"\d+(?:\.\d+)?", _prompt_text(prompt))}
+            true_of: dict[Fraction, Fraction | None] = {}  # a stated result -> what it should have been
+            value = None
+            for calc in answers.calculations(text_of(completion)):
+                if not all(n in given or n in true_of for n in calc.operands):
+                    value = None
+                    continue
+                operands = tuple(n if n in given else true_of[n] for n in calc.operands)
+                value = None if None in operands else calc.value_with(operands)
+                if calc.stated not in given:
+                    true_of[calc.stated] = value
+            out.append(float(value is not None and value == target))
+        return out
+
+    return _named(fn, "setup")
 
 
 @register("refusal")
