@@ -90,6 +90,30 @@ def test_nan_reward_stops_the_stage(tmp_path, tiny_base, prompts):
         rewards.REGISTRY.pop("test_nan")
 
 
+@pytest.mark.parametrize("micro_batches", [1, 3])
+def test_micro_batches_train_one_generation_batch_per_step(tmp_path, tiny_base, prompts, micro_batches):
+    """3 prompts x 2 completions a step, scored together, trained in 1 or 3 micro-batches: the same
+    number of optimiser steps and of completions a step either way."""
+    sizes = []
+
+    @rewards.register("test_count")
+    def _count():
+        def fn(prompts, completions, **columns):
+            sizes.append(len(completions))
+            return [0.0] * len(completions)
+        return fn
+
+    try:
+        out = tmp_path / "rl"
+        rl.main(_params(tmp_path, max_steps=2, save_steps=2, prompts_per_step=3, micro_batches=micro_batches,
+                        rewards=[{"name": "accuracy"}, {"name": "test_count"}]),
+                "reasoning", tiny_base, prompts, {}, out)
+    finally:
+        rewards.REGISTRY.pop("test_count")
+    assert sizes.count(6) == 2 and json.loads((out / "metrics.json").read_text())["steps"] == 2
+    assert all(n in (6, 4) for n in sizes)  # training batches, and the 4 held-out prompts at selection
+
+
 def test_stage_params_are_validated(tmp_path):
     from posttrain.config import ConfigError
 
@@ -101,6 +125,10 @@ def test_stage_params_are_validated(tmp_path):
         _params(tmp_path, init="later")
     with pytest.raises(ConfigError, match="taken"):
         _params(tmp_path, name="sft")
+    with pytest.raises(ConfigError, match=r"micro_batches \(3\) must divide the step's 4 completions"):
+        _params(tmp_path, micro_batches=3)
+    with pytest.raises(ConfigError, match="ppo.mini_batches"):
+        _params(tmp_path, algorithm="ppo", micro_batches=2, rewards=[{"name": "reward_model", "aspect": "helpful"}])
 
 
 def test_missing_reward_model_for_a_stage_fails_the_dag(tmp_path):

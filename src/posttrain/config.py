@@ -341,6 +341,10 @@ class RlStageParams(Section):
     prompts_per_step: int = Field(4, ge=1)
     num_generations: int = Field(4, ge=1)
     max_completion_length: int = Field(128, ge=4)
+    # A step's prompts_per_step x num_generations completions are sampled and scored together,
+    # then trained in this many micro-batches (gradient accumulation): the same optimiser step
+    # with a fraction of the backward pass's memory. GRPO only (PPO has ppo.mini_batches).
+    micro_batches: int = Field(1, ge=1)
     temperature: float = Field(1.0, gt=0)
     # KL penalty to the init model (the adapter switched off: no second copy in memory).
     beta: float = Field(0.04, ge=0)
@@ -361,6 +365,13 @@ class RlStageParams(Section):
         if self.algorithm == "grpo" and self.num_generations < 2:
             raise ValueError(f"rl stage {self.name!r}: GRPO compares completions within a group; num_generations "
                              f"must be at least 2 (got {self.num_generations})")
+        completions = self.prompts_per_step * self.num_generations
+        if self.micro_batches > 1 and self.algorithm != "grpo":
+            raise ValueError(f"rl stage {self.name!r}: micro_batches is GRPO's; PPO splits its batch with "
+                             f"ppo.mini_batches")
+        if completions % self.micro_batches:
+            raise ValueError(f"rl stage {self.name!r}: micro_batches ({self.micro_batches}) must divide the step's "
+                             f"{completions} completions (prompts_per_step x num_generations)")
         if self.algorithm == "ppo" and self.ppo.critic is None and not any(r.aspect for r in self.rewards):
             raise ValueError(f"rl stage {self.name!r}: PPO initialises its critic from a reward model; add a "
                              f"reward_model term or set ppo.critic to an aspect")

@@ -54,6 +54,18 @@ def _column(columns: dict, name: str, n: int) -> list:
     return list(values) if values is not None else [None] * n
 
 
+def _with_gold(score: Callable[[Any, Any, str], float], column: str) -> RewardFn:
+    """A reward function that scores the rows with a gold answer in `column` and gives None to
+    the rest."""
+
+    def fn(prompts, completions, **columns):
+        golds = _column(columns, column, len(completions))
+        return [None if gold is None or str(gold).strip() == "" else score(prompt, completion, str(gold))
+                for prompt, completion, gold in zip(prompts, completions, golds)]
+
+    return fn
+
+
 def _named(fn: RewardFn, name: str) -> RewardFn:
     fn.__name__ = name  # TRL logs each reward function under its __name__
     return fn
@@ -126,21 +138,15 @@ def calculation(column: str = "answer", from_prompt: bool = True) -> RewardFn:
     SFT model samples a right answer one time in eight but a right calculation one time in three,
     so nearly every group has some signal on the arithmetic the final answer depends on."""
 
-    def fn(prompts, completions, **columns):
-        out: list[float | None] = []
-        for prompt, completion, gold in zip(prompts, completions, _column(columns, column, len(completions))):
-            if gold is None or str(gold).strip() == "":
-                out.append(None)
-                continue
-            known = {Fraction(n) for n in re.findall(r"\d+(?:\.\d+)?", _prompt_text(prompt))}
-            found, right = answers.calculations(text_of(completion)), 0
-            for calc in found:
-                right += calc.right and (not from_prompt or set(calc.operands) <= known)
-                known.add(calc.stated)
-            out.append(right / len(found) if found else 0.0)
-        return out
+    def score(prompt, completion, gold: str) -> float:
+        known = _prompt_numbers(prompt)
+        found, right = answers.calculations(text_of(completion)), 0
+        for calc in found:
+            right += calc.right and (not from_prompt or set(calc.operands) <= known)
+            known.add(calc.stated)
+        return right / len(found) if found else 0.0
 
-    return _named(fn, "calculation")
+    return _named(_with_gold(score, column), "calculation")
 
 
 @register("setup")
@@ -155,28 +161,22 @@ def setup(column: str = "answer") -> RewardFn:
     wrong "41 - 14 = 29" does not, and GRPO learns the easy operation; this reward pays for
     the right one."""
 
-    def fn(prompts, completions, **columns):
-        out: list[float | None] = []
-        for prompt, completion, gold in zip(prompts, completions, _column(columns, column, len(completions))):
-            if gold is None or str(gold).strip() == "":
-                out.append(None)
+    def score(prompt, completion, gold: str) -> float:
+        target = answers.parse_number(gold.split("####")[-1])
+        given = _prompt_numbers(prompt)
+        true_of: dict[Fraction, Fraction | None] = {}  # a stated result -> what it should have been
+        value = None
+        for calc in answers.calculations(text_of(completion)):
+            if not all(n in given or n in true_of for n in calc.operands):
+                value = None
                 continue
-            target = answers.parse_number(str(gold).split("####")[-1])
-            given = {Fraction(n) for n in re.findall(r"\d+(?:\.\d+)?", _prompt_text(prompt))}
-            true_of: dict[Fraction, Fraction | None] = {}  # a stated result -> what it should have been
-            value = None
-            for calc in answers.calculations(text_of(completion)):
-                if not all(n in given or n in true_of for n in calc.operands):
-                    value = None
-                    continue
-                operands = tuple(n if n in given else true_of[n] for n in calc.operands)
-                value = None if None in operands else calc.value_with(operands)
-                if calc.stated not in given:
-                    true_of[calc.stated] = value
-            out.append(float(value is not None and value == target))
-        return out
+            operands = tuple(n if n in given else true_of[n] for n in calc.operands)
+            value = None if None in operands else calc.value_with(operands)
+            if calc.stated not in given:
+                true_of[calc.stated] = value
+        return float(value is not None and value == target)
 
-    return _named(fn, "setup")
+    return _named(_with_gold(score, column), "setup")
 
 
 @register("refusal")
@@ -277,6 +277,10 @@ def reward_model(path: str, batch_size: int = 16, device: str | None = None) -> 
 
 def _as_messages(prompt: Any) -> list[dict]:
     return prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
+
+
+def _prompt_numbers(prompt: Any) -> set[Fraction]:
+    return {Fraction(n) for n in re.findall(r"\d+(?:\.\d+)?", _prompt_text(prompt))}
 
 
 def _prompt_text(prompt: Any) -> str:

@@ -280,7 +280,9 @@ def _build_trainer(model, tokenizer, train: list[dict], funcs, weights, run_dir:
     args = GRPOConfig(
         **training.training_kwargs(cfg, precision, run_dir),
         max_steps=st.max_steps, learning_rate=st.learning_rate, save_steps=st.save_steps,
-        per_device_train_batch_size=st.prompts_per_step * st.num_generations, gradient_accumulation_steps=1,
+        # one generation batch of prompts x generations per optimiser step, trained in micro-batches
+        per_device_train_batch_size=st.prompts_per_step * st.num_generations // st.micro_batches,
+        gradient_accumulation_steps=st.micro_batches, steps_per_generation=st.micro_batches,
         num_generations=st.num_generations, max_completion_length=st.max_completion_length,
         temperature=st.temperature, beta=st.beta, loss_type=st.loss_type, reward_weights=weights,
         mask_truncated_completions=st.mask_truncated_completions,
