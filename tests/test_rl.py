@@ -114,6 +114,16 @@ def test_micro_batches_train_one_generation_batch_per_step(tmp_path, tiny_base, 
     assert all(n in (6, 4) for n in sizes)  # training batches, and the 4 held-out prompts at selection
 
 
+def test_a_stage_overrides_the_shared_adapter_key_by_key(tmp_path, tiny_base, prompts):
+    params = _params(tmp_path, max_steps=1, lora={"r": 4, "layers": 1})
+    shared, own = params.rl.lora, params.rl.lora_for(params.rl.stages[0])
+    assert (own.r, own.layers, own.alpha, own.target_modules) == (4, 1, shared.alpha, shared.target_modules)
+    rl.main(params, "reasoning", tiny_base, prompts, {}, tmp_path / "rl")
+    adapter = json.loads((tmp_path / "rl" / "adapter" / "adapter_config.json").read_text())
+    n_layers = json.loads((tiny_base / "config.json").read_text())["num_hidden_layers"]
+    assert adapter["r"] == 4 and adapter["layers_to_transform"] == [n_layers - 1]
+
+
 def test_stage_params_are_validated(tmp_path):
     from posttrain.config import ConfigError
 
@@ -125,6 +135,8 @@ def test_stage_params_are_validated(tmp_path):
         _params(tmp_path, init="later")
     with pytest.raises(ConfigError, match="taken"):
         _params(tmp_path, name="sft")
+    with pytest.raises(ConfigError, match="rl stage 'reasoning': lora: rank: Extra inputs are not permitted"):
+        _params(tmp_path, lora={"rank": 4})
     with pytest.raises(ConfigError, match=r"micro_batches \(3\) must divide the step's 4 completions"):
         _params(tmp_path, micro_batches=3)
     with pytest.raises(ConfigError, match="ppo.mini_batches"):

@@ -341,6 +341,9 @@ class RlStageParams(Section):
     prompts_per_step: int = Field(4, ge=1)
     num_generations: int = Field(4, ge=1)
     max_completion_length: int = Field(128, ge=4)
+    # This stage's adapter settings over rl.lora's, key by key (e.g. {layers: null}: every layer
+    # where the stages share the top 8); null: rl.lora as it is.
+    lora: dict[str, Any] | None = None
     # A step's prompts_per_step x num_generations completions are sampled and scored together,
     # then trained in this many micro-batches (gradient accumulation): the same optimiser step
     # with a fraction of the backward pass's memory. GRPO only (PPO has ppo.mini_batches).
@@ -402,8 +405,18 @@ class RlParams(TrainingParams):
     # Held-out prompts scored per checkpoint for model selection (greedy).
     selection_prompts: int = Field(32, ge=1)
 
+    def lora_for(self, st: RlStageParams) -> LoraParams:
+        """The adapter a stage trains: rl.lora with the stage's own `lora` keys over it."""
+        return LoraParams(**{**self.lora.model_dump(), **(st.lora or {})})
+
     @model_validator(mode="after")
     def _stage_graph(self) -> "RlParams":
+        for st in [*self.stages, *([self.zero] if self.zero else [])]:
+            try:
+                self.lora_for(st)
+            except ValidationError as err:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+                raise ValueError(f"rl stage {st.name!r}: lora: {problems}") from None
         seen: list[str] = []
         for st in self.stages:
             if st.name in seen:

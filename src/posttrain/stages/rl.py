@@ -292,7 +292,7 @@ def _build_trainer(model, tokenizer, train: list[dict], funcs, weights, run_dir:
     trainer_class = _grpo_trainer_class()
     return trainer_class(model=model, reward_funcs=funcs, args=args, train_dataset=Dataset.from_list(train),
                          processing_class=tokenizer, callbacks=[*training.callbacks(cfg), selector],
-                         peft_config=training.lora_config(model, cfg.lora, "CAUSAL_LM", "rl")
+                         peft_config=training.lora_config(model, cfg.lora_for(st), "CAUSAL_LM", "rl")
                          if cfg.method != "full" else None)
 
 
@@ -319,7 +319,7 @@ def _build_ppo_trainer(model, tokenizer, train: list[dict], funcs, weights, run_
     if st.ppo.critic_base == "shared" and not shareable:
         raise ValueError(f"rl stage {st.name!r}: ppo.critic_base: shared needs a LoRA reward model trained from the "
                          f"stage's init model {init_dir}; {rm_dir} is not one. Use critic_base: copy or auto")
-    policy = get_peft_model(model, training.lora_config(model, cfg.lora, "CAUSAL_LM", "rl"))
+    policy = get_peft_model(model, training.lora_config(model, cfg.lora_for(st), "CAUSAL_LM", "rl"))
     if cfg.gradient_checkpointing:   # updates keep one layer's activations, not all (training mode only)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if st.ppo.critic_base != "copy" and shareable:
