@@ -129,9 +129,13 @@ _CALC_TERM = re.compile(rf"([-+x×*/÷]?)\s*({_OPERAND})")
 @dataclass(frozen=True)
 class Calculation:
     operands: tuple[Fraction, ...]
-    value: Fraction | None     # what the left side comes to (usual precedence); None: division by 0
+    ops: tuple[str, ...]       # the operator before each operand ("" before the first)
     stated: Fraction           # what the text says it comes to
-    ops: tuple[str, ...] = ()  # the operator before each operand ("" before the first)
+
+    @property
+    def value(self) -> Fraction | None:
+        """What the left side comes to (usual precedence); None: division by 0."""
+        return self.value_with(self.operands)
 
     @property
     def right(self) -> bool:
@@ -149,8 +153,7 @@ def calculations(text: str) -> list[Calculation]:
     found = []
     for lhs, rhs in _CALCULATION.findall(text if isinstance(text, str) else ""):
         terms = [(op, Fraction(number)) for op, number in _CALC_TERM.findall(lhs)]
-        found.append(Calculation(tuple(n for _, n in terms), _evaluate(terms), Fraction(rhs),
-                                 tuple(op for op, _ in terms)))
+        found.append(Calculation(tuple(n for _, n in terms), tuple(op for op, _ in terms), Fraction(rhs)))
     return found
 
 

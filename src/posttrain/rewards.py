@@ -81,20 +81,13 @@ def accuracy(answer_tag: str | None = None, think_tag: str = "think", column: st
     text), 0.0 when it differs or gives none; None for rows without a gold answer. With
     `marked_only`, an unmarked last number is no answer (the strict `#### N` of the evaluation)."""
 
-    def fn(prompts, completions, **columns):
-        golds = _column(columns, column, len(completions))
-        out: list[float | None] = []
-        for completion, gold in zip(completions, golds):
-            if gold is None or str(gold).strip() == "":
-                out.append(None)
-                continue
-            gold = str(gold).split("####")[-1].strip()  # a GSM8K solution carries its answer after ####
-            predicted = answers.final_answer(text_of(completion), answer_tag=answer_tag, think_tag=think_tag,
-                                             marked_only=marked_only)
-            out.append(float(answers.same_answer(predicted, gold)))
-        return out
+    def score(prompt, completion, gold: str) -> float:
+        gold = gold.split("####")[-1].strip()  # a GSM8K solution carries its answer after ####
+        predicted = answers.final_answer(text_of(completion), answer_tag=answer_tag, think_tag=think_tag,
+                                         marked_only=marked_only)
+        return float(answers.same_answer(predicted, gold))
 
-    return _named(fn, "accuracy")
+    return _named(_with_gold(score, column), "accuracy")
 
 
 @register("format")
