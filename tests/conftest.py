@@ -103,6 +103,16 @@ def bin_path(name):
     return str(Path(sys.executable).parent / name)
 
 
+def posttrain_in_two_processes(*args, params: list) -> subprocess.CompletedProcess:
+    """`posttrain ARGS` the way `accelerate launch` runs a stage on two GPUs: two processes that
+    train together (torchrun; gloo on the CPU), each with its rank and WORLD_SIZE."""
+    res = subprocess.run([bin_path("torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "posttrain.cli",
+                          *map(str, args), *[a for p in params for a in ("--params", str(p))]],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
 @pytest.fixture
 def stop_signal():
     """Sends this process SIGUSR1 with posttrain's handler installed (what SLURM sends before a

@@ -8,7 +8,7 @@ import pytest
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import ROOT, TINY_OVERLAY, write_jsonl
+from conftest import ROOT, TINY_OVERLAY, posttrain_in_two_processes, write_jsonl
 from posttrain import rewards
 from posttrain.config import load_params
 from posttrain.reward_model import RewardModel, encode, score_ids
@@ -235,3 +235,14 @@ def test_a_reward_model_trained_on_real_hh_pairs_ranks_held_out_pairs_above_chan
     p_value = sum(comb(n, k) for k in range(right, n + 1)) / 2 ** n
     assert n >= 120 and metrics["train_pairs"] >= 200
     assert p_value < 0.05, f"{right} of {n} held-out HH pairs ranked right (p = {p_value:.3f})"
+
+
+def test_two_processes_train_one_reward_model(tmp_path, tiny_base, preference_data):
+    """A multi-GPU launch: both processes train; the main one writes the outputs."""
+    _params(tmp_path)                                  # writes the overlay reward.yaml
+    out = tmp_path / "rm"
+    posttrain_in_two_processes("reward", "--aspect", "helpful", "--init", tiny_base, "--data", preference_data,
+                               "--out", out, params=[ROOT / "params.yaml", TINY_OVERLAY, tmp_path / "reward.yaml"])
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["steps"] == 24 and m["heldout_accuracy"] >= 0.9
+    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "manifest.json").is_file()

@@ -5,7 +5,7 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM
 
-from conftest import ROOT, TINY_OVERLAY, write_jsonl
+from conftest import ROOT, TINY_OVERLAY, posttrain_in_two_processes, write_jsonl
 from posttrain import rewards
 from posttrain.config import load_params
 from posttrain.stages import prepare_data, rl
@@ -114,6 +114,41 @@ def test_micro_batches_train_one_generation_batch_per_step(tmp_path, tiny_base, 
     assert all(n in (6, 4) for n in sizes)  # training batches, and the 4 held-out prompts at selection
 
 
+def _epoch_at(ckpt_dir, step):
+    (state,) = ckpt_dir.glob(f"rl-reasoning-*/checkpoint-{step}/trainer_state.json")
+    return json.loads(state.read_text())["epoch"]
+
+
+def test_two_processes_share_a_step_and_one_writes_the_outputs(tmp_path, tiny_base, prompts):
+    """A multi-GPU launch: a step is the prompts x generations params declare, split over the
+    processes (it was that many per process), and the main process writes the outputs."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    for d in (one, two):
+        d.mkdir()
+    rl.main(_params(one, max_steps=2, save_steps=2, prompts_per_step=4), "reasoning", tiny_base, prompts, {},
+            one / "rl")
+    _params(two, max_steps=2, save_steps=2, prompts_per_step=4)      # writes the overlay rl.yaml
+    posttrain_in_two_processes("rl", "--stage", "reasoning", "--init", tiny_base, "--prompts", prompts,
+                               "--out", two / "rl", params=[ROOT / "params.yaml", TINY_OVERLAY, two / "rl.yaml"])
+    assert _epoch_at(two / "ckpt", 2) == _epoch_at(one / "ckpt", 2)  # the same prompts a step
+    m = json.loads((two / "rl" / "metrics.json").read_text())
+    assert m["steps"] == 2 and sorted(json.loads((two / "rl" / "selection.json").read_text())["scores"]) == \
+        ["0", "2"]
+    AutoModelForCausalLM.from_pretrained(two / "rl" / "merged")
+
+
+def test_a_step_must_split_over_the_gpus(tmp_path):
+    from posttrain.config import ConfigError
+
+    overlay = tmp_path / "gpus.yaml"
+    overlay.write_text(json.dumps({"rl": {"gpus": 8, "strategy": "ddp", "stages": [
+        {"name": "reasoning", "subsets": ["arithmetic"], "rewards": [{"name": "accuracy"}], "prompts_per_step": 3,
+         "num_generations": 4}]}}))
+    with pytest.raises(ConfigError, match=r"its 12 completions a step .* do not split over 8 process\(es\) x 1 "
+                                          r"micro_batches; make prompts_per_step x num_generations a multiple of 8"):
+        load_params([ROOT / "params.yaml", TINY_OVERLAY, overlay])
+
+
 def test_a_stage_overrides_the_shared_adapter_key_by_key(tmp_path, tiny_base, prompts):
     params = _params(tmp_path, max_steps=1, lora={"r": 4, "layers": 1})
     shared, own = params.rl.lora, params.rl.lora_for(params.rl.stages[0])
@@ -137,7 +172,7 @@ def test_stage_params_are_validated(tmp_path):
         _params(tmp_path, name="sft")
     with pytest.raises(ConfigError, match="rl stage 'reasoning': lora: rank: Extra inputs are not permitted"):
         _params(tmp_path, lora={"rank": 4})
-    with pytest.raises(ConfigError, match=r"micro_batches \(3\) must divide the step's 4 completions"):
+    with pytest.raises(ConfigError, match=r"its 4 completions a step .* do not split over 1 process\(es\) x 3 micro_batches"):
         _params(tmp_path, micro_batches=3)
     with pytest.raises(ConfigError, match="ppo.mini_batches"):
         _params(tmp_path, algorithm="ppo", micro_batches=2, rewards=[{"name": "reward_model", "aspect": "helpful"}])

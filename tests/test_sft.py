@@ -6,7 +6,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import ROOT, TINY_OVERLAY, bin_path, sft_overrides as _sft_overrides, write_overlay as _overlay
+from conftest import (ROOT, TINY_OVERLAY, bin_path, posttrain_in_two_processes, sft_overrides as _sft_overrides,
+                      write_overlay as _overlay)
 from posttrain import checkpoints
 from posttrain.config import load_params
 from posttrain.stages import base_model, sft
@@ -151,3 +152,20 @@ def test_ranks_stop_at_the_same_step_when_one_of_them_got_the_signal(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == ["True", "True"]
+
+
+def test_two_processes_train_together_and_one_writes_the_outputs(tmp_path, tiny_base, sft_data):
+    """A multi-GPU launch: both processes train and save the weights together (sharded weights
+    need every process), the main one writes the outputs (when both wrote them, one could remove
+    or overwrite what the other was writing)."""
+    _params(tmp_path, _sft_overrides(tmp_path))      # writes the overlay o0.yaml
+    out = tmp_path / "sft"
+    posttrain_in_two_processes("sft", "--base", tiny_base, "--data", sft_data, "--out", out,
+                               params=[ROOT / "params.yaml", TINY_OVERLAY, tmp_path / "o0.yaml"])
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["steps"] == 8 and m["val_loss_last"] < m["val_loss_first"]
+    assert json.loads((out / "manifest.json").read_text())["stage"] == "sft"
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), out / "adapter")
+    name, weight = next((n, p) for n, p in merged.named_parameters() if "q_proj" in n)
+    assert torch.allclose(weight, adapted.merge_and_unload().get_parameter(name), atol=1e-6)

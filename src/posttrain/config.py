@@ -368,17 +368,25 @@ class RlStageParams(Section):
         if self.algorithm == "grpo" and self.num_generations < 2:
             raise ValueError(f"rl stage {self.name!r}: GRPO compares completions within a group; num_generations "
                              f"must be at least 2 (got {self.num_generations})")
-        completions = self.prompts_per_step * self.num_generations
         if self.micro_batches > 1 and self.algorithm != "grpo":
             raise ValueError(f"rl stage {self.name!r}: micro_batches is GRPO's; PPO splits its batch with "
                              f"ppo.mini_batches")
-        if completions % self.micro_batches:
-            raise ValueError(f"rl stage {self.name!r}: micro_batches ({self.micro_batches}) must divide the step's "
-                             f"{completions} completions (prompts_per_step x num_generations)")
+        self.per_device_batch(1)
         if self.algorithm == "ppo" and self.ppo.critic is None and not any(r.aspect for r in self.rewards):
             raise ValueError(f"rl stage {self.name!r}: PPO initialises its critic from a reward model; add a "
                              f"reward_model term or set ppo.critic to an aspect")
         return self
+
+    def per_device_batch(self, processes: int) -> int:
+        """Completions each process trains on at a time: the step's prompts x generations split over
+        the processes of a multi-GPU run and the micro-batches (TRL's per-device batch is
+        multiplied by both, so the step stays the size declared here)."""
+        completions, parts = self.prompts_per_step * self.num_generations, processes * self.micro_batches
+        if completions % parts:
+            raise ValueError(f"rl stage {self.name!r}: its {completions} completions a step (prompts_per_step x "
+                             f"num_generations) do not split over {processes} process(es) x {self.micro_batches} "
+                             f"micro_batches; make prompts_per_step x num_generations a multiple of {parts}")
+        return completions // parts
 
     @field_validator("name")
     @classmethod
@@ -417,6 +425,8 @@ class RlParams(TrainingParams):
             except ValidationError as err:
                 problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
                 raise ValueError(f"rl stage {st.name!r}: lora: {problems}") from None
+            if st.algorithm == "grpo":   # GRPO runs a process per GPU (PPO one process over them all)
+                st.per_device_batch(max(1, self.gpus))
         seen: list[str] = []
         for st in self.stages:
             if st.name in seen:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -17,6 +19,32 @@ from posttrain.manifest import write_json
 log = logging.getLogger(__name__)
 # Router weights in the MoE architectures we support; they must never carry adapters.
 ROUTER_MARKERS = (".mlp.gate.", ".router.", ".block_sparse_moe.gate.")
+
+
+def processes() -> int:
+    """How many processes train together (accelerate launch / torchrun set WORLD_SIZE; 1 alone)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Every process of a multi-GPU run trains; only the main one (rank 0) writes the stage's
+    outputs: two processes replacing the same folder would collide."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def fresh_output_dir(out: Path) -> bool:
+    """Once every process has finished training, the main one replaces `out` with an empty folder
+    (a stage's outputs are replaced whole). True in the process that writes the outputs; weights
+    are saved by all of them (`save_pretrained(..., is_main_process=...)`: sharded weights are
+    gathered by all processes, written by one)."""
+    main = is_main_process()
+    if main:
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return main
 
 
 def resolve_precision(precision: str) -> dict:
@@ -198,9 +226,13 @@ def train_resumably(trainer, run_dir: Path, resume: Path | None) -> tuple[list[d
     measured, not assumed.
     """
     initial = run_dir / "initial_eval.json"
-    if resume is None or not initial.is_file():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(initial, {**trainer.evaluate(), "step": 0})
+    if resume is not None and initial.is_file():
+        step0 = json.loads(initial.read_text())
+    else:
+        step0 = {**trainer.evaluate(), "step": 0}   # every process evaluates; one writes
+        if is_main_process():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(initial, step0)
     result, elapsed = train_or_restore(trainer, resume)
     # The final weights' evaluation, unless training ended on an eval step (the train summary comes
     # after it in the log) with those weights kept: evaluating them again costs a validation pass.
@@ -208,7 +240,7 @@ def train_resumably(trainer, run_dir: Path, resume: Path | None) -> tuple[list[d
     evaluated = any(e.get("step") == step and any(k.startswith("eval_") for k in e) for e in trainer.state.log_history)
     if not evaluated or trainer.args.load_best_model_at_end:
         trainer.evaluate()
-    return [json.loads(initial.read_text()), *trainer.state.log_history], result, elapsed
+    return [step0, *trainer.state.log_history], result, elapsed
 
 
 def train_or_restore(trainer, resume: Path | None) -> tuple[object | None, float]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import statistics
 from pathlib import Path
 
@@ -85,10 +84,12 @@ def main(params: Params, aspect: str, init_dir: Path, data_dir: Path, out: Path)
         "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
     }
 
-    # 5. Outputs, replaced whole; manifest last.
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    # 5. Outputs, replaced whole, by the main process; manifest last.
+    main = training.fresh_output_dir(out)
+    folder = out / ("model" if cfg.method == "full" else "adapter")
+    trainer.model.save_pretrained(folder, is_main_process=main)  # every process takes part; one writes
+    if not main:
+        return {}
     rows = training.write_log_csv(history, out / "log.csv",
                                   {"train_loss": "loss", "val_loss": "eval_loss", "train_accuracy": "accuracy",
                                    "val_accuracy": "eval_accuracy", "val_margin": "eval_margin",
@@ -96,8 +97,6 @@ def main(params: Params, aspect: str, init_dir: Path, data_dir: Path, out: Path)
     metrics["val_accuracy_first"] = next((r["val_accuracy"] for r in rows if r.get("val_accuracy") != ""), None)
     training.plot_curves(rows, out / "curves.png", f"Reward model: {aspect}",
                          [["train_loss", "val_loss"], ["train_accuracy", "val_accuracy"], ["val_margin"]])
-    folder = out / ("model" if cfg.method == "full" else "adapter")
-    trainer.model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     if cfg.method != "full":
         training.sort_adapter_config(folder / "adapter_config.json")

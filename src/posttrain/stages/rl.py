@@ -107,11 +107,10 @@ def main(params: Params, stage: str, init_dir: Path, prompts_dir: Path, reward_d
     _, elapsed = training.train_or_restore(trainer, resume)
     selector.score_if_missing(trainer.model, step=trainer.state.global_step)
 
-    # 4. The chosen checkpoint, outputs replaced whole, manifest last.
+    # 4. The chosen checkpoint, outputs replaced whole, by the main process; manifest last.
+    if not training.fresh_output_dir(out):
+        return {}
     chosen_step, chosen_dir = selector.best()
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     history = [*trainer.state.log_history, *({"step": s, "heldout_reward": v} for s, v in selector.scores.items())]
     ppo = st.algorithm == "ppo"
     rows = training.write_log_csv(history, out / "log.csv", {**LOG_COLUMNS, **(PPO_LOG_COLUMNS if ppo else {})})
@@ -236,9 +235,13 @@ class Selection(TrainerCallback):
     def _record(self, step: int, value: float, model) -> None:
         best = max(self.scores.values(), default=-math.inf)
         self.scores[step] = value
+        main = training.is_main_process()   # every process scores the same weights; one writes
         if value > best:
-            model.save_pretrained(self.run_dir / "best")
-            (self.run_dir / "best" / "STEP").write_text(str(step))
+            model.save_pretrained(self.run_dir / "best", is_main_process=main)
+            if main:
+                (self.run_dir / "best" / "STEP").write_text(str(step))
+        if not main:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.path, {str(k): v for k, v in sorted(self.scores.items())})
         log.info("held-out reward at step %d: %.4f (best %.4f)", step, value, max(self.scores.values()))
@@ -281,7 +284,7 @@ def _build_trainer(model, tokenizer, train: list[dict], funcs, weights, run_dir:
         **training.training_kwargs(cfg, precision, run_dir),
         max_steps=st.max_steps, learning_rate=st.learning_rate, save_steps=st.save_steps,
         # one generation batch of prompts x generations per optimiser step, trained in micro-batches
-        per_device_train_batch_size=st.prompts_per_step * st.num_generations // st.micro_batches,
+        per_device_train_batch_size=st.per_device_batch(training.processes()),
         gradient_accumulation_steps=st.micro_batches, steps_per_generation=st.micro_batches,
         num_generations=st.num_generations, max_completion_length=st.max_completion_length,
         temperature=st.temperature, beta=st.beta, loss_type=st.loss_type, reward_weights=weights,

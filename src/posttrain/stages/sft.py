@@ -12,7 +12,6 @@ manifest.json.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import torch
@@ -65,10 +64,11 @@ def train(cfg: SftParams, stage: str, params_section: dict, base_dir: Path, data
     # 3. Train, with validation loss at step 0 and at the end.
     history, result, elapsed = training.train_resumably(trainer, run_dir, resume)
 
-    # 4. Outputs: replaced whole; manifest last.
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    # 4. Outputs: replaced whole, by the main process; manifest last.
+    main = training.fresh_output_dir(out)
+    _save_models(trainer, tokenizer, base_dir, out, cfg, main)
+    if not main:
+        return {}
     columns = {"train_loss": "loss", "val_loss": "eval_loss", "learning_rate": "learning_rate",
                "grad_norm": "grad_norm", "tokens_seen": "num_input_tokens_seen"}
     if teacher is not None:
@@ -80,7 +80,6 @@ def train(cfg: SftParams, stage: str, params_section: dict, base_dir: Path, data
                          [["train_loss", "val_loss"], *([["kd_loss", "ce_loss"]] if teacher is not None else []),
                           ["learning_rate"]])
     metrics = _metrics(rows, trainer, result, elapsed, trainable, total, cfg, precision["name"], resume)
-    _save_models(trainer, tokenizer, base_dir, out, cfg)
     write_json(out / "metrics.json", metrics)
     _write_model_card(out, card, cfg, metrics)
     return write_manifest(out, stage=stage, params=params_section, seed=cfg.seed, inputs=inputs,
@@ -185,16 +184,19 @@ def _metrics(rows, trainer, result, elapsed, trainable, total, cfg, precision, r
     }
 
 
-def _save_models(trainer, tokenizer, base_dir: Path, out: Path, cfg: SftParams) -> None:
+def _save_models(trainer, tokenizer, base_dir: Path, out: Path, cfg: SftParams, main: bool) -> None:
+    """The trained weights (every process takes part; `main` writes them), then in the main process
+    the tokenizer and the merged model."""
     from transformers import AutoModelForCausalLM
 
-    if cfg.method == "full":
-        trainer.model.save_pretrained(out / "merged")
-        tokenizer.save_pretrained(out / "merged")
+    folder = out / ("merged" if cfg.method == "full" else "adapter")
+    trainer.model.save_pretrained(folder, is_main_process=main)
+    if not main:
         return
-    trainer.model.save_pretrained(out / "adapter")
+    tokenizer.save_pretrained(folder)
+    if cfg.method == "full":
+        return
     training.sort_adapter_config(out / "adapter" / "adapter_config.json")
-    tokenizer.save_pretrained(out / "adapter")
     # Merge into a fresh copy of the base in its own dtype (a QLoRA base is 4-bit and cannot be
     # merged into directly), so merged/ is a plain model any server loads. Not in the training
     # precision: a bf16 GPU run must not round an fp32 base's untrained weights (the MoE router's).
