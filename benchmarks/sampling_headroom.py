@@ -8,14 +8,16 @@ GRPO learns only from problems where some completion of a group is right: its re
 a problem set is bounded by pass@k there (k = the group size, at the stage's temperature), not by
 how often the greedy answer is wrong. Prints, for the eval split's arithmetic problems (strict
 `#### N` answers, as the evaluation scores them): greedy accuracy; then per temperature the mean
-accuracy of the samples, pass@k (a problem counts when any of its k samples is right) and the
-share of stated equations ("a - b = r") whose arithmetic is right; and pass@k / greedy.
+accuracy of the samples, pass@k (a problem counts when any of its k samples is right), maj@k (the
+most frequent of the k marked answers is right: where sharpening a policy on its own samples
+leads), the share of stated equations ("a - b = r") whose arithmetic is right; and pass@k / greedy.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -50,17 +52,21 @@ def main() -> None:
     greedy = generate(model, tokenizer, convs, max_new_tokens=args.max_new_tokens, batch_size=16)
     greedy_acc = sum(right(t, g) for t, g in zip(greedy, golds)) / len(rows)
     print(f"{len(rows)} arithmetic problems; greedy accuracy {greedy_acc:.3f}")
-    print(f"{'temperature':>11}{'mean':>8}{f'pass@{args.samples}':>9}{'equations right':>17}{'pass@k / greedy':>17}")
+    print(f"{'temperature':>11}{'mean':>8}{f'pass@{args.samples}':>9}{f'maj@{args.samples}':>8}{'equations right':>17}"
+          f"{'pass@k / greedy':>17}")
     k = args.samples
     for temperature in args.temperatures:
         texts = generate(model, tokenizer, [c for c in convs for _ in range(k)], max_new_tokens=args.max_new_tokens,
                          batch_size=16, temperature=temperature, seed=0)
         hits = [right(t, golds[i // k]) for i, t in enumerate(texts)]
         solved = sum(any(hits[i * k:(i + 1) * k]) for i in range(len(rows))) / len(rows)
+        marked = [answers.final_answer(t, marked_only=True) for t in texts]
+        votes = [Counter(a for a in marked[i * k:(i + 1) * k] if a is not None).most_common(1) for i in range(len(rows))]
+        majority = sum(bool(v) and answers.same_answer(v[0][0], g) for v, g in zip(votes, golds)) / len(rows)
         checks = [[c.right for c in answers.calculations(t)] for t in texts]
         stated = [c for c in checks if c]
         eq_right = sum(all(c) for c in stated) / max(1, len(stated))
-        print(f"{temperature:>11.2f}{sum(hits) / len(hits):>8.3f}{solved:>9.3f}{eq_right:>17.3f}"
+        print(f"{temperature:>11.2f}{sum(hits) / len(hits):>8.3f}{solved:>9.3f}{majority:>8.3f}{eq_right:>17.3f}"
               f"{solved / greedy_acc if greedy_acc else float('nan'):>17.2f}")
 
 
