@@ -1,6 +1,9 @@
-"""RL stage (GRPO with TRL) on a tiny model: outputs, checkpoint selection, guards."""
+"""RL stage (GRPO with TRL, rejection sampling) on a tiny model: outputs, checkpoint selection, guards."""
 
+import csv
 import json
+from collections import Counter
+from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM
@@ -90,6 +93,76 @@ def test_nan_reward_stops_the_stage(tmp_path, tiny_base, prompts):
         rewards.REGISTRY.pop("test_nan")
 
 
+@pytest.fixture
+def even_length_reward():
+    """1.0 for completions of an even number of characters: a verifier a random model passes about
+    half the time."""
+    @rewards.register("test_even")
+    def _even():
+        def fn(prompts, completions, **columns):
+            return [float(len(c) % 2 == 0) for c in completions]
+        return fn
+
+    yield "test_even"
+    rewards.REGISTRY.pop("test_even")
+
+
+def test_rejection_sampling_stage_fine_tunes_on_the_accepted_answers(tmp_path, tiny_base, prompts,
+                                                                     even_length_reward):
+    out = tmp_path / "rl"
+    params = _params(tmp_path, algorithm="rejection_sampling", rewards=[{"name": even_length_reward}],
+                     num_generations=4, keep_per_prompt=2, temperature=1.0, max_steps=6, save_steps=3,
+                     learning_rate=5e-3)
+    manifest = rl.main(params, "reasoning", tiny_base, prompts, {}, out)
+    m = json.loads((out / "metrics.json").read_text())
+    train = [r for r in rl.prompt_rows(prompts / "train.jsonl", ["arithmetic"])]
+    s = m["samples"]
+    assert s["samples"] == 4 * len(train) == s["accepted"] + s["rejected"] and s["prompts"] == len(train)
+    sampled = Path(manifest["checkpoints"]) / "samples"           # drawn once, beside the checkpoints
+    accepted = [json.loads(line) for line in open(sampled / "train.jsonl")]
+    rejected = [json.loads(line) for line in open(sampled / "rejected.jsonl")]
+    assert len(accepted) == s["accepted"] > 0 and len(rejected) == s["rejected"] > 0
+    assert all(len(r["messages"][-1]["content"]) % 2 == 0 and r["reward"] == 1.0 for r in accepted)
+    assert {r["reason"] for r in rejected} <= {"below_min_reward", "duplicate", "over_keep_per_prompt", "empty"}
+    assert max(Counter(r["source_id"] for r in accepted).values()) <= 2            # keep_per_prompt
+    # trained on them: the answers' loss falls; the selection scored step 0 and both checkpoints
+    losses = [float(r["loss"]) for r in csv.DictReader(open(out / "log.csv")) if r["loss"]]
+    assert losses[-1] < losses[0]
+    assert sorted(map(int, json.loads((out / "selection.json").read_text())["scores"])) == [0, 3, 6]
+    assert m["steps"] == 6 and manifest["stage"] == "rl:reasoning"
+    assert "accepted answers" in (out / "README.md").read_text()
+    AutoModelForCausalLM.from_pretrained(out / "merged")
+
+
+def test_two_processes_split_the_rejection_samples(tmp_path, tiny_base, prompts):
+    """A multi-GPU launch: each process answers its share of the prompts, the main one gathers them
+    and every process trains on all of them."""
+    _params(tmp_path, algorithm="rejection_sampling", rewards=[{"name": "length", "max_words": 1}],
+            min_reward=-1.0, num_generations=2, max_steps=2, save_steps=2)   # every answer passes
+    posttrain_in_two_processes("rl", "--stage", "reasoning", "--init", tiny_base, "--prompts", prompts,
+                               "--out", tmp_path / "rl", params=[ROOT / "params.yaml", TINY_OVERLAY,
+                                                                 tmp_path / "rl.yaml"])
+    folder = Path(json.loads((tmp_path / "rl" / "manifest.json").read_text())["checkpoints"]) / "samples"
+    parts = [{r["source_id"] for r in json.loads((folder / f"part-{i}.json").read_text())["accepted"]}
+             for i in (0, 1)]
+    train = rl.prompt_rows(prompts / "train.jsonl", ["arithmetic"])
+    assert parts[0] and parts[1] and not parts[0] & parts[1] and parts[0] | parts[1] == {r["id"] for r in train}
+    m = json.loads((tmp_path / "rl" / "metrics.json").read_text())
+    assert m["samples"]["prompts"] == len(train) and m["samples"]["samples"] == 2 * len(train) and m["steps"] == 2
+    AutoModelForCausalLM.from_pretrained(tmp_path / "rl" / "merged")
+
+
+def test_rejection_sampling_that_accepts_nothing_says_what_to_change(tmp_path, tiny_base, prompts):
+    out = tmp_path / "rl"
+    out.mkdir()
+    (out / "previous.txt").write_text("kept")
+    params = _params(tmp_path, algorithm="rejection_sampling", rewards=[{"name": "accuracy"}], num_generations=1)
+    with pytest.raises(ValueError, match=r"accepted none of 15 answers \(min_reward 1.0\).*below_min_reward.*"
+                                         r"Lower min_reward"):
+        rl.main(params, "reasoning", tiny_base, prompts, {}, out)
+    assert (out / "previous.txt").read_text() == "kept"
+
+
 @pytest.mark.parametrize("micro_batches", [1, 3])
 def test_micro_batches_train_one_generation_batch_per_step(tmp_path, tiny_base, prompts, micro_batches):
     """3 prompts x 2 completions a step, scored together, trained in 1 or 3 micro-batches: the same
@@ -174,6 +247,8 @@ def test_stage_params_are_validated(tmp_path):
         _params(tmp_path, lora={"rank": 4})
     with pytest.raises(ConfigError, match=r"its 4 completions a step .* do not split over 1 process\(es\) x 3 micro_batches"):
         _params(tmp_path, micro_batches=3)
+    with pytest.raises(ConfigError, match=r"its 3 completions a step \(prompts_per_step\) .* a multiple of 2"):
+        _params(tmp_path, algorithm="rejection_sampling", prompts_per_step=3, micro_batches=2)
     with pytest.raises(ConfigError, match="ppo.mini_batches"):
         _params(tmp_path, algorithm="ppo", micro_batches=2, rewards=[{"name": "reward_model", "aspect": "helpful"}])
 

@@ -324,8 +324,12 @@ class RlStageParams(Section):
     # The stage's name: its DAG stage is rl_<name>, its output results/rl/<name>/.
     name: str
     # grpo: TRL's GRPOTrainer (group-normalised rewards, no critic); ppo: posttrain.ppo (a
-    # critic initialised from a reward model, GAE, clipped losses; settings under `ppo`).
-    algorithm: Literal["grpo", "ppo"] = "grpo"
+    # critic initialised from a reward model, GAE, clipped losses; settings under `ppo`);
+    # rejection_sampling: the init model answers every prompt num_generations times, the answers
+    # whose reward reaches min_reward are kept (keep_per_prompt per prompt) and fine-tuned on
+    # (TRL's SFTTrainer, loss on the answer): expert iteration / RFT. Two such stages in a row
+    # are two rounds.
+    algorithm: Literal["grpo", "ppo", "rejection_sampling"] = "grpo"
     # The model the stage starts from: `previous` (the stage before it; the first starts from
     # sft), `sft`, `base`, or an earlier stage's name.
     init: str = "previous"
@@ -337,7 +341,8 @@ class RlStageParams(Section):
     rewards: list[RewardSpec] = Field(min_length=1)
     max_steps: int = Field(20, ge=1)
     # Prompts per optimisation step; each gets `num_generations` sampled completions (the group
-    # GRPO normalises rewards within; at least 2 for GRPO, any number for PPO).
+    # GRPO normalises rewards within; at least 2 for GRPO, any number for PPO). rejection_sampling:
+    # accepted answers per optimisation step, and samples drawn per prompt before training.
     prompts_per_step: int = Field(4, ge=1)
     num_generations: int = Field(4, ge=1)
     max_completion_length: int = Field(128, ge=4)
@@ -362,15 +367,19 @@ class RlStageParams(Section):
     save_steps: int = Field(5, ge=1)
     seed: int = 0
     ppo: PpoParams = Field(default_factory=PpoParams)
+    # rejection_sampling: an answer is kept when its weighted reward reaches min_reward; at most
+    # keep_per_prompt distinct answers per prompt (GRPO and PPO ignore both).
+    min_reward: float = 1.0
+    keep_per_prompt: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _group(self) -> "RlStageParams":
         if self.algorithm == "grpo" and self.num_generations < 2:
             raise ValueError(f"rl stage {self.name!r}: GRPO compares completions within a group; num_generations "
                              f"must be at least 2 (got {self.num_generations})")
-        if self.micro_batches > 1 and self.algorithm != "grpo":
-            raise ValueError(f"rl stage {self.name!r}: micro_batches is GRPO's; PPO splits its batch with "
-                             f"ppo.mini_batches")
+        if self.micro_batches > 1 and self.algorithm == "ppo":
+            raise ValueError(f"rl stage {self.name!r}: PPO splits its batch with ppo.mini_batches, not "
+                             f"micro_batches")
         self.per_device_batch(1)
         if self.algorithm == "ppo" and self.ppo.critic is None and not any(r.aspect for r in self.rewards):
             raise ValueError(f"rl stage {self.name!r}: PPO initialises its critic from a reward model; add a "
@@ -378,14 +387,18 @@ class RlStageParams(Section):
         return self
 
     def per_device_batch(self, processes: int) -> int:
-        """Completions each process trains on at a time: the step's prompts x generations split over
-        the processes of a multi-GPU run and the micro-batches (TRL's per-device batch is
-        multiplied by both, so the step stays the size declared here)."""
-        completions, parts = self.prompts_per_step * self.num_generations, processes * self.micro_batches
+        """Completions each process trains on at a time: the step's prompts x generations (a
+        rejection_sampling step: its prompts_per_step answers) split over the processes of a
+        multi-GPU run and the micro-batches (TRL's per-device batch is multiplied by both, so the
+        step stays the size declared here)."""
+        sampled = self.algorithm == "rejection_sampling"
+        completions = self.prompts_per_step * (1 if sampled else self.num_generations)
+        parts = processes * self.micro_batches
         if completions % parts:
-            raise ValueError(f"rl stage {self.name!r}: its {completions} completions a step (prompts_per_step x "
-                             f"num_generations) do not split over {processes} process(es) x {self.micro_batches} "
-                             f"micro_batches; make prompts_per_step x num_generations a multiple of {parts}")
+            what = "prompts_per_step" if sampled else "prompts_per_step x num_generations"
+            raise ValueError(f"rl stage {self.name!r}: its {completions} completions a step ({what}) do not split "
+                             f"over {processes} process(es) x {self.micro_batches} micro_batches; make {what} a "
+                             f"multiple of {parts}")
         return completions // parts
 
     @field_validator("name")
@@ -425,7 +438,7 @@ class RlParams(TrainingParams):
             except ValidationError as err:
                 problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
                 raise ValueError(f"rl stage {st.name!r}: lora: {problems}") from None
-            if st.algorithm == "grpo":   # GRPO runs a process per GPU (PPO one process over them all)
+            if st.algorithm != "ppo":   # GRPO and RFT run a process per GPU (PPO one process over them all)
                 st.per_device_batch(max(1, self.gpus))
         seen: list[str] = []
         for st in self.stages:

@@ -29,7 +29,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from posttrain import chat, models, pruning, rewards
+from posttrain import chat, models, pruning, rejection_sampling, rewards
 from posttrain.config import DistillParams, Params, SftParams
 from posttrain.manifest import require_manifest, write_json, write_manifest
 
@@ -135,7 +135,6 @@ def samples(params: Params, teacher_dir: Path, prompts_dir: Path, out: Path) -> 
 def _samples(params: Params, teacher_dir: Path, prompts_dir: Path, out: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from posttrain.generation import generate
     from posttrain.stages.rl import prompt_rows
 
     cfg = _cfg(params).sampling
@@ -151,60 +150,26 @@ def _samples(params: Params, teacher_dir: Path, prompts_dir: Path, out: Path) ->
                          f"(distill.sampling.subsets)")
     verify = rewards.combine([r.model_dump(exclude={"aspect"}, exclude_none=True) for r in cfg.rewards])
 
-    # 1. The teacher answers every prompt per_prompt times.
+    # 1. The teacher answers every prompt per_prompt times; the verifiers keep what passes.
     model = AutoModelForCausalLM.from_pretrained(weights)
-    repeated = [r for r in rows for _ in range(cfg.per_prompt)]
-    answers = generate(model, tokenizer, [r["prompt"] for r in repeated], max_new_tokens=cfg.max_new_tokens,
-                       batch_size=cfg.batch_size, temperature=cfg.temperature, seed=cfg.seed,
-                       progress="teacher samples")
+    sampled = rejection_sampling.sample(
+        model, tokenizer, rows, verify, per_prompt=cfg.per_prompt, keep_per_prompt=cfg.keep_per_prompt,
+        min_reward=cfg.min_reward, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size, seed=cfg.seed, progress="teacher samples")
     del model
-    columns = {k: [r[k] for r in repeated] for k in ("answer", "expect", "constraint", "subset")}
-    scores = verify([r["prompt"] for r in repeated], answers, **columns)
-
-    # 2. Accept what the verifiers pass: at most keep_per_prompt distinct answers per prompt.
-    accepted, rejected = [], []
-    counts: dict[str, Counter] = {}
-    kept: dict[int, list[str]] = {}
-    for i, (row, answer, score) in enumerate(zip(repeated, answers, scores)):
-        c = counts.setdefault(row["subset"], Counter())
-        c["samples"] += 1
-        p = i // cfg.per_prompt
-        verdict = ("unverifiable" if score is None else "empty" if not answer.strip()
-                   else "below_min_reward" if score < cfg.min_reward
-                   else "duplicate" if answer in kept.get(p, [])
-                   else "over_keep_per_prompt" if len(kept.get(p, [])) >= cfg.keep_per_prompt else "accepted")
-        c[verdict] += 1
-        record = {"source_id": row["id"], "subset": row["subset"], "reward": score}
-        if verdict == "accepted":
-            kept.setdefault(p, []).append(answer)
-            accepted.append({"id": f"{row['id']}-{len(kept[p]) - 1}", "subset": row["subset"],
-                             "messages": [*row["prompt"], {"role": "assistant", "content": answer}], **record})
-        else:
-            rejected.append({**record, "reason": verdict, "prompt": row["prompt"][-1]["content"], "response": answer})
-    for p in kept:
-        counts[rows[p]["subset"]]["prompts_with_an_answer"] += 1
-    for row in rows:
-        counts[row["subset"]]["prompts"] += 1
-    if not accepted:
-        raise ValueError(f"rejection sampling accepted none of {len(answers)} teacher answers (min_reward "
+    report = sampled.report()
+    if not sampled.accepted:
+        raise ValueError(f"rejection sampling accepted none of {report['samples']} teacher answers (min_reward "
                          f"{cfg.min_reward}); an empty dataset cannot train a student. Rejections: "
-                         f"{dict(sum(counts.values(), Counter()))}")
+                         f"{dict(sum(sampled.counts.values(), Counter()))}")
 
-    # 3. Outputs, manifest last.
+    # 2. Outputs, manifest last.
     if out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True)
-    for name, items in (("train.jsonl", accepted), ("rejected.jsonl", rejected)):
-        with open(out / name, "w") as fh:
-            for item in items:
-                fh.write(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n")
-    report = {"subsets": {s: dict(sorted(c.items())) for s, c in sorted(counts.items())},
-              "samples": len(answers), "accepted": len(accepted), "rejected": len(rejected),
-              "acceptance_rate": len(accepted) / len(answers), "prompts": len(rows),
-              "prompts_with_an_answer": len(kept)}
+    sampled.write(out)
     write_json(out / "metrics.json", report)
-    log.info("rejection sampling: %d of %d answers accepted (%d of %d prompts)", len(accepted), len(answers),
-             len(kept), len(rows))
+    log.info("rejection sampling: %d of %d answers accepted (%d of %d prompts)", report["accepted"],
+             report["samples"], report["prompts_with_an_answer"], report["prompts"])
     return write_manifest(out, stage="distill-samples", params=_section(params, "sampling"), seed=cfg.seed,
                           inputs={"teacher": teacher_dir, "prompts": prompts_dir}, chat_template=tokenizer.chat_template,
                           extra={"metrics": report})

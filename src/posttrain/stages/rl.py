@@ -1,5 +1,7 @@
 """RL stage: one stage of `rl.stages` (or the RL-first `rl.zero`) with TRL's GRPOTrainer
-(`algorithm: grpo`) or posttrain's PPO with a critic (`algorithm: ppo`, posttrain.ppo).
+(`algorithm: grpo`), posttrain's PPO with a critic (`algorithm: ppo`, posttrain.ppo) or
+rejection-sampling fine-tuning (`algorithm: rejection_sampling`: the init model's answers that
+the rewards accept, trained on with TRL's SFTTrainer).
 
     posttrain rl --stage reasoning --init results/sft --prompts results/data/prompts \\
         [--reward helpful=results/reward/helpful ...] --out results/rl/reasoning [--params ...]
@@ -28,7 +30,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from posttrain import chat, checkpoints, rewards, training
+from posttrain import chat, checkpoints, rejection_sampling, rewards, training
 from posttrain.generation import merged_adapter
 from posttrain.config import Params, RlStageParams
 from posttrain.manifest import input_hash, require_manifest, write_json, write_manifest
@@ -97,9 +99,13 @@ def main(params: Params, stage: str, init_dir: Path, prompts_dir: Path, reward_d
     placement = {"device_map": "auto"} if st.algorithm == "ppo" and torch.cuda.is_available() else {}
     model = AutoModelForCausalLM.from_pretrained(weights, dtype=training.torch_dtype(precision["name"]), **placement)
     selector = Selection(run_dir, heldout, scoring_funcs, weights_, tokenizer, st)
+    sampled = None
     if st.algorithm == "ppo":
         trainer = _build_ppo_trainer(model, tokenizer, train, funcs, weights_, run_dir, cfg, st, selector, reward_dirs,
                                      init_dir)
+    elif st.algorithm == "rejection_sampling":
+        sampled = _rejection_samples(model, tokenizer, train, funcs, weights_, run_dir / "samples", st)
+        trainer = _build_rft_trainer(model, tokenizer, sampled, run_dir, cfg, st, precision, selector)
     else:
         trainer = _build_trainer(model, tokenizer, train, funcs, weights_, run_dir, cfg, st, precision, selector)
     trainable, total = training.count_parameters(trainer.model)
@@ -114,15 +120,17 @@ def main(params: Params, stage: str, init_dir: Path, prompts_dir: Path, reward_d
     history = [*trainer.state.log_history, *({"step": s, "heldout_reward": v} for s, v in selector.scores.items())]
     ppo = st.algorithm == "ppo"
     rows = training.write_log_csv(history, out / "log.csv", {**LOG_COLUMNS, **(PPO_LOG_COLUMNS if ppo else {})})
-    training.plot_curves(rows, out / "curves.png", f"RL stage {stage} ({st.algorithm})",
-                         [["reward", "heldout_reward"], ["kl"], ["completion_length"], ["entropy"]]
-                         + ([["value_loss"], ["clip_fraction", "approx_kl"]] if ppo else []))
+    panels = ([["heldout_reward"], ["loss"], ["learning_rate"]] if sampled else     # fine-tuning on samples
+              [["reward", "heldout_reward"], ["kl"], ["completion_length"], ["entropy"]]
+              + ([["value_loss"], ["clip_fraction", "approx_kl"]] if ppo else []))
+    training.plot_curves(rows, out / "curves.png", f"RL stage {stage} ({st.algorithm})", panels)
     write_json(out / "selection.json", {"scores": {str(k): v for k, v in sorted(selector.scores.items())},
                                         "chosen_step": chosen_step})
     if st.system_prompt:  # the model is served and evaluated under the prompt it was trained with
         tokenizer.chat_template = chat.with_default_system(tokenizer.chat_template, st.system_prompt)
     _save_models(chosen_dir, weights, tokenizer, out)
-    metrics = _metrics(rows, selector, chosen_step, trainer, elapsed, trainable, total, none_batches, st, resume)
+    metrics = _metrics(rows, selector, chosen_step, trainer, elapsed, trainable, total, none_batches, st, resume,
+                       sampled)
     write_json(out / "metrics.json", metrics)
     _write_model_card(out, stage, init_dir, st, metrics)
     return write_manifest(out, stage=f"rl:{stage}", params=stage_section(params, st), seed=st.seed, inputs=inputs,
@@ -345,6 +353,68 @@ def _build_ppo_trainer(model, tokenizer, train: list[dict], funcs, weights, run_
                       run_dir, st, cfg, on_save=lambda state, m: selector.on_save(None, state, None, model=m))
 
 
+def _rejection_samples(model, tokenizer, train: list[dict], funcs, weights, folder: Path, st: RlStageParams) -> dict:
+    """The init model's answers to the training prompts, `num_generations` each, scored by the
+    stage's rewards; accepted ones are the training rows. Drawn once beside the checkpoints (a
+    resumed run trains on the same rows); with several processes each answers its share of the
+    prompts and the main one gathers them."""
+    from accelerate import PartialState
+
+    if not (folder / "report.json").is_file():
+        state = PartialState(cpu=not torch.cuda.is_available())
+        model.to(state.device)
+        part = rejection_sampling.sample(
+            model, tokenizer, train[state.process_index::state.num_processes],
+            lambda prompts, completions, **columns: combined(funcs, weights, prompts, completions, columns),
+            per_prompt=st.num_generations, keep_per_prompt=st.keep_per_prompt, min_reward=st.min_reward,
+            temperature=st.temperature, max_new_tokens=st.max_completion_length, batch_size=32,
+            seed=st.seed + state.process_index, progress="rejection samples" if state.is_main_process else None)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / f"part-{state.process_index}.json",
+                   {"accepted": part.accepted, "rejected": part.rejected, "counts": part.counts})
+        state.wait_for_everyone()
+        if state.is_main_process:
+            parts = [json.loads((folder / f"part-{i}.json").read_text()) for i in range(state.num_processes)]
+            gathered = sum((rejection_sampling.Sampled(p["accepted"], p["rejected"],
+                                                       {k: Counter(v) for k, v in p["counts"].items()})
+                            for p in parts), rejection_sampling.Sampled())
+            write_json(folder / "report.json.tmp", gathered.write(folder))
+            (folder / "report.json.tmp").rename(folder / "report.json")   # complete only once all is written
+        state.wait_for_everyone()
+    report = json.loads((folder / "report.json").read_text())
+    accepted = [json.loads(line) for line in open(folder / "train.jsonl")]
+    log.info("rejection sampling: %d of %d answers accepted (%d of %d prompts)", report["accepted"],
+             report["samples"], report["prompts_with_an_answer"], report["prompts"])
+    if not accepted:
+        raise ValueError(f"rl stage {st.name!r}: rejection sampling accepted none of {report['samples']} answers "
+                         f"(min_reward {st.min_reward}); nothing to train on. Verdicts: {report['subsets']}. Lower "
+                         f"min_reward, draw more num_generations or raise temperature")
+    return {"report": report, "accepted": accepted}
+
+
+def _build_rft_trainer(model, tokenizer, sampled: dict, run_dir: Path, cfg, st: RlStageParams, precision: dict,
+                       selector: Selection):
+    """TRL's SFTTrainer on the accepted answers, the loss on the answer tokens only."""
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from posttrain.stages.sft import model_loss_trainer
+
+    rows = [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in sampled["accepted"]]
+    args = SFTConfig(
+        **training.training_kwargs(cfg, precision, run_dir),
+        max_steps=st.max_steps, learning_rate=st.learning_rate, save_steps=st.save_steps,
+        per_device_train_batch_size=st.per_device_batch(training.processes()),
+        gradient_accumulation_steps=st.micro_batches,
+        completion_only_loss=True, packing=False, max_length=None,   # verified answers are never cut
+        eval_strategy="no",
+    )
+    return model_loss_trainer()(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                                processing_class=tokenizer, callbacks=[*training.callbacks(cfg), selector],
+                                peft_config=training.lora_config(model, cfg.lora_for(st), "CAUSAL_LM", "rl")
+                                if cfg.method != "full" else None)
+
+
 def _save_models(chosen: Path, weights: Path, tokenizer, out: Path) -> None:
     """adapter/ is the chosen checkpoint's adapter; merged/ is the init model with it merged."""
     from peft import PeftModel
@@ -361,7 +431,8 @@ def _save_models(chosen: Path, weights: Path, tokenizer, out: Path) -> None:
     tokenizer.save_pretrained(out / "merged")
 
 
-def _metrics(rows, selector: Selection, chosen_step, trainer, elapsed, trainable, total, none_batches, st, resume):
+def _metrics(rows, selector: Selection, chosen_step, trainer, elapsed, trainable, total, none_batches, st, resume,
+             sampled: dict | None):
     def col(name):
         return [r[name] for r in rows if r.get(name) not in (None, "")]
 
@@ -380,13 +451,16 @@ def _metrics(rows, selector: Selection, chosen_step, trainer, elapsed, trainable
         "trainable_params": trainable, "total_params": total,
         "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
         **({"critic_base": trainer.critic.kind} if st.algorithm == "ppo" else {}),
+        **({"samples": sampled["report"]} if sampled else {}),
     }
 
 
 def _write_model_card(out: Path, stage: str, init_dir: Path, st: RlStageParams, m: dict) -> None:
     terms = ", ".join(f"{r['weight']} x {r['name']}" + (f"({r['aspect']})" if r.get("aspect") else "")
                       for r in m["rewards"])
-    trainer = "posttrain's PPO (a critic from the reward model)" if st.algorithm == "ppo" else "TRL's GRPOTrainer"
+    trainer = {"ppo": "posttrain's PPO (a critic from the reward model)", "grpo": "TRL's GRPOTrainer",
+               "rejection_sampling": "rejection sampling and TRL's SFTTrainer on the accepted answers"}[st.algorithm]
+    samples = m.get("samples")
     training.write_model_card(
         out, library="peft", tags=["rl", st.algorithm, "trl"], title=f"RL stage: {stage}",
         intro=f"Trained by `posttrain rl --stage {stage}` with {trainer} from `{init_dir}` on prompts of "
@@ -394,8 +468,12 @@ def _write_model_card(out: Path, stage: str, init_dir: Path, st: RlStageParams, 
         rows={"steps": m["steps"], "chosen step (best held-out reward)": m["chosen_step"],
               "held-out reward: start → chosen": f"{training.fmt(m['heldout_reward_start'])} → "
                                                  f"{training.fmt(m['heldout_reward_chosen'])}",
-              "KL to init (last)": m["kl_last"], "group size, prompts per step": f"{st.num_generations}, "
-                                                                                f"{st.prompts_per_step}",
-              "beta, loss": f"{st.beta}, {st.loss_type}"},
+              **({"samples per prompt, answers per step": f"{st.num_generations}, {st.prompts_per_step}",
+                  "accepted answers (prompts with one)": f"{samples['accepted']} of {samples['samples']} "
+                                                         f"({samples['prompts_with_an_answer']} of {samples['prompts']})"}
+                 if samples else
+                 {"KL to init (last)": m["kl_last"],
+                  "group size, prompts per step": f"{st.num_generations}, {st.prompts_per_step}",
+                  "beta, loss": f"{st.beta}, {st.loss_type}"})},
         usage="`merged/` loads with `AutoModelForCausalLM.from_pretrained`; `adapter/` with `PeftModel` on the init "
               "model. Curves: `curves.png`, `log.csv`; per-checkpoint held-out rewards: `selection.json`.")

@@ -134,14 +134,14 @@ def _build_trainer(model, tokenizer, train_files: list[Path], val_file: Path, ru
     if is_moe and cfg.router_aux_loss_coef is not None:
         model.config.router_aux_loss_coef = cfg.router_aux_loss_coef
     extra = {"teacher": teacher} if teacher is not None else {}
-    trainer_class = _model_loss_trainer() if teacher is None else teacher.trainer_class(_model_loss_trainer())
+    trainer_class = model_loss_trainer() if teacher is None else teacher.trainer_class(model_loss_trainer())
     return trainer_class(model=model, args=args, train_dataset=train_data, eval_dataset=val_data,
                          processing_class=tokenizer, callbacks=training.callbacks(cfg),
                          peft_config=training.lora_config(model, cfg.lora, "CAUSAL_LM", stage)
                          if cfg.method != "full" else None, **extra)
 
 
-def _model_loss_trainer():
+def model_loss_trainer():
     """The trainer class, built on first use because importing TRL takes seconds."""
     from transformers import Trainer
     from trl import SFTTrainer
