@@ -132,6 +132,11 @@ def test_rejection_sampling_stage_fine_tunes_on_the_accepted_answers(tmp_path, t
     assert m["steps"] == 6 and manifest["stage"] == "rl:reasoning"
     assert "accepted answers" in (out / "README.md").read_text()
     AutoModelForCausalLM.from_pretrained(out / "merged")
+    # a rerun (outputs deleted) trains on the samples it drew, not new ones
+    drawn = (sampled / "report.json").stat().st_mtime_ns
+    rl.main(params, "reasoning", tiny_base, prompts, {}, tmp_path / "again")
+    assert (sampled / "report.json").stat().st_mtime_ns == drawn
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["samples"] == s
 
 
 def test_two_processes_split_the_rejection_samples(tmp_path, tiny_base, prompts):
