@@ -342,7 +342,7 @@ class RlStageParams(Section):
     max_steps: int = Field(20, ge=1)
     # Prompts per optimisation step; each gets `num_generations` sampled completions (the group
     # GRPO normalises rewards within; at least 2 for GRPO, any number for PPO). rejection_sampling:
-    # accepted answers per optimisation step, and samples drawn per prompt before training.
+    # accepted answers per optimisation step (num_generations: samples drawn per prompt).
     prompts_per_step: int = Field(4, ge=1)
     num_generations: int = Field(4, ge=1)
     max_completion_length: int = Field(128, ge=4)
