@@ -40,6 +40,12 @@ class Sampled:
         return self.report()
 
 
+def summary(report: dict) -> str:
+    """One line for the log: how many answers and prompts passed."""
+    return (f"rejection sampling: {report['accepted']} of {report['samples']} answers accepted "
+            f"({report['prompts_with_an_answer']} of {report['prompts']} prompts)")
+
+
 def sample(model, tokenizer, rows: list[dict], verify, *, per_prompt: int, keep_per_prompt: int, min_reward: float,
            temperature: float, max_new_tokens: int, batch_size: int, seed: int, progress: str | None) -> Sampled:
     """`model` answers each of `rows` (posttrain.stages.rl.prompt_rows records) `per_prompt` times;

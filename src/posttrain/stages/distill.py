@@ -168,8 +168,7 @@ def _samples(params: Params, teacher_dir: Path, prompts_dir: Path, out: Path) ->
         shutil.rmtree(out)
     sampled.write(out)
     write_json(out / "metrics.json", report)
-    log.info("rejection sampling: %d of %d answers accepted (%d of %d prompts)", report["accepted"],
-             report["samples"], report["prompts_with_an_answer"], report["prompts"])
+    log.info(rejection_sampling.summary(report))
     return write_manifest(out, stage="distill-samples", params=_section(params, "sampling"), seed=cfg.seed,
                           inputs={"teacher": teacher_dir, "prompts": prompts_dir}, chat_template=tokenizer.chat_template,
                           extra={"metrics": report})

@@ -383,8 +383,7 @@ def _rejection_samples(model, tokenizer, train: list[dict], funcs, weights, fold
         state.wait_for_everyone()
     report = json.loads((folder / "report.json").read_text())
     accepted = [json.loads(line) for line in open(folder / "train.jsonl")]
-    log.info("rejection sampling: %d of %d answers accepted (%d of %d prompts)", report["accepted"],
-             report["samples"], report["prompts_with_an_answer"], report["prompts"])
+    log.info(rejection_sampling.summary(report))
     if not accepted:
         raise ValueError(f"rl stage {st.name!r}: rejection sampling accepted none of {report['samples']} answers "
                          f"(min_reward {st.min_reward}); nothing to train on. Verdicts: {report['subsets']}. Lower "
