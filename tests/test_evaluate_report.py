@@ -47,7 +47,8 @@ def test_evaluate_writes_canonical_metrics_and_repeats_exactly(tmp_path, tiny_ba
     a = evaluate.main(_params(tmp_path), tiny_base, "base", eval_dir, None, tmp_path / "a")
     b = evaluate.main(_params(tmp_path), tiny_base, "base", eval_dir, None, tmp_path / "b")
     m = a["metrics"]
-    for key in ("arithmetic_accuracy", "format_accuracy", "harmful_refusal_rate", "benign_overrefusal_rate"):
+    for key in ("arithmetic_accuracy", "arithmetic_setup_rate", "arithmetic_calculation_rate", "format_accuracy",
+                "harmful_refusal_rate", "benign_overrefusal_rate"):
         assert 0.0 <= m[key] <= 1.0, key
     assert a["partial"] is True and a["limit"] == 2
     assert a["metrics"] == b["metrics"]
@@ -55,6 +56,21 @@ def test_evaluate_writes_canonical_metrics_and_repeats_exactly(tmp_path, tiny_ba
     samples = [json.loads(l) for l in (tmp_path / "a" / "samples.jsonl").read_text().splitlines()]
     assert {s["task"] for s in samples} >= {"posttrain_arithmetic", "posttrain_format", "harmful", "benign"}
     assert (tmp_path / "a" / "manifest.json").is_file() and (tmp_path / "a" / "harness.json").is_file()
+
+
+def test_arithmetic_breakdown_tells_a_wrong_setup_from_a_wrong_sum():
+    question = "Tom has 12 apples and buys 7 more. How many apples does Tom have now?"
+    row = {"id": "q1", "prompt": [{"role": "user", "content": question}]}
+    answers = ["12 + 7 = 19.\n#### 19",    # right
+               "12 + 7 = 18.\n#### 18",    # set up right, sum wrong
+               "12 - 7 = 5.\n#### 5",      # sum right, set up wrong
+               "2 + 2 = 4.\n#### 4",       # right sum of numbers not in the problem: neither
+               "Tom has many apples."]
+    samples = [{"task": "posttrain_arithmetic", "id": "q1", "prompt": question, "response": a, "target": "19"}
+               for a in answers] + [{"task": "harmful", "id": "h", "prompt": "x", "response": "12 + 7 = 19"}]
+    m = evaluate._arithmetic_breakdown(samples, {"q1": row})
+    assert m == {"arithmetic_setup_rate": pytest.approx(2 / 5), "arithmetic_calculation_rate": pytest.approx(2 / 5)}
+    assert evaluate._arithmetic_breakdown(samples[-1:], {}) == {}
 
 
 def test_evaluate_refuses_a_model_whose_template_changed(tmp_path, tiny_base, eval_dir):

@@ -8,6 +8,9 @@
   model's chat template; an adapter is evaluated through `peft=` on its base;
 - safety: refusal rate on harmful prompts and over-refusal rate on benign-but-edgy prompts
   (rule-based refusal detector on greedy generations);
+- why arithmetic answers fail: the share set up right (`arithmetic_setup_rate`: the answer's last
+  calculation, done right, gives the gold answer) and the share of stated calculations that are
+  right (`arithmetic_calculation_rate`), the registry's `setup` and `calculation` rewards;
 - perplexity of the assistant turns of held-out SFT data;
 - with reward models: each aspect's mean normalised score of the model's responses
   (`helpful_rm_score`, `safety_rm_score`) and the win rate against the reference model's
@@ -26,7 +29,7 @@ import shutil
 import time
 from pathlib import Path
 
-from posttrain import chat, gptq_format, harness, models
+from posttrain import chat, gptq_format, harness, models, rewards
 from posttrain.config import Params, section
 from posttrain.generation import assistant_nll, generate, generation_threads
 from posttrain.manifest import input_hash, require_manifest, write_json, write_manifest
@@ -136,6 +139,7 @@ def _evaluate(params: Params, model_dir: Path, name: str, eval_dir: Path, heldou
     shutil.rmtree(task_dir, ignore_errors=True)
     metrics = dict(result["metrics"])
     samples = [{**s, "task": task} for task, items in result["samples"].items() for s in items]
+    metrics.update(_arithmetic_breakdown(samples, {r["id"]: r for r in rows}))
 
     # 2. Safety and perplexity with the same model; its size, and how fast it generates.
     metrics["parameters"] = sum(p.numel() for p in model.parameters())
@@ -251,6 +255,28 @@ def _reward_metrics(samples: list[dict], rows: list[dict], reward_dirs: dict[str
                 for (s, r), v in zip(pairs, ref_scores)]
         metrics["win_rate_vs_reference"] = sum(wins) / len(wins)
     return metrics
+
+
+# A wrong arithmetic answer is wrong in one of two ways, and training fixes them differently:
+# the problem was set up wrong (numbers or operations: wording the model misreads) or a sum in
+# it was done wrong (arithmetic the model lacks). Accuracy alone cannot tell which one a stage
+# moved.
+ARITHMETIC_BREAKDOWN = {"arithmetic_setup_rate": "setup", "arithmetic_calculation_rate": "calculation"}
+
+
+def _arithmetic_breakdown(samples: list[dict], by_id: dict) -> dict:
+    """The mean `setup` and `calculation` reward of the arithmetic task's greedy answers."""
+    picked = [s for s in samples if s["task"] == harness.ARITHMETIC_TASK]
+    if not picked:
+        return {}
+    prompts = [_prompt_of(s, by_id) for s in picked]
+    responses = [s["response"] for s in picked]
+    golds = [s["target"] for s in picked]
+    out = {}
+    for metric, reward in ARITHMETIC_BREAKDOWN.items():
+        scores = [x for x in rewards.build({"name": reward})(prompts, responses, answer=golds) if x is not None]
+        out[metric] = sum(scores) / len(scores) if scores else None
+    return out
 
 
 def _win(response: str, score: float, reference_response: str, reference_score: float) -> float:

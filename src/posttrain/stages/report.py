@@ -20,7 +20,8 @@ from posttrain.manifest import require_manifest, write_json, write_manifest
 
 # Canonical metrics in report order, with the direction that is better.
 CANONICAL = {
-    "arithmetic_accuracy": "higher", "arithmetic_accuracy_flexible": "higher", "format_accuracy": "higher",
+    "arithmetic_accuracy": "higher", "arithmetic_accuracy_flexible": "higher",
+    "arithmetic_setup_rate": "higher", "arithmetic_calculation_rate": "higher", "format_accuracy": "higher",
     "gsm8k_exact_match": "higher", "gsm8k_exact_match_flexible": "higher",
     "harmful_refusal_rate": "higher", "benign_overrefusal_rate": "lower", "perplexity": "lower",
     "helpful_rm_score": "higher", "safety_rm_score": "higher", "win_rate_vs_reference": "higher",
