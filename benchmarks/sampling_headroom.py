@@ -11,12 +11,16 @@ how often the greedy answer is wrong. Prints, for the eval split's arithmetic pr
 accuracy of the samples, pass@k (a problem counts when any of its k samples is right), maj@k (the
 most frequent of the k marked answers is right: where sharpening a policy on its own samples
 leads), the share of stated equations ("a - b = r") whose arithmetic is right; and pass@k / greedy.
+Last, the arithmetic under all of it (`--bare-sums N`): N random bare sums per operation and size,
+completed greedily after two worked examples ("12 + 7 = 19", "45 - 20 = 25", then "a + b ="),
+one-digit and in the eval's ranges (first operand up to 150, second up to 99).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -31,6 +35,7 @@ def main() -> None:
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.8, 0.5])
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bare-sums", type=int, default=60, help="bare sums per operation and size (0: none)")
     args = parser.parse_args()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -68,6 +73,34 @@ def main() -> None:
         eq_right = sum(all(c) for c in stated) / max(1, len(stated))
         print(f"{temperature:>11.2f}{sum(hits) / len(hits):>8.3f}{solved:>9.3f}{majority:>8.3f}{eq_right:>17.3f}"
               f"{solved / greedy_acc if greedy_acc else float('nan'):>17.2f}")
+    if args.bare_sums:
+        _bare_sums(model, tokenizer, args.bare_sums)
+
+
+BARE_SIZES = {"one-digit": ((1, 9), (1, 9)), "eval range": ((2, 150), (2, 99))}
+BARE_EXAMPLES = "12 + 7 = 19\n45 - 20 = 25\n"
+
+
+def _bare_sums(model, tokenizer, n: int) -> None:
+    """Greedy accuracy on bare sums: the arithmetic a word problem's answer rests on."""
+    rng = random.Random(1)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    print(f"bare sums, greedy, after two worked examples ({n} each):")
+    for size, (first, second) in BARE_SIZES.items():
+        for op in "+-":
+            sums = []
+            for _ in range(n):
+                a, b = rng.randint(*first), rng.randint(*second)
+                a, b = (max(a, b), min(a, b)) if op == "-" else (a, b)   # no negative results
+                sums.append((f"{a} {op} {b} =", a + b if op == "+" else a - b))
+            enc = tokenizer([BARE_EXAMPLES + q for q, _ in sums], return_tensors="pt", padding=True)
+            with torch.no_grad():
+                out = model.generate(**enc, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            right = sum([w.rstrip(".") for w in t.split()[:1]] == [str(v)] for t, (_, v) in zip(texts, sums))
+            print(f"{size:>11} {op}  {right / n:.3f}")
 
 
 if __name__ == "__main__":
