@@ -9,8 +9,9 @@
 - safety: refusal rate on harmful prompts and over-refusal rate on benign-but-edgy prompts
   (rule-based refusal detector on greedy generations);
 - why arithmetic answers fail: the share set up right (`arithmetic_setup_rate`: the answer's last
-  calculation, done right, gives the gold answer) and the share of stated calculations that are
-  right (`arithmetic_calculation_rate`), the registry's `setup` and `calculation` rewards;
+  calculation, done right, gives the gold answer) and, averaged over the answers, the share of an
+  answer's stated calculations that are right (`arithmetic_calculation_rate`): the registry's
+  `setup` and `calculation` rewards;
 - perplexity of the assistant turns of held-out SFT data;
 - with reward models: each aspect's mean normalised score of the model's responses
   (`helpful_rm_score`, `safety_rm_score`) and the win rate against the reference model's
