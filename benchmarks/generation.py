@@ -3,7 +3,7 @@ teacher's generation, measured side by side in one run.
 
     .venv/bin/python benchmarks/generation.py --model results/sft --eval results/data/eval
 
-Prints, on one thread (what the evaluation uses, posttrain.generation.GENERATION_THREADS):
+Prints, on one thread (what the evaluation uses, posttrain.inference.generation.GENERATION_THREADS):
   1. seconds per decoding step and tokens/s at each batch size, every row forced to the same
      number of new tokens (the prompt's forward pass measured apart and taken out), and the
      throughput ratio of the largest batch to the smallest;
@@ -42,8 +42,8 @@ def main() -> None:
     from torch.profiler import profile
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from posttrain import models
-    from posttrain.generation import generation_threads
+    from posttrain.models import sources as models
+    from posttrain.inference.generation import generation_threads
 
     weights = models.weights_dir(args.model)
     tokenizer = AutoTokenizer.from_pretrained(weights)

@@ -1,5 +1,5 @@
 """Held-out perplexity: one conversation at a time with every position's logits, against
-`posttrain.generation.assistant_nll` (sorted batches, LM head at scored positions only), side by
+`posttrain.inference.generation.assistant_nll` (sorted batches, LM head at scored positions only), side by
 side in one run.
 
     .venv/bin/python benchmarks/perplexity.py --model results/sft --heldout results/data/sft [--rows 100]
@@ -36,7 +36,7 @@ def one_at_a_time(model, tokenizer, conversations) -> tuple[float, int]:
 def main() -> None:
     from transformers import AutoTokenizer
 
-    from posttrain.generation import assistant_nll, generation_threads
+    from posttrain.inference.generation import assistant_nll, generation_threads
     from posttrain.stages.evaluate import _load, resolve_model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -5,10 +5,10 @@ in one run.
 
 Every eval prompt (arithmetic and format answers up to evaluate.max_new_tokens, safety answers up
 to evaluate.safety_max_new_tokens, as the evaluation asks them) is answered on one thread
-(posttrain.generation.GENERATION_THREADS) three ways:
+(posttrain.inference.generation.GENERATION_THREADS) three ways:
   - fixed batches of 16 through `model.generate`, each batch running until its longest answer ends
     (the evaluation before continuous batching);
-  - `posttrain.generation.greedy_refilling` with 16 and with 64 places, a finished row's place
+  - `posttrain.inference.generation.greedy_refilling` with 16 and with 64 places, a finished row's place
     going to the next prompt.
 Prints seconds, answer tokens per second, the speed-up over the fixed batches and how many
 answers are identical to theirs.
@@ -21,7 +21,7 @@ import json
 import time
 from pathlib import Path
 
-import posttrain.generation as generation
+import posttrain.inference.generation as generation
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from posttrain import models
+    from posttrain.models import sources as models
     from posttrain.config import load_params
 
     cfg = load_params([args.params]).evaluate

@@ -31,7 +31,7 @@ def _params(overrides: dict, tmp: Path, extra: list[Path]):
 
 def _tiny_inputs(tmp: Path) -> tuple[Path, Path, list[Path]]:
     """A tiny random Llama and the demo corpus's preference split, made by the real stages."""
-    from posttrain.demo_corpus import write_demo_corpus
+    from posttrain.demo.corpus import write_demo_corpus
     from posttrain.stages import base_model, prepare_data
 
     overlay = [ROOT / "tests" / "data" / "tiny.yaml"]
@@ -47,7 +47,7 @@ def batch_tokens(params, aspect: str, init: Path, data: Path, tmp: Path) -> int:
     """Tokens (padding included) in one epoch of the stage's training batches."""
     from transformers import AutoModelForSequenceClassification
 
-    from posttrain import training
+    from posttrain.training import trainers as training
     from posttrain.stages import reward
 
     cfg = params.reward

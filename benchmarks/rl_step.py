@@ -9,7 +9,7 @@ Prints:
      by default) and merged into the weights (what the RL stage does), and their ratio;
   2. a GRPO stage's steps split into generation, reward scoring and the rest (log-probabilities,
      backward pass, optimizer), as shares of the stage's time;
-  3. a PPO stage's (posttrain.ppo) split into generation, reward scoring (the reward model and
+  3. a PPO stage's (posttrain.rl.ppo) split into generation, reward scoring (the reward model and
      the rule rewards), the rollout's log-probabilities / reference / values, the PPO updates, and
      the rest (held-out selection scoring, saving). Without --reward, a tiny reward model is
      trained first (its quality does not matter: it scores and seeds the critic).
@@ -50,7 +50,7 @@ def generation(model_dir: Path, prompts_dir: Path, n: int, tokens: int, lora_lay
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from posttrain.models import weights_dir
+    from posttrain.models.sources import weights_dir
     from posttrain.stages.rl import merged_adapter
 
     model_dir = weights_dir(model_dir)
@@ -137,7 +137,7 @@ def step_breakdown(model_dir: Path, prompts_dir: Path, steps: int, overlay: dict
 
 def ppo_breakdown(model_dir: Path, prompts_dir: Path, reward_dir: Path, steps: int, tokens: int,
                   lora_layers: int | None) -> None:
-    from posttrain import ppo
+    from posttrain.rl import ppo
 
     spent = {"generation": 0.0, "scoring": 0.0, "rollout": 0.0, "step": 0.0}
     inside = {"rollout": False}

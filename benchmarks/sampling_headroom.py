@@ -40,8 +40,9 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from posttrain import answers, models
-    from posttrain.generation import generate
+    from posttrain.verifiers import answers
+    from posttrain.models import sources as models
+    from posttrain.inference.generation import generate
 
     torch.set_num_threads(args.threads)
     weights = models.weights_dir(args.model)

@@ -47,7 +47,7 @@ def _params(overrides: dict, tmp: Path):
 
 def _tiny_inputs(tmp: Path) -> tuple[Path, Path]:
     """A tiny random Llama and the demo corpus's SFT split, made by the real stages."""
-    from posttrain.demo_corpus import write_demo_corpus
+    from posttrain.demo.corpus import write_demo_corpus
     from posttrain.stages import base_model, prepare_data
 
     params = _params({"model": {"base": "tiny:llama"}}, tmp)
@@ -62,7 +62,7 @@ def _tiny_inputs(tmp: Path) -> tuple[Path, Path]:
 def _trainer(base: Path, data: Path, tmp: Path, steps: int, packing: bool, name: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
-    from posttrain import training
+    from posttrain.training import trainers as training
     from posttrain.stages import sft
 
     params = _params({"sft": {"max_steps": steps, "packing": packing, "eval_steps": 10**6, "save_steps": 10**6,

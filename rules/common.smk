@@ -4,7 +4,7 @@ import os
 import sys
 from pathlib import Path
 
-from posttrain import pipeline
+from posttrain.dag import pipeline
 from posttrain.config import ConfigError, load_params
 
 
@@ -47,7 +47,7 @@ def section_json(stage):
 # Under SLURM, `--signal=USR1@N` reaches every process of a job step: this Snakemake (which
 # runs the rule) as well as the trainer. Python's default action for SIGUSR1 is to exit, which
 # would end the job step before the trainer has saved its checkpoint; ignoring it here leaves
-# the trainer (which handles it, see posttrain.preemption) to save, exit, and be retried.
+# the trainer (which handles it, see posttrain.core.preemption) to save, exit, and be retried.
 if "SLURM_JOB_ID" in os.environ:
     import signal
 

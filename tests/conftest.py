@@ -119,7 +119,7 @@ def stop_signal():
     time limit); the handler, the flag and the default action are put back afterwards."""
     import signal
 
-    from posttrain import preemption
+    from posttrain.core import preemption
 
     preemption.install()
     yield lambda: os.kill(os.getpid(), signal.SIGUSR1)

@@ -1,4 +1,4 @@
-from posttrain import cleaning
+from posttrain.data import cleaning
 
 
 def test_normalize_unicode_whitespace_and_controls():

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from posttrain import demo_corpus as dc
-from posttrain.constraints import (
+from posttrain.demo import corpus as dc
+from posttrain.verifiers.constraints import (
     CONSTRAINT_TYPES,
     check_constraint,
     constraint_instruction,
@@ -223,7 +223,7 @@ def test_same_seed_gives_identical_bytes(tmp_path, paths):
 
 
 def test_bytes_do_not_depend_on_hash_seed():
-    code = ("import hashlib, json; from posttrain.demo_corpus import generate_demo_corpus; "
+    code = ("import hashlib, json; from posttrain.demo.corpus import generate_demo_corpus; "
             "c = generate_demo_corpus(3); print(hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest())")
     digests = set()
     for hash_seed in ("1", "2"):

@@ -8,11 +8,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import ROOT, TINY_OVERLAY, read_jsonl, write_jsonl
-from posttrain import pipeline
+from posttrain.dag import pipeline
 from posttrain.config import load_params
-from posttrain.distillation import Teacher
-from posttrain.models import build_tiny_model, build_tiny_tokenizer
-from posttrain.pruning import depth_pruned, kept_layers
+from posttrain.training.distillation import Teacher
+from posttrain.models.sources import build_tiny_model, build_tiny_tokenizer
+from posttrain.models.pruning import depth_pruned, kept_layers
 from posttrain.stages import distill, prepare_data
 
 
@@ -212,7 +212,7 @@ def test_a_configured_student_must_share_the_tokenizer(tmp_path, tiny_base, para
 
 
 def test_the_least_important_layers_are_dropped(tmp_path, tiny_base, data, params):
-    from posttrain.pruning import least_important_dropped
+    from posttrain.models.pruning import least_important_dropped
 
     assert least_important_dropped([5.0, 1.0, 3.0, 1.0], 2) == [0, 2]
     assert least_important_dropped([5.0, 1.0, 3.0, 2.0], 1) == [0, 2, 3]

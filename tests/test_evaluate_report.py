@@ -83,7 +83,7 @@ def test_evaluate_refuses_a_model_whose_template_changed(tmp_path, tiny_base, ev
 
 def _fake_eval(folder: Path, model: str, metrics: dict, partial=False):
     """An evaluate output as the report reads it (metrics.json + manifest)."""
-    from posttrain.manifest import write_json, write_manifest
+    from posttrain.core.manifest import write_json, write_manifest
 
     folder.mkdir(parents=True)
     write_json(folder / "metrics.json", {"model": model, "metrics": metrics, "partial": partial})
@@ -96,7 +96,7 @@ def test_report_table_charts_and_partial_flag(tmp_path):
     sft = _fake_eval(tmp_path / "eval" / "sft", "sft", {"arithmetic_accuracy": 0.4, "perplexity": 3.0}, partial=True)
     rm = tmp_path / "reward" / "helpful"
     rm.mkdir(parents=True)
-    from posttrain.manifest import write_json, write_manifest
+    from posttrain.core.manifest import write_json, write_manifest
 
     write_json(rm / "metrics.json", {"aspect": "helpful", "heldout_accuracy": 0.93, "heldout_mean_margin": 2.5,
                                      "heldout_pairs": 30, "train_pairs": 268})
@@ -209,7 +209,7 @@ def test_identical_responses_tie_whatever_their_rounded_scores():
 
 def test_the_reference_responses_scores_are_reused_only_from_the_same_reward_model(tmp_path, tiny_base, eval_dir,
                                                                                 reward_models, monkeypatch):
-    from posttrain.reward_model import RewardModel
+    from posttrain.models.reward_model import RewardModel
 
     evaluate.main(_params(tmp_path), tiny_base, "sft", eval_dir, None, tmp_path / "sft", reward_dirs=reward_models)
     passes, real = [], RewardModel.score

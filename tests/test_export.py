@@ -126,7 +126,7 @@ def wide_merged(tmp_path_factory, tiny_base):
     clipping search works in blocks of 64 output rows; the tiny model's k/v are 32 wide)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from posttrain.manifest import write_manifest
+    from posttrain.core.manifest import write_manifest
 
     tmp = tmp_path_factory.mktemp("wide")
     config = AutoConfig.from_pretrained(tiny_base)
@@ -226,7 +226,7 @@ def test_quantized_export_reloads_in_transformers_and_generates_on_cpu(quantized
 
 def test_dequantized_weights_compute_what_the_kernels_compute(quantized, tmp_path):
     """The CPU evaluation runs on the dequantized weights: they must be the kernels' numbers."""
-    from posttrain import gptq_format
+    from posttrain.export import gptq_format
 
     method, folder, _ = quantized
     assert gptq_format.quantization_config(folder)["quant_method"] == method
@@ -234,7 +234,7 @@ def test_dequantized_weights_compute_what_the_kernels_compute(quantized, tmp_pat
         "import sys, torch\n"
         "from pathlib import Path\n"
         "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-        "from posttrain.gptq_format import dequantize_folder\n"
+        "from posttrain.export.gptq_format import dequantize_folder\n"
         "path, dst = Path(sys.argv[1]), Path(sys.argv[2])\n"
         "tok = AutoTokenizer.from_pretrained(path)\n"
         "ids = tok('What is 2 plus 3? It is 5, since 2 and 3 make 5.', return_tensors='pt')\n"
@@ -345,7 +345,7 @@ def test_gguf_embeddings_can_keep_more_bits_than_the_layers(tmp_path, merged):
 def test_gguf_refuses_what_it_cannot_write(tmp_path, merged):
     from transformers import Qwen3MoeConfig
 
-    from posttrain import gguf_export
+    from posttrain.export import gguf_export
 
     with pytest.raises(ValueError, match="convert_hf_to_gguf.py"):
         gguf_export.architecture(Qwen3MoeConfig())
@@ -406,7 +406,9 @@ def test_a_lora_adapter_as_gguf_is_applied_as_peft_applies_it(tmp_path, tiny_bas
     # patterns folded into B): any mistake moves the logits
     import gguf
 
-    from posttrain import gguf_adapter, gguf_export, models
+    from posttrain.export import gguf_adapter
+    from posttrain.export import gguf_export
+    from posttrain.models import sources as models
 
     peft_model = _random_adapter(tiny_base, tmp_path / "adapter", **lora)
     gguf_export.write(tiny_base, tmp_path / "base.gguf", weights="f32", embeddings="f32", name="base")
@@ -431,7 +433,7 @@ def test_a_lora_adapter_as_gguf_is_applied_as_peft_applies_it(tmp_path, tiny_bas
 
 
 def test_what_a_gguf_adapter_cannot_carry_is_refused(tmp_path, tiny_base):
-    from posttrain import gguf_adapter
+    from posttrain.export import gguf_adapter
 
     _random_adapter(tiny_base, tmp_path / "dora", use_dora=True)
     with pytest.raises(ValueError, match="DoRA"):
@@ -504,7 +506,7 @@ def test_gguf_lora_needs_a_model_with_an_adapter(tmp_path, merged, tiny_base):
 
 
 def test_the_dag_serves_the_adapter_beside_its_base_and_evaluates_the_pair(tmp_path):
-    from posttrain import pipeline
+    from posttrain.dag import pipeline
 
     params, _ = _params(tmp_path, model="sft", formats=["gguf_lora"])
     table = {s.name: s for s in pipeline.stages(params)}
@@ -546,7 +548,7 @@ def test_llama_cpp_serves_gguf_files_and_adapters_as_the_source_models_compute(g
     # rotary permutation, the adapter format and its scale
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from posttrain.generation import stop_ids
+    from posttrain.inference.generation import stop_ids
 
     tokenizer = AutoTokenizer.from_pretrained(merged)
     text = tokenizer.apply_chat_template(export.PROBE, add_generation_prompt=True, tokenize=False)
@@ -561,7 +563,8 @@ def test_llama_cpp_serves_gguf_files_and_adapters_as_the_source_models_compute(g
 
     # a LoRA adapter as llama.cpp applies it (random A and B: the tiny fine-tune's greedy answers
     # are the base's); rsLoRA's scale goes through the file's one alpha
-    from posttrain import gguf_adapter, gguf_export
+    from posttrain.export import gguf_adapter
+    from posttrain.export import gguf_export
 
     peft_model = _random_adapter(tiny_base, tmp_path / "adapter", use_rslora=True)
     gguf_export.write(tiny_base, tmp_path / "base.gguf", weights="f32", embeddings="f32", name="base",
@@ -576,7 +579,7 @@ def test_llama_cpp_serves_gguf_files_and_adapters_as_the_source_models_compute(g
 
 
 def test_the_dag_quantizes_awq_in_the_export_environment_and_evaluates_it(tmp_path):
-    from posttrain import pipeline
+    from posttrain.dag import pipeline
 
     params, _ = _params(tmp_path, model="sft", formats=["awq"])
     table = {s.name: s for s in pipeline.stages(params)}

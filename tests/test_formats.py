@@ -4,7 +4,7 @@ import json
 import pytest
 
 from conftest import SHARED_DATA, write_jsonl
-from posttrain import formats
+from posttrain.data import formats
 
 
 def parse(row):

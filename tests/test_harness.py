@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from conftest import read_jsonl, write_jsonl
-from posttrain import harness
-from posttrain.harness import (ARITHMETIC_TASK, FLEXIBLE, FORMAT_TASK, GSM8K_TASK, INVALID, STRICT,
+from posttrain.inference import harness
+from posttrain.inference.harness import (ARITHMETIC_TASK, FLEXIBLE, FORMAT_TASK, GSM8K_TASK, INVALID, STRICT,
                                answer_matches, extract_answer, normalise_answer, process_format_results,
                                run_harness, write_tasks)
 
@@ -66,7 +66,7 @@ def test_write_tasks_writes_one_task_per_gradable_subset(eval_jsonl, tmp_path):
     assert Path(cfg["dataset_kwargs"]["data_files"]["test"]) == (task_dir / f"{ARITHMETIC_TASK}.jsonl").resolve()
     assert cfg["generation_kwargs"]["do_sample"] is False and "<|im_end|>" in cfg["generation_kwargs"]["until"]
     text = (task_dir / f"{FORMAT_TASK}.yaml").read_text()
-    assert "process_results: !function posttrain.harness.process_format_results" in text
+    assert "process_results: !function posttrain.inference.harness.process_format_results" in text
 
 
 def test_write_tasks_limit_and_stale_files(eval_jsonl, tmp_path):
@@ -241,7 +241,7 @@ def test_harness_refills_finished_rows_and_keeps_lm_evals_texts(eval_jsonl, tmp_
     """RefillingHFLM decodes all of a task's requests with `batch_size` rows at a time, a finished
     row's place going to the next request; its texts and metrics are those of lm-eval's own
     batches (here: one batch of every request, lm-eval's model.generate)."""
-    from posttrain import harness_model
+    from posttrain.inference import harness_model
 
     calls = []
     real = harness_model.greedy_refilling

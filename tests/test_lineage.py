@@ -3,9 +3,9 @@
 import json
 from pathlib import Path
 
-from posttrain import lineage
+from posttrain.core import lineage
 from posttrain.cli import main
-from posttrain.manifest import write_manifest
+from posttrain.core.manifest import write_manifest
 
 
 def _chain(root: Path) -> None:

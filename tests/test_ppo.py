@@ -1,4 +1,4 @@
-"""PPO (posttrain.ppo): the RL stage with `algorithm: ppo` on a tiny model, exact resume, and a
+"""PPO (posttrain.rl.ppo): the RL stage with `algorithm: ppo` on a tiny model, exact resume, and a
 toy task with a known reward on the embedded real model."""
 
 import json
@@ -11,10 +11,10 @@ from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import ROOT, TINY_OVERLAY, train_tiny_reward_model, write_jsonl
-from posttrain import training
+from posttrain.training import trainers as training
 from posttrain.config import PpoParams, load_params
-from posttrain.ppo import PpoTrainer, response_mask
-from posttrain.ppo_critic import AdapterCritic, RewardModelCritic
+from posttrain.rl.ppo import PpoTrainer, response_mask
+from posttrain.rl.ppo_critic import AdapterCritic, RewardModelCritic
 from posttrain.stages import prepare_data, rl
 
 
@@ -80,7 +80,7 @@ def test_ppo_needs_a_reward_model_for_its_critic(tmp_path):
 
 
 def test_a_critic_from_a_reward_model_the_rewards_do_not_use_is_an_input_of_the_stage(tmp_path):
-    from posttrain import pipeline
+    from posttrain.dag import pipeline
 
     params = _params(tmp_path, rewards=[{"name": "constraint"}], ppo={"critic": "helpful"})
     stage = next(s for s in pipeline.stages(params) if s.name == "rl_helpfulness")
@@ -93,7 +93,7 @@ def test_a_critic_from_a_reward_model_the_rewards_do_not_use_is_an_input_of_the_
 def test_the_shared_critic_is_the_reward_model_on_the_policys_own_weights(tmp_path, tiny_base, helpful_rm):
     """The reward model's adapter on the policy's model gives the values the reward model's own
     copy gives, while the policy and its reference (adapters off) are untouched."""
-    from posttrain import reward_model
+    from posttrain.models import reward_model
 
     cfg = load_params([ROOT / "params.yaml", TINY_OVERLAY]).rl
     base = AutoModelForCausalLM.from_pretrained(tiny_base)
@@ -234,7 +234,8 @@ def test_on_a_toy_task_with_a_known_reward_ppo_raises_it_with_kl_bounded(tmp_pat
 def test_a_stop_signal_saves_the_step_and_ends_training(tmp_path, tiny_base, stop_signal):
     """SIGUSR1 during a PPO step: that step is saved as a complete checkpoint and the loop ends
     (the stage then exits 75 and its rerun resumes there)."""
-    from posttrain import checkpoints, preemption
+    from posttrain.core import checkpoints
+    from posttrain.core import preemption
 
     rows = [{"prompt": [{"role": "user", "content": f"Say {w}."}]} for w in ("yes", "no", "maybe", "hello")]
     trainer = _toy_trainer(tiny_base, tmp_path / "run", lambda p, c, cols: [0.5] * len(c), rows, "copy")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from posttrain.ppo_math import (AdaptiveKL, FixedKL, explained_variance, gae, last_token_index, masked_whiten,
+from posttrain.rl.ppo_math import (AdaptiveKL, FixedKL, explained_variance, gae, last_token_index, masked_whiten,
                                 policy_loss, token_rewards, value_loss)
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from conftest import ROOT, SHARED_DATA, TINY_OVERLAY, read_jsonl, write_jsonl
 from posttrain.config import load_params
-from posttrain.manifest import read_manifest
+from posttrain.core.manifest import read_manifest
 from posttrain.stages import prepare_data
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from posttrain.generation import assistant_nll, generate, greedy_refilling, refillable
-from posttrain.refusal import is_refusal
+from posttrain.inference.generation import assistant_nll, generate, greedy_refilling, refillable
+from posttrain.verifiers.refusal import is_refusal
 
 
 @pytest.mark.parametrize("text", [
@@ -78,7 +78,7 @@ def test_refilling_decodes_each_prompt_as_it_would_be_decoded_alone(chatty_model
 
 
 def test_refilled_generation_gives_the_fixed_batches_texts(chatty_model, monkeypatch):
-    import posttrain.generation as generation
+    import posttrain.inference.generation as generation
 
     tok = AutoTokenizer.from_pretrained(chatty_model)
     model = AutoModelForCausalLM.from_pretrained(chatty_model)
@@ -135,8 +135,8 @@ def test_generation_stages_compute_on_a_fixed_thread_count_whatever_the_tool_set
 
     from conftest import ROOT
     from posttrain.config import load_params
-    from posttrain.generation import GENERATION_THREADS, generation_threads
-    from posttrain.pipeline import stages
+    from posttrain.inference.generation import GENERATION_THREADS, generation_threads
+    from posttrain.dag.pipeline import stages
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)        # what DVC leaves on a 2-core machine; Snakemake would say 1

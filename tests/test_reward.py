@@ -9,9 +9,9 @@ from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import ROOT, TINY_OVERLAY, posttrain_in_two_processes, write_jsonl
-from posttrain import rewards
+from posttrain.verifiers import rewards
 from posttrain.config import load_params
-from posttrain.reward_model import RewardModel, encode, score_ids
+from posttrain.models.reward_model import RewardModel, encode, score_ids
 from posttrain.stages import prepare_data, reward
 
 
@@ -168,7 +168,7 @@ def test_pairs_of_similar_length_share_a_batch(tmp_path, tiny_base):
     cuts the padded tokens of an epoch; every pair is still trained on exactly once."""
     import random
 
-    from posttrain import training
+    from posttrain.training import trainers as training
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     rng = random.Random(0)

@@ -5,7 +5,8 @@ from fractions import Fraction
 import pytest
 
 from conftest import SHARED_DATA
-from posttrain import answers, rewards
+from posttrain.verifiers import answers
+from posttrain.verifiers import rewards
 
 GSM8K = SHARED_DATA / "gsm8k_train_1000.jsonl"
 

@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from conftest import ROOT, TINY_OVERLAY, posttrain_in_two_processes, write_jsonl
-from posttrain import rewards
+from posttrain.verifiers import rewards
 from posttrain.config import load_params
 from posttrain.stages import prepare_data, rl
 
@@ -259,7 +259,7 @@ def test_stage_params_are_validated(tmp_path):
 
 
 def test_missing_reward_model_for_a_stage_fails_the_dag(tmp_path):
-    from posttrain import pipeline
+    from posttrain.dag import pipeline
 
     params = _params(tmp_path, rewards=[{"name": "reward_model", "aspect": "honesty"}])
     with pytest.raises(ValueError, match=r"reward model\(s\) \['honesty'\].*defines \['helpful'"):
@@ -290,7 +290,7 @@ def test_generation_on_merged_lora_weights_matches_the_adapter_and_restores_it(t
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer
 
-    from posttrain.generation import generate
+    from posttrain.inference.generation import generate
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import (ROOT, TINY_OVERLAY, bin_path, posttrain_in_two_processes, sft_overrides as _sft_overrides,
                       write_overlay as _overlay)
-from posttrain import checkpoints
+from posttrain.core import checkpoints
 from posttrain.config import load_params
 from posttrain.stages import base_model, sft
 
@@ -120,7 +120,7 @@ def test_sigusr1_saves_a_checkpoint_and_exits_75_then_the_rerun_resumes(tmp_path
                                                                            stop_signal):
     """What SLURM's `--signal=USR1@N` does before a time limit: the stage finishes its step,
     saves a complete checkpoint, writes no outputs and exits with code 75; the rerun resumes."""
-    from posttrain import preemption
+    from posttrain.core import preemption
 
     params = _params(tmp_path, _sft_overrides(tmp_path))
     stop_signal()    # arrives before the first step ends

@@ -4,7 +4,7 @@ import pytest
 
 from conftest import ROOT
 from posttrain.config import load_params
-from posttrain.sizing import plan_sft
+from posttrain.training.sizing import plan_sft
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,8 @@ def test_memory_estimate_for_8_gpus_fsdp(plan):
 
 
 def test_ppo_memory_plan_one_shared_base_for_policy_reference_and_critic():
-    from posttrain import pipeline
-    from posttrain.sizing import plan_ppo
+    from posttrain.dag import pipeline
+    from posttrain.training.sizing import plan_ppo
 
     params = load_params([ROOT / "params.yaml", ROOT / "recipes" / "qwen3-30b-a3b.yaml"])
     ppo = plan_ppo(params, "helpfulness", gpus=8)

@@ -22,7 +22,7 @@ RULES = {"demo_data", "base_model", "prepare_data_eval", "prepare_data_sft", "sf
 
 
 def _stages(*overlays):
-    from posttrain import pipeline
+    from posttrain.dag import pipeline
     from posttrain.config import load_params
 
     files = [ROOT / "params.yaml", *overlays]

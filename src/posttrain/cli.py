@@ -185,7 +185,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "lineage":
         import json
 
-        from posttrain import lineage
+        from posttrain.core import lineage
 
         node = lineage.trace(args.artifact)
         print(json.dumps(node.to_dict(), indent=2) if args.json else lineage.render(node))
@@ -274,7 +274,7 @@ def _pairs_arg(values: list[str], flag: str) -> dict[str, Path]:
 def _plan(params, as_json: bool) -> int:
     import json
 
-    from posttrain.sizing import plan_ppo, plan_sft
+    from posttrain.training.sizing import plan_ppo, plan_sft
 
     cfg = params.sft
     plan = plan_sft(params, gpus=max(cfg.gpus, 1), strategy=cfg.strategy)
@@ -298,7 +298,7 @@ def _plan(params, as_json: bool) -> int:
 
 
 def _dag(args: argparse.Namespace) -> int:
-    from posttrain import pipeline
+    from posttrain.dag import pipeline
 
     files = ["params.yaml", *args.recipe]
     text = pipeline.dvc_yaml(pipeline.stages(load_params(files), files))

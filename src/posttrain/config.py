@@ -56,7 +56,7 @@ class ModelParams(Section):
 class DemoDataParams(Section):
     # The demo corpus is generated, not downloaded; the same seed gives the same bytes.
     seed: int = 0
-    # Row counts per generated file (see posttrain.demo_corpus.DEFAULT_SIZES); unset = default.
+    # Row counts per generated file (see posttrain.demo.corpus.DEFAULT_SIZES); unset = default.
     sizes: dict[str, int] = Field(default_factory=dict)
 
     @field_validator("sizes")
@@ -64,7 +64,7 @@ class DemoDataParams(Section):
     def _known_files(cls, sizes: dict[str, int]) -> dict[str, int]:
         if not sizes:
             return sizes
-        from posttrain.demo_corpus import DEFAULT_SIZES
+        from posttrain.demo.corpus import DEFAULT_SIZES
 
         unknown = sorted(set(sizes) - set(DEFAULT_SIZES))
         if unknown:
@@ -82,7 +82,7 @@ class SourceParams(Section):
     # A local .json/.jsonl/.jsonl.gz/.parquet file, or `hf:NAME[?name=CONFIG&split=SPLIT]`
     # for a hub dataset (a local dataset folder works in place of NAME).
     path: str
-    # `auto` detects the format from the first valid row; or name one of posttrain.formats.FORMATS.
+    # `auto` detects the format from the first valid row; or name one of posttrain.data.formats.FORMATS.
     format: str = "auto"
     # A tag carried on every row (e.g. `arithmetic`, `safety`); eval tasks and RL prompt sets
     # select rows by it. Defaults to the file name without extensions.
@@ -91,7 +91,7 @@ class SourceParams(Section):
     @field_validator("format")
     @classmethod
     def _known_format(cls, name: str) -> str:
-        from posttrain.formats import FORMATS
+        from posttrain.data.formats import FORMATS
 
         if name != "auto" and name not in FORMATS:
             raise ValueError(f"unknown format {name!r}; allowed: auto, {', '.join(sorted(FORMATS))}")
@@ -276,7 +276,7 @@ class RewardParams(TrainerParams):
 
 
 class RewardSpec(Section):
-    """One term of a stage's reward: a registry function (posttrain.rewards) and its weight.
+    """One term of a stage's reward: a registry function (posttrain.verifiers.rewards) and its weight.
     `reward_model` terms name the reward model by `aspect` (results/reward/<aspect>)."""
     model_config = ConfigDict(extra="allow", validate_default=True)
     name: str
@@ -285,7 +285,7 @@ class RewardSpec(Section):
 
     @model_validator(mode="after")
     def _known(self) -> "RewardSpec":
-        from posttrain.rewards import REGISTRY
+        from posttrain.verifiers.rewards import REGISTRY
 
         if self.name not in REGISTRY:
             raise ValueError(f"unknown reward function {self.name!r}; known: {', '.join(sorted(REGISTRY))}")
@@ -295,7 +295,7 @@ class RewardSpec(Section):
 
 
 class PpoParams(Section):
-    """PPO settings of a stage with `algorithm: ppo` (posttrain.ppo); GRPO stages ignore them."""
+    """PPO settings of a stage with `algorithm: ppo` (posttrain.rl.ppo); GRPO stages ignore them."""
     # Optimisation passes over each rollout, and the mini-batches each pass is split into.
     epochs: int = Field(2, ge=1)
     mini_batches: int = Field(2, ge=1)
@@ -323,7 +323,7 @@ class PpoParams(Section):
 class RlStageParams(Section):
     # The stage's name: its DAG stage is rl_<name>, its output results/rl/<name>/.
     name: str
-    # grpo: TRL's GRPOTrainer (group-normalised rewards, no critic); ppo: posttrain.ppo (a
+    # grpo: TRL's GRPOTrainer (group-normalised rewards, no critic); ppo: posttrain.rl.ppo (a
     # critic initialised from a reward model, GAE, clipped losses; settings under `ppo`);
     # rejection_sampling: the init model answers every prompt num_generations times, the answers
     # whose reward reaches min_reward are kept (keep_per_prompt per prompt) and fine-tuned on
@@ -496,7 +496,7 @@ class SamplingParams(Section):
     temperature: float = Field(0.8, ge=0)
     max_new_tokens: int = Field(128, ge=1)
     batch_size: int = Field(16, ge=1)
-    # The verifiers (posttrain.rewards, weighted sum; None terms skipped); an answer is kept
+    # The verifiers (posttrain.verifiers.rewards, weighted sum; None terms skipped); an answer is kept
     # when its score reaches min_reward. A row no term can score is rejected as unverifiable.
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="accuracy", marked_only=True)],
                                       min_length=1)

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from conftest import ROOT, TINY_OVERLAY, bin_path, sft_overrides, write_overlay
-from posttrain import checkpoints, preemption
+from posttrain.core import checkpoints
+from posttrain.core import preemption
 
 STEPS, SAVE = 16, 4
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY_OVERLAY, bin_path
-from posttrain import models
+from posttrain.models import sources as models
 from posttrain.config import load_params
 
 PLANTED = "hf_PlantedFakeTokenThatMustNeverLeak0123456789"
@@ -18,7 +18,7 @@ def test_trust_remote_code_is_off_unless_params_turn_it_on_and_then_it_is_logged
     assert load_params([ROOT / "params.yaml"]).model.trust_remote_code is False
     for recipe in sorted((ROOT / "recipes").glob("*.yaml")):
         assert load_params([ROOT / "params.yaml", recipe]).model.trust_remote_code is False, recipe.name
-    with caplog.at_level(logging.WARNING, logger="posttrain.models"):
+    with caplog.at_level(logging.WARNING, logger="posttrain.models.sources"):
         models.resolve(str(tiny_base))
         assert "trust_remote_code" not in caplog.text
         models.resolve(str(tiny_base), trust_remote_code=True)

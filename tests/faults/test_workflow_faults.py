@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from conftest import bin_path, run
-from posttrain import checkpoints
+from posttrain.core import checkpoints
 
 TINY = ["--configfile", "tiny.yaml"]    # last: --configfile takes every argument after it
 

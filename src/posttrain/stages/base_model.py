@@ -13,9 +13,10 @@ import logging
 import shutil
 from pathlib import Path
 
-from posttrain import chat, models
+from posttrain.models import chat
+from posttrain.models import sources as models
 from posttrain.config import Params, section
-from posttrain.manifest import write_manifest
+from posttrain.core.manifest import write_manifest
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import shutil
 from pathlib import Path
 
 from posttrain.config import Params, section
-from posttrain.demo_corpus import DEFAULT_SIZES, write_demo_corpus
-from posttrain.manifest import write_manifest
+from posttrain.demo.corpus import DEFAULT_SIZES, write_demo_corpus
+from posttrain.core.manifest import write_manifest
 
 
 def main(params: Params, out: Path) -> dict:

@@ -17,7 +17,7 @@
   reusable artifact: any SFT run can train on it.
 - distill: the student fine-tuned on the accepted answers (plus the original SFT rows when
   `include_sft_data`), with `level: logit` also matching the teacher's token distributions
-  (posttrain.distillation). `--baseline` trains the same student on the original SFT data alone
+  (posttrain.training.distillation). `--baseline` trains the same student on the original SFT data alone
   with the same settings: what distillation is measured against.
 """
 
@@ -29,9 +29,13 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from posttrain import chat, models, pruning, rejection_sampling, rewards
+from posttrain.models import chat
+from posttrain.models import sources as models
+from posttrain.models import pruning
+from posttrain.rl import rejection_sampling
+from posttrain.verifiers import rewards
 from posttrain.config import DistillParams, Params, SftParams
-from posttrain.manifest import require_manifest, write_json, write_manifest
+from posttrain.core.manifest import require_manifest, write_json, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +130,7 @@ def _describe(source: dict) -> str:
 
 
 def samples(params: Params, teacher_dir: Path, prompts_dir: Path, out: Path) -> dict:
-    from posttrain.generation import generation_threads
+    from posttrain.inference.generation import generation_threads
 
     with generation_threads():   # the same samples whichever tool runs the stage
         return _samples(params, teacher_dir, prompts_dir, out)
@@ -179,7 +183,7 @@ def _samples(params: Params, teacher_dir: Path, prompts_dir: Path, out: Path) ->
 
 def student(params: Params, student_dir: Path, data_dir: Path, out: Path, *, samples_dir: Path | None = None,
             teacher_dir: Path | None = None, baseline: bool = False) -> dict:
-    from posttrain.distillation import Teacher
+    from posttrain.training.distillation import Teacher
     from posttrain.stages import sft
 
     cfg = _cfg(params)

@@ -30,11 +30,15 @@ import shutil
 import time
 from pathlib import Path
 
-from posttrain import chat, gptq_format, harness, models, rewards
+from posttrain.models import chat
+from posttrain.export import gptq_format
+from posttrain.inference import harness
+from posttrain.models import sources as models
+from posttrain.verifiers import rewards
 from posttrain.config import Params, section
-from posttrain.generation import assistant_nll, generate, generation_threads
-from posttrain.manifest import input_hash, require_manifest, write_json, write_manifest
-from posttrain.refusal import is_refusal
+from posttrain.inference.generation import assistant_nll, generate, generation_threads
+from posttrain.core.manifest import input_hash, require_manifest, write_json, write_manifest
+from posttrain.verifiers.refusal import is_refusal
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,7 @@ def resolve_model(folder: Path) -> tuple[Path, Path | None, dict]:
 
 def _dequantized_copy(weights: Path, out: Path) -> dict | None:
     """A float32 copy to evaluate, or None. A GPTQ model evaluated on a CPU runs on its dequantized
-    weights (posttrain.gptq_format):
+    weights (posttrain.export.gptq_format):
     the int4 CPU kernels decode batches dozens of times slower, and the quality the 4-bit
     weights keep is the same. On a GPU the kernels run as served. A GGUF export is always
     evaluated dequantized: transformers reads GGUF weights only that way."""
@@ -70,7 +74,7 @@ def _dequantized_copy(weights: Path, out: Path) -> dict | None:
         model = models.load_gguf(gguf).model
         adapter = models.gguf_adapter_file(weights)
         if adapter is not None:              # a LoRA served beside the base: applied as llama.cpp does
-            from posttrain import gguf_adapter
+            from posttrain.export import gguf_adapter
 
             gguf_adapter.apply(model, adapter)
         model.save_pretrained(folder)
@@ -214,7 +218,7 @@ def _reward_metrics(samples: list[dict], rows: list[dict], reward_dirs: dict[str
                     name: str, cfg) -> dict:
     """Scores every chosen response with each aspect's reward model (stored on the sample) and
     returns `<aspect>_rm_score` and `win_rate_vs_reference`."""
-    from posttrain.reward_model import RewardModel
+    from posttrain.models.reward_model import RewardModel
 
     by_id = {r["id"]: r for r in rows}
     metrics: dict = {}

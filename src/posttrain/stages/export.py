@@ -28,10 +28,11 @@ import shutil
 import time
 from pathlib import Path
 
-from posttrain import models, training
+from posttrain.models import sources as models
+from posttrain.training import trainers as training
 from posttrain.config import ExportParams, Params, section
-from posttrain.generation import generate, stop_ids
-from posttrain.manifest import read_manifest, require_manifest, write_json, write_manifest
+from posttrain.inference.generation import generate, stop_ids
+from posttrain.core.manifest import read_manifest, require_manifest, write_json, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -364,13 +365,13 @@ def _layer_losses(path: Path) -> dict:
 
 
 def gguf(params: Params, merged_dir: Path, out: Path) -> dict:
-    """One GGUF file of the merged export (posttrain.gguf_export), with the Hugging Face
+    """One GGUF file of the merged export (posttrain.export.gguf_export), with the Hugging Face
     tokenizer beside it (vLLM's GGUF loader takes `--tokenizer`), checked by loading it back
     with transformers' GGUF reader: the same token ids as the source tokenizer, finite logits,
     and how often it predicts the merged model's next token."""
     from transformers import AutoTokenizer
 
-    from posttrain import gguf_export
+    from posttrain.export import gguf_export
 
     cfg = _cfg(params)
     g = cfg.gguf
@@ -416,7 +417,8 @@ def gguf_lora(params: Params, model_dir: Path, merged_dir: Path, out: Path) -> d
     llama.cpp applies it must predict the merged export's next tokens."""
     from transformers import AutoTokenizer
 
-    from posttrain import gguf_adapter, gguf_export
+    from posttrain.export import gguf_adapter
+    from posttrain.export import gguf_export
 
     cfg = _cfg(params)
     g = cfg.gguf_lora
@@ -497,7 +499,7 @@ def _check_gguf(tmp: Path, filename: str, adapter: Path | None, merged_dir: Path
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from posttrain import gguf_adapter
+    from posttrain.export import gguf_adapter
 
     tokenizer.save_pretrained(tmp)
     shutil.copy(merged_dir / "generation_config.json", tmp / "generation_config.json")

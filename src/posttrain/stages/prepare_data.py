@@ -20,9 +20,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from posttrain import cleaning, formats
+from posttrain.data import cleaning
+from posttrain.data import formats
 from posttrain.config import DATA_KINDS, DataParams, Params, SourceParams, section
-from posttrain.manifest import require_manifest, write_json, write_manifest
+from posttrain.core.manifest import require_manifest, write_json, write_manifest
 
 log = logging.getLogger(__name__)
 QUARANTINE = Path("logs/prepare-data")

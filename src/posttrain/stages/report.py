@@ -16,7 +16,7 @@ import json
 import shutil
 from pathlib import Path
 
-from posttrain.manifest import require_manifest, write_json, write_manifest
+from posttrain.core.manifest import require_manifest, write_json, write_manifest
 
 # Canonical metrics in report order, with the direction that is better.
 CANONICAL = {

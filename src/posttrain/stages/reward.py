@@ -18,9 +18,11 @@ import logging
 import statistics
 from pathlib import Path
 
-from posttrain import checkpoints, reward_model, training
+from posttrain.core import checkpoints
+from posttrain.models import reward_model
+from posttrain.training import trainers as training
 from posttrain.config import Params, section
-from posttrain.manifest import require_manifest, write_json, write_manifest
+from posttrain.core.manifest import require_manifest, write_json, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -182,5 +184,5 @@ def _write_model_card(out: Path, aspect: str, init_dir: Path, cfg, m: dict) -> N
               "training reward mean ± std": f"{m['train_reward_mean']:.3f} ± {m['train_reward_std']:.3f}"},
         usage="`adapter/` loads with `AutoModelForSequenceClassification.from_pretrained(init, num_labels=1)` "
               "then `PeftModel.from_pretrained(model, 'adapter')`\n(`model/` directly for full fine-tuning); "
-              "`posttrain.reward_model.RewardModel.load(folder)` does both and\nnormalises scores with the "
+              "`posttrain.models.reward_model.RewardModel.load(folder)` does both and\nnormalises scores with the "
               "training mean/std above. Curves: `curves.png`, `log.csv`.")

@@ -1,5 +1,5 @@
 """RL stage: one stage of `rl.stages` (or the RL-first `rl.zero`) with TRL's GRPOTrainer
-(`algorithm: grpo`), posttrain's PPO with a critic (`algorithm: ppo`, posttrain.ppo) or
+(`algorithm: grpo`), posttrain's PPO with a critic (`algorithm: ppo`, posttrain.rl.ppo) or
 rejection-sampling fine-tuning (`algorithm: rejection_sampling`: the init model's answers that
 the rewards accept, trained on with TRL's SFTTrainer).
 
@@ -7,7 +7,7 @@ the rewards accept, trained on with TRL's SFTTrainer).
         [--reward helpful=results/reward/helpful ...] --out results/rl/reasoning [--params ...]
 
 The policy is a LoRA adapter on the init model; the KL reference is the same weights with the
-adapter switched off. Rewards are registry functions (posttrain.rewards) with weights, reward
+adapter switched off. Rewards are registry functions (posttrain.verifiers.rewards) with weights, reward
 models among them. Every `save_steps` the policy answers the stage's held-out prompts greedily
 and is scored with the same rewards; the best checkpoint, step 0 (the init model) included,
 becomes the stage's model. Guards: a reward function that raises or returns NaN/inf, or a
@@ -30,10 +30,14 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from posttrain import chat, checkpoints, rejection_sampling, rewards, training
-from posttrain.generation import merged_adapter
+from posttrain.models import chat
+from posttrain.core import checkpoints
+from posttrain.rl import rejection_sampling
+from posttrain.verifiers import rewards
+from posttrain.training import trainers as training
+from posttrain.inference.generation import merged_adapter
 from posttrain.config import Params, RlStageParams
-from posttrain.manifest import input_hash, require_manifest, write_json, write_manifest
+from posttrain.core.manifest import input_hash, require_manifest, write_json, write_manifest
 
 log = logging.getLogger(__name__)
 LOG_COLUMNS = {"loss": "loss", "reward": "reward", "reward_std": "reward_std", "kl": "kl",
@@ -222,7 +226,7 @@ class Selection(TrainerCallback):
             if self.path.is_file() else {}
 
     def score(self, model) -> float:
-        from posttrain.generation import generate
+        from posttrain.inference.generation import generate
 
         was_training = model.training
         with merged_adapter(model):
@@ -311,12 +315,12 @@ def _build_ppo_trainer(model, tokenizer, train: list[dict], funcs, weights, run_
                        selector: Selection, reward_dirs: dict[str, Path], init_dir: Path):
     """The policy (a fresh LoRA on the init model) and the critic (the stage's reward model, its
     LoRA and score head trainable; on the policy's own weights when `ppo.critic_base` allows) for
-    posttrain.ppo."""
+    posttrain.rl.ppo."""
     from peft import get_peft_model
 
-    from posttrain import reward_model
-    from posttrain.ppo import PpoTrainer
-    from posttrain.ppo_critic import AdapterCritic, RewardModelCritic
+    from posttrain.models import reward_model
+    from posttrain.rl.ppo import PpoTrainer
+    from posttrain.rl.ppo_critic import AdapterCritic, RewardModelCritic
 
     if cfg.method != "lora":
         raise ValueError(f"rl stage {st.name!r}: PPO trains LoRA adapters (rl.method: lora); got {cfg.method!r}")

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import torch
 
-from posttrain import chat, checkpoints, training
+from posttrain.models import chat
+from posttrain.core import checkpoints
+from posttrain.training import trainers as training
 from posttrain.config import Params, SftParams, section
-from posttrain.manifest import require_manifest, write_json, write_manifest
+from posttrain.core.manifest import require_manifest, write_json, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ def train(cfg: SftParams, stage: str, params_section: dict, base_dir: Path, data
           inputs: dict | None = None) -> dict:
     """Fine-tune the model in `base_dir` on `data_dir` (train.jsonl unless not `use_data_rows`,
     plus `extra_train` files; validation on its val.jsonl) and write the stage's outputs to `out`. The SFT stage and the
-    distillation students share this; `teacher` (a `posttrain.distillation.Teacher`) adds a
+    distillation students share this; `teacher` (a `posttrain.training.distillation.Teacher`) adds a
     loss on its token distributions."""
     from transformers import AutoTokenizer, set_seed
 

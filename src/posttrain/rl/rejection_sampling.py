@@ -52,7 +52,7 @@ def sample(model, tokenizer, rows: list[dict], verify, *, per_prompt: int, keep_
     `verify(prompts, completions, **columns)` scores the answers; at most `keep_per_prompt`
     distinct answers per prompt that reach `min_reward` are accepted, the rest are rejected with
     the reason."""
-    from posttrain.generation import generate
+    from posttrain.inference.generation import generate
 
     repeated = [r for r in rows for _ in range(per_prompt)]
     answers = generate(model, tokenizer, [r["prompt"] for r in repeated], max_new_tokens=max_new_tokens,

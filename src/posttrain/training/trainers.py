@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from posttrain.manifest import write_json
+from posttrain.core.manifest import write_json
 
 log = logging.getLogger(__name__)
 # Router weights in the MoE architectures we support; they must never carry adapters.
@@ -147,8 +147,8 @@ def trainer_kwargs(cfg, precision: dict, run_dir: Path) -> dict:
 def callbacks(cfg) -> list:
     from transformers import EarlyStoppingCallback
 
-    from posttrain import preemption
-    from posttrain.checkpoints import MarkComplete
+    from posttrain.core import preemption
+    from posttrain.core.checkpoints import MarkComplete
 
     preemption.install()
     out = [MarkComplete(), StopOnNonFinite(), preemption.SaveAndStopOnSignal()]
@@ -198,9 +198,9 @@ def init_model(init_dir: Path, what: str) -> tuple[Path, object]:
     manifest and that its tokenizer carries the chat template the manifest records."""
     from transformers import AutoTokenizer
 
-    from posttrain import chat
-    from posttrain.manifest import require_manifest
-    from posttrain.models import weights_dir
+    from posttrain.models import chat
+    from posttrain.core.manifest import require_manifest
+    from posttrain.models.sources import weights_dir
 
     manifest = require_manifest(init_dir, what)
     weights = weights_dir(init_dir)
@@ -250,7 +250,7 @@ def train_or_restore(trainer, resume: Path | None) -> tuple[object | None, float
     Returns the train() result (None when restored) and this process's training seconds."""
     from transformers import TrainerState
 
-    from posttrain import preemption
+    from posttrain.core import preemption
 
     try:
         if resume is not None:

@@ -4,9 +4,9 @@ One step: sample `prompts_per_step` prompts x `num_generations` completions from
 LoRA adapter, merged for sampling); score them with the stage's rewards (reward models and rule
 functions); compute per-token log-probabilities under the policy and under the reference (the
 same weights with the adapter switched off: no second copy), and the critic's per-token values
-(posttrain.ppo_critic: a second adapter on the same weights, or a reward-model copy).
+(posttrain.rl.ppo_critic: a second adapter on the same weights, or a reward-model copy).
 Rewards are the score at the last response token minus the KL penalty at every token; GAE turns
-them into whitened advantages and returns (posttrain.ppo_math). Then `ppo.epochs` passes over
+them into whitened advantages and returns (posttrain.rl.ppo_math). Then `ppo.epochs` passes over
 `ppo.mini_batches` shuffled mini-batches update policy and critic with the clipped losses. The KL
 coefficient is fixed (`beta`) or adapts toward `ppo.kl_target`.
 
@@ -27,9 +27,11 @@ from pathlib import Path
 
 import torch
 
-from posttrain import checkpoints, ppo_math, preemption
-from posttrain.generation import merged_adapter, stop_ids
-from posttrain.ppo_critic import position_ids
+from posttrain.core import checkpoints
+from posttrain.rl import ppo_math
+from posttrain.core import preemption
+from posttrain.inference.generation import merged_adapter, stop_ids
+from posttrain.rl.ppo_critic import position_ids
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ def response_mask(new_tokens: torch.Tensor, stops: list[int]) -> torch.Tensor:
 class PpoTrainer:
     def __init__(self, policy, critic, tokenizer, prompts: list[dict], reward_fn, run_dir: Path, st, cfg,
                  on_save=None):
-        """`critic`: a posttrain.ppo_critic critic (a reward-model copy, or an adapter on the policy)."""
+        """`critic`: a posttrain.rl.ppo_critic critic (a reward-model copy, or an adapter on the policy)."""
         from transformers import TrainerState
 
         self.model, self.critic, self.tokenizer = policy, critic, tokenizer

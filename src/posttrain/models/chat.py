@@ -6,7 +6,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from posttrain.manifest import sha256_text
+from posttrain.core.manifest import sha256_text
 
 PACKAGED = ("chatml", "qwen3")
 # ChatML's markers; a template using them needs these tokens in the vocabulary.
@@ -16,7 +16,7 @@ CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
 def packaged_template(name: str) -> str:
     if name not in PACKAGED:
         raise ValueError(f"unknown packaged chat template {name!r}; allowed: {', '.join(PACKAGED)}")
-    return resources.files("posttrain").joinpath(f"templates/{name}.jinja").read_text()
+    return resources.files("posttrain.models").joinpath(f"templates/{name}.jinja").read_text()
 
 
 def resolve_template(choice: str, existing: str | None) -> str:

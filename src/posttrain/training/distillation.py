@@ -24,7 +24,7 @@ class Teacher:
     def __init__(self, folder: Path, *, weight: float, beta: float, temperature: float, device=None):
         from transformers import AutoModelForCausalLM
 
-        from posttrain.models import weights_dir
+        from posttrain.models.sources import weights_dir
 
         self.folder = Path(folder)
         self.model = AutoModelForCausalLM.from_pretrained(weights_dir(self.folder))

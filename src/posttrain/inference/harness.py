@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from posttrain.constraints import check_constraint, validate_constraint
+from posttrain.verifiers.constraints import check_constraint, validate_constraint
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def write_tasks(eval_jsonl: Path, task_dir: Path, limit: int | None = None) -> l
         data_file = task_dir / f"{name}.jsonl"
         if name == FORMAT_TASK:
             _write_task(task_dir, name, rows, _format_task_config(name, data_file),
-                        {"process_results": "posttrain.harness.process_format_results"})
+                        {"process_results": "posttrain.inference.harness.process_format_results"})
         else:
             _write_task(task_dir, name, rows, _answer_task_config(name, data_file), {})
         written.append(name)
@@ -383,7 +383,7 @@ def run_harness(model_dir: Path, tasks: list[str], task_dir: Path, *, adapter_di
     import torch
     from lm_eval.tasks import TaskManager
 
-    from posttrain.harness_model import RefillingHFLM
+    from posttrain.inference.harness_model import RefillingHFLM
 
     if not tasks:
         raise ValueError("no tasks to run")

@@ -60,7 +60,7 @@ def plan_sft(params, gpus: int = 8, strategy: str = "fsdp", micro_batch_tokens: 
     """Parameter counts and a per-GPU memory estimate for `params.sft` on `params.model.base`."""
     from peft import get_peft_model
 
-    from posttrain.training import ROUTER_MARKERS, lora_config
+    from posttrain.training.trainers import ROUTER_MARKERS, lora_config
 
     cfg = params.sft
     config = config_for(params.model.base)
@@ -151,7 +151,7 @@ class PpoPlan:
 
 
 def plan_ppo(params, stage: str, gpus: int = 8, prompt_tokens: int = 512) -> PpoPlan:
-    """Per-GPU memory of a PPO stage (posttrain.ppo). PPO runs as one process whose model layers
+    """Per-GPU memory of a PPO stage (posttrain.rl.ppo). PPO runs as one process whose model layers
     are spread over the node's `gpus` GPUs (accelerate's device map), so each model-sized term is
     divided by `gpus`:
     - weights: the init model in bf16 once: policy, reference (adapters off) and a shared critic
@@ -167,7 +167,7 @@ def plan_ppo(params, stage: str, gpus: int = 8, prompt_tokens: int = 512) -> Ppo
     Excludes allocator fragmentation (add ~10-20 %)."""
     from peft import get_peft_model
 
-    from posttrain.training import lora_config
+    from posttrain.training.trainers import lora_config
 
     cfg = params.rl
     names = [s.name for s in cfg.stages]

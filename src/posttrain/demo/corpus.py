@@ -1,7 +1,7 @@
 """A deterministic, seeded generator of the raw demo corpus the CPU demo trains and evaluates on.
 
     write_demo_corpus(out_dir, seed=0, sizes=None) -> {name: path}
-    python -m posttrain.demo_corpus OUT_DIR [--seed N]
+    python -m posttrain.demo.corpus OUT_DIR [--seed N]
 
 The demo model is tiny (SmolLM2-135M-Instruct), so every task is one it can learn from a few
 hundred rows and every answer can be checked by a program: that is what lets SFT, the reward
@@ -86,7 +86,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .constraints import CONSTRAINT_TYPES, check_constraint, constraint_instruction
+from posttrain.verifiers.constraints import CONSTRAINT_TYPES, check_constraint, constraint_instruction
 
 # --- files and sizes -------------------------------------------------------------------------
 
@@ -1852,7 +1852,7 @@ def write_demo_corpus(out_dir: str | Path, seed: int = 0, sizes: dict[str, int] 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m posttrain.demo_corpus", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m posttrain.demo.corpus", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

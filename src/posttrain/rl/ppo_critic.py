@@ -1,4 +1,4 @@
-"""PPO critics: where each response token's value comes from (posttrain.ppo).
+"""PPO critics: where each response token's value comes from (posttrain.rl.ppo).
 
 Both start from the stage's reward model (its LoRA and score head keep training as a per-token
 value head) and differ in where the base weights live:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from posttrain.manifest import MANIFEST, input_hash, read_manifest
+from posttrain.core.manifest import MANIFEST, input_hash, read_manifest
 
 
 @dataclass

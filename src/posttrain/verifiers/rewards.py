@@ -25,8 +25,8 @@ import re
 from fractions import Fraction
 from typing import Any, Callable
 
-from posttrain import answers
-from posttrain.refusal import is_refusal
+from posttrain.verifiers import answers
+from posttrain.verifiers.refusal import is_refusal
 
 RewardFn = Callable[..., list[float | None]]
 REGISTRY: dict[str, Callable[..., RewardFn]] = {}
@@ -198,8 +198,8 @@ def refusal(column: str = "expect") -> RewardFn:
 @register("constraint")
 def constraint(column: str = "constraint") -> RewardFn:
     """1.0 when the response satisfies the row's verifiable instruction (word count, bullet
-    count, case, ending, ...; see posttrain.constraints), 0.0 when not, None without one."""
-    from posttrain.constraints import check_constraint
+    count, case, ending, ...; see posttrain.verifiers.constraints), 0.0 when not, None without one."""
+    from posttrain.verifiers.constraints import check_constraint
 
     def fn(prompts, completions, **columns):
         # datasets store a dict column with varying keys badly, so it may arrive as JSON text
@@ -238,7 +238,7 @@ def repetition(ngram: int = 3, max_penalty: float = 1.0) -> RewardFn:
         out = []
         for c in completions:
             # tokens: runs of letters, runs of digits, single punctuation marks; so "1.1.1.1.2.3"
-            # is a loop of "1 . 1", where posttrain.constraints.words would see one word
+            # is a loop of "1 . 1", where posttrain.verifiers.constraints.words would see one word
             tokens = re.findall(r"[A-Za-z]+|\d+|[^\sA-Za-z\d]", text_of(c).lower())
             grams = [tuple(tokens[i:i + ngram]) for i in range(len(tokens) - ngram + 1)]
             out.append(-max_penalty * (1 - len(set(grams)) / len(grams)) if grams else 0.0)
@@ -257,7 +257,7 @@ def reward_model(path: str, batch_size: int = 16, device: str | None = None) -> 
 
     def fn(prompts, completions, **columns):
         if "rm" not in loaded:
-            from posttrain.reward_model import RewardModel
+            from posttrain.models.reward_model import RewardModel
 
             loaded["rm"] = RewardModel.load(Path(path), device=device)
         rm = loaded["rm"]

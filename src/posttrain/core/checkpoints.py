@@ -19,7 +19,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from posttrain.manifest import input_hash, sha256_text
+from posttrain.core.manifest import input_hash, sha256_text
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from posttrain.manifest import require_manifest
-from posttrain.models import weights_dir
+from posttrain.core.manifest import require_manifest
+from posttrain.models.sources import weights_dir
 
 log = logging.getLogger(__name__)
 

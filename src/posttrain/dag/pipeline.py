@@ -20,32 +20,32 @@ RESULTS = Path("results")
 SRC = "src/posttrain"
 # Code each stage runs beyond the shared plumbing (config, manifest, cli).
 CODE = {
-    "demo_data": [f"{SRC}/stages/demo_data.py", f"{SRC}/demo_corpus.py", f"{SRC}/constraints.py"],
-    "base_model": [f"{SRC}/stages/base_model.py", f"{SRC}/models.py", f"{SRC}/chat.py", f"{SRC}/templates"],
-    "prepare_data": [f"{SRC}/stages/prepare_data.py", f"{SRC}/formats.py", f"{SRC}/cleaning.py"],
-    "sft": [f"{SRC}/stages/sft.py", f"{SRC}/training.py", f"{SRC}/checkpoints.py", f"{SRC}/preemption.py"],
-    "reward": [f"{SRC}/stages/reward.py", f"{SRC}/reward_model.py", f"{SRC}/training.py", f"{SRC}/checkpoints.py",
-               f"{SRC}/preemption.py"],
-    "rl": [f"{SRC}/stages/rl.py", f"{SRC}/rewards.py", f"{SRC}/answers.py", f"{SRC}/refusal.py",
-           f"{SRC}/constraints.py", f"{SRC}/reward_model.py", f"{SRC}/generation.py", f"{SRC}/training.py",
-           f"{SRC}/checkpoints.py", f"{SRC}/preemption.py", f"{SRC}/ppo.py", f"{SRC}/ppo_math.py",
-           f"{SRC}/ppo_critic.py"],
-    "student_base": [f"{SRC}/stages/distill.py", f"{SRC}/pruning.py", f"{SRC}/models.py", f"{SRC}/generation.py"],
-    "distill_samples": [f"{SRC}/stages/distill.py", f"{SRC}/generation.py", f"{SRC}/rewards.py", f"{SRC}/answers.py",
-                        f"{SRC}/refusal.py", f"{SRC}/constraints.py", f"{SRC}/stages/rl.py"],
-    "distill": [f"{SRC}/stages/distill.py", f"{SRC}/distillation.py", f"{SRC}/stages/sft.py", f"{SRC}/training.py",
-                f"{SRC}/checkpoints.py", f"{SRC}/preemption.py"],
-    "evaluate": [f"{SRC}/stages/evaluate.py", f"{SRC}/harness.py", f"{SRC}/harness_model.py", f"{SRC}/generation.py",
-                 f"{SRC}/refusal.py", f"{SRC}/reward_model.py", f"{SRC}/gptq_format.py", f"{SRC}/models.py",
-                 f"{SRC}/gguf_adapter.py"],
+    "demo_data": [f"{SRC}/stages/demo_data.py", f"{SRC}/demo/corpus.py", f"{SRC}/verifiers/constraints.py"],
+    "base_model": [f"{SRC}/stages/base_model.py", f"{SRC}/models/sources.py", f"{SRC}/models/chat.py", f"{SRC}/models/templates"],
+    "prepare_data": [f"{SRC}/stages/prepare_data.py", f"{SRC}/data/formats.py", f"{SRC}/data/cleaning.py"],
+    "sft": [f"{SRC}/stages/sft.py", f"{SRC}/training/trainers.py", f"{SRC}/core/checkpoints.py", f"{SRC}/core/preemption.py"],
+    "reward": [f"{SRC}/stages/reward.py", f"{SRC}/models/reward_model.py", f"{SRC}/training/trainers.py", f"{SRC}/core/checkpoints.py",
+               f"{SRC}/core/preemption.py"],
+    "rl": [f"{SRC}/stages/rl.py", f"{SRC}/verifiers/rewards.py", f"{SRC}/verifiers/answers.py", f"{SRC}/verifiers/refusal.py",
+           f"{SRC}/verifiers/constraints.py", f"{SRC}/models/reward_model.py", f"{SRC}/inference/generation.py", f"{SRC}/training/trainers.py",
+           f"{SRC}/core/checkpoints.py", f"{SRC}/core/preemption.py", f"{SRC}/rl/ppo.py", f"{SRC}/rl/ppo_math.py",
+           f"{SRC}/rl/ppo_critic.py"],
+    "student_base": [f"{SRC}/stages/distill.py", f"{SRC}/models/pruning.py", f"{SRC}/models/sources.py", f"{SRC}/inference/generation.py"],
+    "distill_samples": [f"{SRC}/stages/distill.py", f"{SRC}/inference/generation.py", f"{SRC}/verifiers/rewards.py", f"{SRC}/verifiers/answers.py",
+                        f"{SRC}/verifiers/refusal.py", f"{SRC}/verifiers/constraints.py", f"{SRC}/stages/rl.py"],
+    "distill": [f"{SRC}/stages/distill.py", f"{SRC}/training/distillation.py", f"{SRC}/stages/sft.py", f"{SRC}/training/trainers.py",
+                f"{SRC}/core/checkpoints.py", f"{SRC}/core/preemption.py"],
+    "evaluate": [f"{SRC}/stages/evaluate.py", f"{SRC}/inference/harness.py", f"{SRC}/inference/harness_model.py", f"{SRC}/inference/generation.py",
+                 f"{SRC}/verifiers/refusal.py", f"{SRC}/models/reward_model.py", f"{SRC}/export/gptq_format.py", f"{SRC}/models/sources.py",
+                 f"{SRC}/export/gguf_adapter.py"],
     "report": [f"{SRC}/stages/report.py"],
-    "export_merge": [f"{SRC}/stages/export.py", f"{SRC}/stages/evaluate.py", f"{SRC}/generation.py",
-                     f"{SRC}/models.py"],
-    "export_gptq": [f"{SRC}/stages/export.py", f"{SRC}/generation.py", "envs/export.txt"],
-    "export_awq": [f"{SRC}/stages/export.py", f"{SRC}/generation.py", "envs/export.txt"],
-    "export_gguf": [f"{SRC}/stages/export.py", f"{SRC}/gguf_export.py", f"{SRC}/generation.py"],
-    "export_gguf_lora": [f"{SRC}/stages/export.py", f"{SRC}/gguf_export.py", f"{SRC}/gguf_adapter.py",
-                         f"{SRC}/generation.py"],
+    "export_merge": [f"{SRC}/stages/export.py", f"{SRC}/stages/evaluate.py", f"{SRC}/inference/generation.py",
+                     f"{SRC}/models/sources.py"],
+    "export_gptq": [f"{SRC}/stages/export.py", f"{SRC}/inference/generation.py", "envs/export.txt"],
+    "export_awq": [f"{SRC}/stages/export.py", f"{SRC}/inference/generation.py", "envs/export.txt"],
+    "export_gguf": [f"{SRC}/stages/export.py", f"{SRC}/export/gguf_export.py", f"{SRC}/inference/generation.py"],
+    "export_gguf_lora": [f"{SRC}/stages/export.py", f"{SRC}/export/gguf_export.py", f"{SRC}/export/gguf_adapter.py",
+                         f"{SRC}/inference/generation.py"],
     "export_check": [f"{SRC}/stages/export.py"],
 }
 # GPTQModel's environment (envs/export.txt; `make setup` builds it): its pins conflict with
@@ -472,7 +472,7 @@ def _evaluation(params: Params, table: list[Stage], sources: dict) -> list[Stage
         if reference and name != reference:
             args += ["--reference", str(RESULTS / "eval" / reference)]
             deps.append(str(RESULTS / "eval" / reference))
-        # One core each (posttrain.generation.GENERATION_THREADS, which the command pins too):
+        # One core each (posttrain.inference.generation.GENERATION_THREADS, which the command pins too):
         # greedy decoding of a small model gains little from a second thread (a batch of 16 x 64
         # tokens: 19.7 s on one core, 15.8 s on two), so on a small machine two evaluations side
         # by side finish sooner than one after the other (21 s for both).

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from posttrain import gguf_export
+from posttrain.export import gguf_export
 
 log = logging.getLogger(__name__)
 

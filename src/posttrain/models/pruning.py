@@ -33,7 +33,7 @@ def layer_importance(model, tokenizer, conversations: list[list[dict]]) -> list[
 
     from tqdm.auto import tqdm
 
-    from posttrain.generation import assistant_nll
+    from posttrain.inference.generation import assistant_nll
 
     n = model.config.get_text_config().num_hidden_layers
     out = []

@@ -2,7 +2,7 @@
 
 lm-eval runs `generate_until` requests in fixed batches, each until its longest answer ends, so a
 batch of 16 whose rows stop after 20 to 96 tokens runs 96 steps for all of them. This model hands
-every greedy request of a `generate_until` call to `posttrain.generation.greedy_refilling`,
+every greedy request of a `generate_until` call to `posttrain.inference.generation.greedy_refilling`,
 which keeps `batch_size` rows decoding and gives each finished row's place to the next request.
 The texts are lm-eval's own: the same prompts, stop strings and post-processing, only the batch
 that computes them differs. Sampling, log-likelihood requests and models whose decoding cannot be
@@ -15,7 +15,7 @@ import torch
 from lm_eval.models.huggingface import HFLM
 from tqdm.auto import tqdm
 
-from posttrain.generation import greedy_refilling, refillable
+from posttrain.inference.generation import greedy_refilling, refillable
 
 
 class RefillingHFLM(HFLM):

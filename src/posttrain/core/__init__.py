@@ -1,0 +1,1 @@
+"""Plumbing every stage shares: manifests, lineage, resumable checkpoints, preemption."""

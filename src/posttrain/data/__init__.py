@@ -1,0 +1,1 @@
+"""Reading every common data format into canonical rows, and cleaning them."""

@@ -1,0 +1,1 @@
+"""Serving formats: GGUF files and adapters, the GPTQ checkpoint format."""

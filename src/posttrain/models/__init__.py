@@ -1,0 +1,1 @@
+"""Model sources, chat templates, reward-model scoring and student pruning."""

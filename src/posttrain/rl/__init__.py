@@ -1,0 +1,1 @@
+"""Reinforcement learning beyond TRL's trainers: PPO with a critic, rejection sampling."""

@@ -1,0 +1,1 @@
+"""What the training stages share: trainer settings, LoRA, resumable training, sizing, distillation."""

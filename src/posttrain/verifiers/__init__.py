@@ -1,0 +1,1 @@
+"""Verifiable rewards: answer extraction, instruction constraints, refusal detection, the reward registry."""
