@@ -1,0 +1,38 @@
+"""`evaluate:` how every model of the DAG is scored."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from posttrain.config.base import Section
+
+
+class EvaluateParams(Section):
+    """Evaluation of one model (`evaluate_<model>`): lm-eval tasks on the eval split, safety, perplexity,
+    reward-model scores and the win rate against a reference model."""
+    max_new_tokens: int = Field(96, ge=1, description=(
+        "Greedy decoding, so reruns give identical numbers on CPU. Arithmetic worked solutions are ~40 tokens; 96 "
+        "leaves room without letting a rambling model dominate the run time."))
+    safety_max_new_tokens: int = Field(48, ge=1, description=(
+        "Refusals show in the first sentence; safety prompts need fewer tokens."))
+    batch_size: int = Field(8, ge=1, description="Prompts the model answers at once (generation and lm-eval).")
+    limit: int | None = Field(None, ge=1, description=(
+        "Rows per task; a limited run is marked `partial` in its metrics and in the report. null: every row."))
+    harness_tasks: list[str] = Field(default_factory=list, description=(
+        "Standard lm-eval tasks by name (e.g. gsm8k, ifeval): production only, their data needs the hub."))
+    perplexity_rows: int = Field(100, ge=0, description=(
+        "Held-out SFT rows scored for perplexity (0 turns it off)."))
+    reward_batch_size: int = Field(16, ge=1, description=(
+        "Responses a reward model scores at once. Batches are sorted by length and padded to their longest row: on "
+        "the demo's 80 responses per model, 64 at once scored 1.2x the real tokens and took 15.2 s, 16 at once "
+        "11.4 s (one core)."))
+    rm_subsets: dict[str, list[str]] = Field(default_factory=lambda: {
+        "helpful": ["format", "benign"], "safety": ["harmful", "benign"]}, description=(
+        "Which responses each reward model scores (`<aspect>_rm_score`, the mean normalised score): eval subsets by "
+        "aspect. An aspect not listed scores every non-arithmetic response."))
+    reference: str = Field("sft", description=(
+        "win_rate_vs_reference: the model whose responses every model's responses are compared with."))
+    win_rate_aspect: str = Field("helpful", description=(
+        "win_rate_vs_reference: how often this aspect's reward model prefers a model's response to the reference "
+        "model's response to the same prompt (ties count half)."))
+    seed: int = Field(0, description="Seeds lm-eval (its bootstrap error estimates) and generation.")
