@@ -42,8 +42,8 @@ def main() -> None:
     from torch.profiler import profile
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from posttrain.models import sources as models
     from posttrain.inference.generation import generation_threads
+    from posttrain.models import sources as models
 
     weights = models.weights_dir(args.model)
     tokenizer = AutoTokenizer.from_pretrained(weights)

@@ -34,8 +34,8 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from posttrain.models import sources as models
     from posttrain.config import load_params
+    from posttrain.models import sources as models
 
     cfg = load_params([args.params]).evaluate
     weights = models.weights_dir(args.model)
@@ -63,7 +63,8 @@ def main() -> None:
         tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in base)
         print(f"{len(base)} prompts, {tokens} answer tokens, one thread")
         print(f"{'how':<22}{'seconds':>9}{'tokens/s':>10}{'speed-up':>10}{'identical':>11}")
-        print(f"{'fixed batches of 16':<22}{base_s:>9.1f}{tokens / base_s:>10.1f}{1.0:>10.2f}{len(base):>7}/{len(base)}")
+        print(f"{'fixed batches of 16':<22}{base_s:>9.1f}{tokens / base_s:>10.1f}{1.0:>10.2f}"
+              f"{len(base):>7}/{len(base)}")
         for places in args.places:
             s, texts = run(places, refill=True)
             same = sum(a == b for a, b in zip(texts, base))

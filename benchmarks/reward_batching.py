@@ -47,8 +47,8 @@ def batch_tokens(params, aspect: str, init: Path, data: Path, tmp: Path) -> int:
     """Tokens (padding included) in one epoch of the stage's training batches."""
     from transformers import AutoModelForSequenceClassification
 
-    from posttrain.training import trainers as training
     from posttrain.stages import reward
+    from posttrain.training import trainers as training
 
     cfg = params.reward
     weights, tokenizer = training.init_model(init, "reward init")

@@ -178,7 +178,8 @@ def _tiny_reward_model(tmp: Path, base: Path) -> Path:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, help="a stage's model folder, e.g. results/sft (default: a tiny random model)")
+    ap.add_argument("--model", type=Path,
+                    help="a stage's model folder, e.g. results/sft (default: a tiny random model)")
     ap.add_argument("--prompts", type=Path, help="prepared prompts (results/data/prompts)")
     ap.add_argument("--reward", type=Path, help="a reward model for PPO's critic and scoring (results/reward/helpful)")
     ap.add_argument("--rows", type=int, default=16)

@@ -40,9 +40,9 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from posttrain.verifiers import answers
-    from posttrain.models import sources as models
     from posttrain.inference.generation import generate
+    from posttrain.models import sources as models
+    from posttrain.verifiers import answers
 
     torch.set_num_threads(args.threads)
     weights = models.weights_dir(args.model)
@@ -67,7 +67,8 @@ def main() -> None:
         hits = [right(t, golds[i // k]) for i, t in enumerate(texts)]
         solved = sum(any(hits[i * k:(i + 1) * k]) for i in range(len(rows))) / len(rows)
         marked = [answers.final_answer(t, marked_only=True) for t in texts]
-        votes = [Counter(a for a in marked[i * k:(i + 1) * k] if a is not None).most_common(1) for i in range(len(rows))]
+        votes = [Counter(a for a in marked[i * k:(i + 1) * k] if a is not None).most_common(1)
+                 for i in range(len(rows))]
         majority = sum(bool(v) and answers.same_answer(v[0][0], g) for v, g in zip(votes, golds)) / len(rows)
         checks = [[c.right for c in answers.calculations(t)] for t in texts]
         stated = [c for c in checks if c]

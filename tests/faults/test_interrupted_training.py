@@ -11,8 +11,7 @@ import time
 import pytest
 
 from conftest import ROOT, TINY_OVERLAY, bin_path, sft_overrides, write_overlay
-from posttrain.core import checkpoints
-from posttrain.core import preemption
+from posttrain.core import checkpoints, preemption
 
 STEPS, SAVE = 16, 4
 

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import ROOT, TINY_OVERLAY, sft_overrides, write_overlay
-from posttrain.core import checkpoints
 from posttrain.config import load_params
+from posttrain.core import checkpoints
 from posttrain.stages import sft
 
 

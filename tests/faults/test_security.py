@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY_OVERLAY, bin_path
-from posttrain.models import sources as models
 from posttrain.config import load_params
+from posttrain.models import sources as models
 
 PLANTED = "hf_PlantedFakeTokenThatMustNeverLeak0123456789"
 

@@ -5,10 +5,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import ROOT, TINY_OVERLAY
-from posttrain.models import chat
-from posttrain.models import sources as models
 from posttrain.config import load_params
 from posttrain.core.manifest import MissingManifestError, require_manifest
+from posttrain.models import chat
+from posttrain.models import sources as models
 from posttrain.stages import base_model
 
 

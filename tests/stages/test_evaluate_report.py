@@ -22,7 +22,8 @@ def _params(tmp_path, **evaluate_cfg):
 @pytest.fixture(scope="module")
 def eval_dir(tmp_path_factory, tiny_base):
     tmp = tmp_path_factory.mktemp("evaldata")
-    arith = write_jsonl(tmp / "arith.jsonl", [{"question": f"Tom has {a} apples and buys {a + 1} more. How many apples?",
+    arith = write_jsonl(tmp / "arith.jsonl", [{"question": f"Tom has {a} apples and buys {a + 1} more. "
+                                                           "How many apples?",
                                                "answer": f"{a} + {a + 1} = {2 * a + 1}.\n#### {2 * a + 1}"}
                                               for a in range(3, 7)])
     fmt = write_jsonl(tmp / "format.jsonl", [{"prompt": "Name a fruit. Answer in all capital letters.",
@@ -53,7 +54,7 @@ def test_evaluate_writes_canonical_metrics_and_repeats_exactly(tmp_path, tiny_ba
     assert a["partial"] is True and a["limit"] == 2
     assert a["metrics"] == b["metrics"]
     assert a["generation"]["generation"]["do_sample"] is False
-    samples = [json.loads(l) for l in (tmp_path / "a" / "samples.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in (tmp_path / "a" / "samples.jsonl").read_text().splitlines()]
     assert {s["task"] for s in samples} >= {"posttrain_arithmetic", "posttrain_format", "harmful", "benign"}
     assert (tmp_path / "a" / "manifest.json").is_file() and (tmp_path / "a" / "harness.json").is_file()
 
@@ -174,7 +175,7 @@ def test_evaluate_scores_responses_with_reward_models_and_a_reference(tmp_path, 
     ref = evaluate.main(_params(tmp_path), tiny_base, "sft", eval_dir, None, tmp_path / "sft",
                         reward_dirs=reward_models)["metrics"]
     assert ref["win_rate_vs_reference"] == 0.5                  # the reference ties with itself
-    samples = [json.loads(l) for l in (tmp_path / "sft" / "samples.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in (tmp_path / "sft" / "samples.jsonl").read_text().splitlines()]
     by_task = {}
     for s in samples:
         by_task.setdefault(s["task"], []).append(set(s.get("rm_scores", {})))

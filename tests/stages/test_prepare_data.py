@@ -156,7 +156,10 @@ def test_split_is_deterministic_and_order_independent(tmp_path, params):
     p = params(cleaning={"near_dup": False}, val_fraction=0.2)
     prepare_data.main(p, "sft", [str(a)], tmp_path / "oa")
     prepare_data.main(p, "sft", [str(b)], tmp_path / "ob")
-    ids = lambda d, s: sorted(r["id"] for r in read_jsonl(tmp_path / d / f"{s}.jsonl"))
+
+    def ids(d, s):
+        return sorted(r["id"] for r in read_jsonl(tmp_path / d / f"{s}.jsonl"))
+
     assert ids("oa", "val") == ids("ob", "val") and 20 < len(ids("oa", "val")) < 60
     assert not set(ids("oa", "val")) & set(ids("oa", "train"))
 

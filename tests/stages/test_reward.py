@@ -9,10 +9,10 @@ from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import ROOT, TINY_OVERLAY, posttrain_in_two_processes, write_jsonl
-from posttrain.verifiers import rewards
 from posttrain.config import load_params
 from posttrain.models.reward_model import RewardModel, encode, score_ids
 from posttrain.stages import prepare_data, reward
+from posttrain.verifiers import rewards
 
 
 def _params(tmp_path, **reward_cfg):
@@ -84,7 +84,8 @@ def test_reward_model_learns_saves_and_loads(tmp_path, tiny_base, preference_dat
     assert fn.__name__ == "rm_rm"
     # device: auto places the layers with accelerate's device map (here: all on the CPU)
     spread = RewardModel.load(out, device="auto")
-    assert spread.raw([prompt, prompt], ["40 + 3 = 43. #### 43", "I do not know, sorry."]) == pytest.approx(raw, abs=1e-4)
+    assert spread.raw([prompt, prompt], ["40 + 3 = 43. #### 43", "I do not know, sorry."]) == \
+        pytest.approx(raw, abs=1e-4)
 
 
 def test_reward_pairwise_loss_moves_margins_not_just_chosen(tmp_path, tiny_base, preference_data):
@@ -183,7 +184,8 @@ def test_pairs_of_similar_length_share_a_batch(tmp_path, tiny_base):
                                         training.resolve_precision("auto"))
         batches = list(trainer.get_train_dataloader())
         padded[grouped] = sum(b["input_ids"].numel() for b in batches)
-        seen[grouped] = sorted(int(n) for b in batches for n in b["attention_mask"][: len(b["attention_mask"]) // 2].sum(1))
+        seen[grouped] = sorted(int(n) for b in batches
+                               for n in b["attention_mask"][: len(b["attention_mask"]) // 2].sum(1))
     assert seen[True] == seen[False] == sorted(len(p["chosen_ids"]) for p in pairs)
     assert padded[True] < 0.8 * padded[False]
 

@@ -6,10 +6,11 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import (ROOT, TINY_OVERLAY, bin_path, posttrain_in_two_processes, sft_overrides as _sft_overrides,
-                      write_overlay as _overlay)
-from posttrain.core import checkpoints
+from conftest import ROOT, TINY_OVERLAY, bin_path, posttrain_in_two_processes
+from conftest import sft_overrides as _sft_overrides
+from conftest import write_overlay as _overlay
 from posttrain.config import load_params
+from posttrain.core import checkpoints
 from posttrain.stages import base_model, sft
 
 
@@ -27,7 +28,8 @@ def test_lora_sft_outputs_load_and_agree(tmp_path, tiny_base, sft_data):
     assert m["val_loss_last"] < m["val_loss_first"]          # it learned
     assert 0 < m["trainable_params"] < m["total_params"]
     assert m["tokens_per_second"] > 0 and m["tokens_seen"] > 0
-    assert manifest["chat_template_sha256"] == json.loads((tiny_base / "manifest.json").read_text())["chat_template_sha256"]
+    base_manifest = json.loads((tiny_base / "manifest.json").read_text())
+    assert manifest["chat_template_sha256"] == base_manifest["chat_template_sha256"]
     rows = read_jsonl_csv(out / "log.csv")
     assert [r["step"] for r in rows if r["val_loss"]] == ["0", "4", "8"]   # step-0 validation loss too
     assert (out / "curves.png").stat().st_size > 10_000
@@ -93,8 +95,8 @@ def test_clear_errors_for_qlora_on_cpu_and_template_without_markers(tmp_path, ti
     with pytest.raises(ValueError, match="qlora .* needs a CUDA GPU"):
         sft.main(_params(tmp_path, _sft_overrides(tmp_path, method="qlora")), tiny_base, sft_data, tmp_path / "o")
     plain = tmp_path / "plain"
-    base_model.main(_params(tmp_path, {"model": {"base": str(tiny_base), "chat_template": str(_plain_template(tmp_path))}}),
-                    plain)
+    template = str(_plain_template(tmp_path))
+    base_model.main(_params(tmp_path, {"model": {"base": str(tiny_base), "chat_template": template}}), plain)
     with pytest.raises(ValueError, match="generation %} markers"):
         sft.main(_params(tmp_path, _sft_overrides(tmp_path)), plain, sft_data, tmp_path / "o")
     with pytest.raises(ValueError, match="match no parameter"):

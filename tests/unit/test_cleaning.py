@@ -2,7 +2,8 @@ from posttrain.data import cleaning
 
 
 def test_normalize_unicode_whitespace_and_controls():
-    assert cleaning.normalize_text("  ｆｕｌｌ\u00a0width\u200b  text\t\there \r\n\r\n\r\n\nend  ") == "full width text here\n\nend"
+    assert cleaning.normalize_text("  ｆｕｌｌ\u00a0width\u200b  text\t\there \r\n\r\n\r\n\nend  ") == \
+        "full width text here\n\nend"
     # structure survives
     assert cleaning.normalize_text("a\n- b\n#### 3") == "a\n- b\n#### 3"
 
@@ -34,7 +35,8 @@ def test_decontaminator_catches_long_and_short_overlaps():
 def test_near_duplicate_filter_with_minhash():
     f = cleaning.NearDuplicateFilter(threshold=0.8, num_perm=128, shingle_words=3)
     base = ("Write a short poem about the sea in exactly four lines, with a rhyme on every second line, "
-            "mention a lighthouse and a gull, keep the tone calm and hopeful, and end the last line with the word home.")
+            "mention a lighthouse and a gull, keep the tone calm and hopeful, "
+            "and end the last line with the word home.")
     assert not f.seen("a", base)
     assert f.seen("b", base.replace("short", "small"))           # one word changed
     assert not f.seen("c", "Explain how photosynthesis works to a ten year old child in simple words.")

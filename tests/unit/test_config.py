@@ -24,7 +24,8 @@ def test_production_recipe_overlays_only_what_it_sets():
     assert params.data.cleaning.max_tokens == 4096
     # untouched keys keep the demo value
     assert params.data.cleaning.pii == "scrub"
-    assert all(s.path.startswith("hf:") for k in ("sft", "preference", "prompts", "eval") for s in params.data.sources.of(k))
+    assert all(s.path.startswith("hf:")
+               for k in ("sft", "preference", "prompts", "eval") for s in params.data.sources.of(k))
 
 
 def test_unknown_key_is_named_with_file_and_allowed_keys(tmp_path):

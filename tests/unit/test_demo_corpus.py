@@ -240,7 +240,7 @@ def test_different_seed_changes_every_file(paths):
 
 
 def test_json_is_written_canonically(paths):
-    for name, path in paths.items():
+    for path in paths.values():
         if path.suffix != ".jsonl":
             continue
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -417,7 +417,8 @@ def test_no_pii_outside_the_deliberate_row(data):
 
 def test_prompts_are_distinct_within_each_file(data):
     for name, rows in data.items():
-        keys = collections.Counter(tuple(user_prompts(name, r)) for r in rows if not (name == "sft_messages" and "messages" not in r))
+        keys = collections.Counter(tuple(user_prompts(name, r)) for r in rows
+                                   if not (name == "sft_messages" and "messages" not in r))
         duplicates = sum(c - 1 for c in keys.values())
         assert duplicates == (2 if name == "sft_alpaca" else 0), name
 
@@ -791,8 +792,9 @@ def test_instruction_round_trip():
     specs = [{"type": "uppercase"}, {"type": "lowercase"}, {"type": "word_count", "n": 1},
              {"type": "word_count", "n": 12}, {"type": "max_words", "n": 1}, {"type": "max_words", "n": 20},
              {"type": "ends_with", "word": "today"}, {"type": "starts_with", "word": "Honestly"},
-             {"type": "bullet_list", "n": 1}, {"type": "bullet_list", "n": 5}, {"type": "json_keys", "keys": ["answer"]},
-             {"type": "json_keys", "keys": ["a", "b"]}, {"type": "json_keys", "keys": ["x", "y_z", "w"]}]
+             {"type": "bullet_list", "n": 1}, {"type": "bullet_list", "n": 5},
+             {"type": "json_keys", "keys": ["answer"]}, {"type": "json_keys", "keys": ["a", "b"]},
+             {"type": "json_keys", "keys": ["x", "y_z", "w"]}]
     assert {s["type"] for s in specs} == set(CONSTRAINT_TYPES)
     for spec in specs:
         text = constraint_instruction(spec)

@@ -16,7 +16,8 @@ def parse(row):
 def test_alpaca_with_and_without_input():
     name, ex = parse({"instruction": "Translate.", "input": "Bonjour", "output": "Hello"})
     assert name == "alpaca"
-    assert ex.messages == [{"role": "user", "content": "Translate.\n\nBonjour"}, {"role": "assistant", "content": "Hello"}]
+    assert ex.messages == [{"role": "user", "content": "Translate.\n\nBonjour"},
+                           {"role": "assistant", "content": "Hello"}]
     _, ex = parse({"instruction": "Say hi.", "input": "", "output": "Hi"})
     assert ex.messages[0]["content"] == "Say hi."
 

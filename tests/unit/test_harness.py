@@ -7,9 +7,20 @@ import yaml
 
 from conftest import read_jsonl, write_jsonl
 from posttrain.inference import harness
-from posttrain.inference.harness import (ARITHMETIC_TASK, FLEXIBLE, FORMAT_TASK, GSM8K_TASK, INVALID, STRICT,
-                               answer_matches, extract_answer, normalise_answer, process_format_results,
-                               run_harness, write_tasks)
+from posttrain.inference.harness import (
+    ARITHMETIC_TASK,
+    FLEXIBLE,
+    FORMAT_TASK,
+    GSM8K_TASK,
+    INVALID,
+    STRICT,
+    answer_matches,
+    extract_answer,
+    normalise_answer,
+    process_format_results,
+    run_harness,
+    write_tasks,
+)
 
 # The installed lm-eval's own gsm8k task: the reference our arithmetic tasks must agree with.
 LM_EVAL_GSM8K = Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml"
@@ -86,7 +97,8 @@ def test_write_tasks_rejects_ungradable_rows(tmp_path):
     no_answer = write_jsonl(tmp_path / "a.jsonl", [_row(1, "arithmetic", "What is 2 plus 2?", None, "four")])
     with pytest.raises(ValueError, match="no answer"):
         write_tasks(no_answer, tmp_path / "t1")
-    bad_constraint = write_jsonl(tmp_path / "b.jsonl", [_row(1, "format", "Hi.", meta={"constraint": {"type": "rhyme"}})])
+    bad_constraint = write_jsonl(tmp_path / "b.jsonl",
+                                 [_row(1, "format", "Hi.", meta={"constraint": {"type": "rhyme"}})])
     with pytest.raises(ValueError, match="unknown constraint type"):
         write_tasks(bad_constraint, tmp_path / "t2")
 
@@ -157,7 +169,8 @@ def _lm_eval_gsm8k(response, target):
         inst = SimpleNamespace(resps=[response], doc={}, filtered_resps={})
         ensemble.apply([inst])
         extracted = inst.filtered_resps[f["name"]]
-        out[f["name"]] = (extracted, exact_match_hf_evaluate(predictions=[extracted], references=[target], **metric)["exact_match"])
+        score = exact_match_hf_evaluate(predictions=[extracted], references=[target], **metric)["exact_match"]
+        out[f["name"]] = (extracted, score)
     return out
 
 

@@ -3,8 +3,8 @@
 import json
 from pathlib import Path
 
-from posttrain.core import lineage
 from posttrain.cli import main
+from posttrain.core import lineage
 from posttrain.core.manifest import write_manifest
 
 

@@ -5,8 +5,17 @@ import math
 import pytest
 import torch
 
-from posttrain.rl.ppo_math import (AdaptiveKL, FixedKL, explained_variance, gae, last_token_index, masked_whiten,
-                                policy_loss, token_rewards, value_loss)
+from posttrain.rl.ppo_math import (
+    AdaptiveKL,
+    FixedKL,
+    explained_variance,
+    gae,
+    last_token_index,
+    masked_whiten,
+    policy_loss,
+    token_rewards,
+    value_loss,
+)
 
 
 def t(rows):

@@ -2,11 +2,11 @@
 
 import json
 from fractions import Fraction
+
 import pytest
 
 from conftest import SHARED_DATA
-from posttrain.verifiers import answers
-from posttrain.verifiers import rewards
+from posttrain.verifiers import answers, rewards
 
 GSM8K = SHARED_DATA / "gsm8k_train_1000.jsonl"
 
