@@ -62,8 +62,8 @@ def _tiny_inputs(tmp: Path) -> tuple[Path, Path]:
 def _trainer(base: Path, data: Path, tmp: Path, steps: int, packing: bool, name: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
-    from posttrain.training import trainers as training
     from posttrain.stages import sft
+    from posttrain.training import trainers as training
 
     params = _params({"sft": {"max_steps": steps, "packing": packing, "eval_steps": 10**6, "save_steps": 10**6,
                               "logging_steps": 10**6, "checkpoint_dir": str(tmp / "ckpt")}}, tmp)

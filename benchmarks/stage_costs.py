@@ -105,7 +105,8 @@ if __name__ == "__main__":
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("folder", nargs="?", default="logs/benchmarks", type=Path)
-    ap.add_argument("--params", action="extend", nargs="+", help="params.yaml and overlays (repeat or list them): adds the DAG's critical path")
+    ap.add_argument("--params", action="extend", nargs="+",
+                    help="params.yaml and overlays (repeat or list them): adds the DAG's critical path")
     ap.add_argument("--cores", type=int, default=2)
     args = ap.parse_args()
     table = stage_table(args.folder)

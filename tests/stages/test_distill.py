@@ -8,12 +8,12 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import ROOT, TINY_OVERLAY, read_jsonl, write_jsonl
-from posttrain.dag import pipeline
 from posttrain.config import load_params
-from posttrain.training.distillation import Teacher
-from posttrain.models.sources import build_tiny_model, build_tiny_tokenizer
+from posttrain.dag import pipeline
 from posttrain.models.pruning import depth_pruned, kept_layers
+from posttrain.models.sources import build_tiny_model, build_tiny_tokenizer
 from posttrain.stages import distill, prepare_data
+from posttrain.training.distillation import Teacher
 
 
 def _deep_tiny(arch: str, layers: int = 6, tied: bool = True):

@@ -32,7 +32,8 @@ def sft_model(tmp_path_factory, tiny_base):
                                    "sft": {"max_steps": 3, "learning_rate": 0.02, "max_length": 64,
                                            "checkpoint_dir": str(tmp / "ckpt"), "lora": {"dropout": 0.0}}}))
     params = load_params([ROOT / "params.yaml", TINY_OVERLAY, overlay])
-    prepare_data.main(params, "sft", [str(write_jsonl(tmp / "chat.jsonl", rows))], tmp / "data", tokenizer_dir=tiny_base)
+    prepare_data.main(params, "sft", [str(write_jsonl(tmp / "chat.jsonl", rows))], tmp / "data",
+                      tokenizer_dir=tiny_base)
     sft.main(params, tiny_base, tmp / "data", tmp / "sft")
     return tmp / "sft", tmp / "data"
 
@@ -91,7 +92,8 @@ def test_merge_folds_moe_expert_adapters(tmp_path, sft_model):
                                    "sft": {"max_steps": 2, "learning_rate": 0.02, "max_length": 64,
                                            "checkpoint_dir": str(tmp_path / "ckpt"),
                                            "lora": {"target_modules": ["q_proj", "v_proj"],
-                                                    "target_parameters": ["mlp.experts.gate_up_proj"], "dropout": 0.0}}}))
+                                                    "target_parameters": ["mlp.experts.gate_up_proj"],
+                                                    "dropout": 0.0}}}))
     params = load_params([ROOT / "params.yaml", TINY_OVERLAY, overlay])
     base_model.main(params, base)
     sft.main(params, base, sft_model[1], tmp_path / "sft")
@@ -180,7 +182,8 @@ def test_quantized_export_is_4bit_smaller_and_describes_itself(quantized):
         unquantized = set()
         for shard in folder.glob("*.safetensors"):
             with safe_open(shard, "pt") as f:
-                unquantized |= {f.get_slice(k).get_dtype() for k in f.keys() if k.endswith(("norm.weight", "embed_tokens.weight"))}
+                unquantized |= {f.get_slice(k).get_dtype() for k in f.keys()
+                                if k.endswith(("norm.weight", "embed_tokens.weight"))}
         assert unquantized == {{"bfloat16": "BF16", "float16": "F16", "float32": "F32"}[dtype]}
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["calibration_rows"] == 8 and metrics["calibration_tokens"] <= 8 * 64
@@ -247,7 +250,7 @@ def test_dequantized_weights_compute_what_the_kernels_compute(quantized, tmp_pat
     res = subprocess.run([str(EXPORT_BIN / "python"), "-c", script, str(folder), str(tmp_path / "dense")],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-4000:]
-    diff, agree = map(float, next(l for l in res.stdout.splitlines() if l.startswith("DIFF")).split()[1:])
+    diff, agree = map(float, next(x for x in res.stdout.splitlines() if x.startswith("DIFF")).split()[1:])
     assert diff < 0.05 and agree == 1.0
 
 
@@ -406,8 +409,7 @@ def test_a_lora_adapter_as_gguf_is_applied_as_peft_applies_it(tmp_path, tiny_bas
     # patterns folded into B): any mistake moves the logits
     import gguf
 
-    from posttrain.export import gguf_adapter
-    from posttrain.export import gguf_export
+    from posttrain.export import gguf_adapter, gguf_export
     from posttrain.models import sources as models
 
     peft_model = _random_adapter(tiny_base, tmp_path / "adapter", **lora)
@@ -563,8 +565,7 @@ def test_llama_cpp_serves_gguf_files_and_adapters_as_the_source_models_compute(g
 
     # a LoRA adapter as llama.cpp applies it (random A and B: the tiny fine-tune's greedy answers
     # are the base's); rsLoRA's scale goes through the file's one alpha
-    from posttrain.export import gguf_adapter
-    from posttrain.export import gguf_export
+    from posttrain.export import gguf_adapter, gguf_export
 
     peft_model = _random_adapter(tiny_base, tmp_path / "adapter", use_rslora=True)
     gguf_export.write(tiny_base, tmp_path / "base.gguf", weights="f32", embeddings="f32", name="base",

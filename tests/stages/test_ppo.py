@@ -11,11 +11,11 @@ from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import ROOT, TINY_OVERLAY, train_tiny_reward_model, write_jsonl
-from posttrain.training import trainers as training
 from posttrain.config import PpoParams, load_params
 from posttrain.rl.ppo import PpoTrainer, response_mask
 from posttrain.rl.ppo_critic import AdapterCritic, RewardModelCritic
 from posttrain.stages import prepare_data, rl
+from posttrain.training import trainers as training
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,8 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, tiny_base,
     assert len(ca) == len(cb) and all(torch.allclose(x, y, atol=1e-6) for x, y in zip(ca, cb))
     assert any(not torch.equal(x, y) for x, y in zip(ca, _toy_trainer(tiny_base, tmp_path / "fresh", letters, rows,
                                                                       critic_base).critic.parameters()))
-    assert [r["reward"] for r in resumed.state.log_history] == pytest.approx([r["reward"] for r in full.state.log_history])
+    assert [r["reward"] for r in resumed.state.log_history] == \
+        pytest.approx([r["reward"] for r in full.state.log_history])
     shutil.rmtree(tmp_path / "full")
 
 
@@ -234,8 +235,7 @@ def test_on_a_toy_task_with_a_known_reward_ppo_raises_it_with_kl_bounded(tmp_pat
 def test_a_stop_signal_saves_the_step_and_ends_training(tmp_path, tiny_base, stop_signal):
     """SIGUSR1 during a PPO step: that step is saved as a complete checkpoint and the loop ends
     (the stage then exits 75 and its rerun resumes there)."""
-    from posttrain.core import checkpoints
-    from posttrain.core import preemption
+    from posttrain.core import checkpoints, preemption
 
     rows = [{"prompt": [{"role": "user", "content": f"Say {w}."}]} for w in ("yes", "no", "maybe", "hello")]
     trainer = _toy_trainer(tiny_base, tmp_path / "run", lambda p, c, cols: [0.5] * len(c), rows, "copy")

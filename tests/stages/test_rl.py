@@ -9,9 +9,9 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from conftest import ROOT, TINY_OVERLAY, posttrain_in_two_processes, write_jsonl
-from posttrain.verifiers import rewards
 from posttrain.config import load_params
 from posttrain.stages import prepare_data, rl
+from posttrain.verifiers import rewards
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +250,8 @@ def test_stage_params_are_validated(tmp_path):
         _params(tmp_path, name="sft")
     with pytest.raises(ConfigError, match="rl stage 'reasoning': lora: rank: Extra inputs are not permitted"):
         _params(tmp_path, lora={"rank": 4})
-    with pytest.raises(ConfigError, match=r"its 4 completions a step .* do not split over 1 process\(es\) x 3 micro_batches"):
+    with pytest.raises(ConfigError,
+                       match=r"its 4 completions a step .* do not split over 1 process\(es\) x 3 micro_batches"):
         _params(tmp_path, micro_batches=3)
     with pytest.raises(ConfigError, match=r"its 3 completions a step \(prompts_per_step\) .* a multiple of 2"):
         _params(tmp_path, algorithm="rejection_sampling", prompts_per_step=3, micro_batches=2)

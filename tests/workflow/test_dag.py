@@ -161,8 +161,8 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     for out in ("demo_data", "base", "data/eval", "data/sft", "data/preference", "data/prompts", "sft",
                 "reward/helpful", "reward/safety", "rl/helpfulness", "rl/reasoning", "rl_zero",
                 "distill/student_base", "distill/samples", "distill/student", "distill/student_sft",
-                "export/reasoning/merged", "export/reasoning/gptq", "export/reasoning/gguf", "export/reasoning/gguf_lora",
-                "export/reasoning/check"):
+                "export/reasoning/merged", "export/reasoning/gptq", "export/reasoning/gguf",
+                "export/reasoning/gguf_lora", "export/reasoning/check"):
         assert (results / out / "manifest.json").is_file(), out
     # the reasoning stage starts from the helpfulness stage's model
     rl_manifest = json.loads((results / "rl/reasoning/manifest.json").read_text())
@@ -213,7 +213,8 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     report = json.loads((other / "results/report/metrics.json").read_text())
     assert set(report) == {"base", "sft", "helpfulness", "reasoning", "rl_zero", "student_sft", "distilled",
                            "reasoning_gptq", "reasoning_gguf", "reasoning_gguf_lora"}
-    assert report["distilled"]["parameters"] > 0 and "Size and speed" in (other / "results/report/report.md").read_text()
+    assert report["distilled"]["parameters"] > 0
+    assert "Size and speed" in (other / "results/report/report.md").read_text()
     samples = json.loads((other / "results/distill/samples/metrics.json").read_text())
     assert samples["accepted"] + samples["rejected"] == samples["samples"] > 0
     assert {"arithmetic_accuracy", "helpful_rm_score", "win_rate_vs_reference"} <= set(report["reasoning"])
@@ -248,7 +249,8 @@ def test_the_longest_chain_then_what_the_evaluations_wait_for_are_scheduled_firs
     assert priority["reward_helpful"] == priority["reward_safety"] == priority["evaluate_sft"] > 0
     # the longest chain (the student's layers and the teacher's samples, then distillation) goes first
     chain = ("student_base", "distill_samples", "distill")
-    assert {priority[n] for n in chain} == {max(priority.values())} and max(priority.values()) > priority["evaluate_sft"]
+    top = max(priority.values())
+    assert {priority[n] for n in chain} == {top} and top > priority["evaluate_sft"]
     # then what one evaluation waits for (the exports, the plain-SFT student), then the evaluations
     one = ("export_merge", "export_gptq", "export_gguf_lora", "distill_baseline")
     levels = {priority[n] for n in one}
@@ -280,9 +282,8 @@ def test_critical_path_is_the_longest_chain_of_dependent_stages():
     import sys
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from stage_costs import critical_path
-
     from posttrain.dag.pipeline import Stage
+    from stage_costs import critical_path
 
     table = [Stage("a", [], [], ["out/a"], []), Stage("b", [], ["out/a"], ["out/b"], []),
              Stage("c", [], ["out/a"], ["out/c"], []), Stage("d", [], ["out/b", "out/c", "data/raw"], ["out/d"], [])]
@@ -294,9 +295,8 @@ def test_the_cores_a_rule_holds_bound_the_run():
     import sys
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from stage_costs import path_summary
-
     from posttrain.dag.pipeline import Stage
+    from stage_costs import path_summary
 
     # a two-thread training stage beside two one-core evaluations; one stage ran elsewhere
     table = [Stage("train", [], [], ["out/t"], [], cores_share=1.0), Stage("e1", [], ["out/t"], ["out/e1"], []),

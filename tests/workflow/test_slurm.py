@@ -22,8 +22,8 @@ RULES = {"demo_data", "base_model", "prepare_data_eval", "prepare_data_sft", "sf
 
 
 def _stages(*overlays):
-    from posttrain.dag import pipeline
     from posttrain.config import load_params
+    from posttrain.dag import pipeline
 
     files = [ROOT / "params.yaml", *overlays]
     return {s.name: s for s in pipeline.stages(load_params(files), [str(f) for f in files])}
