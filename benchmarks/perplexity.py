@@ -37,7 +37,8 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from posttrain.inference.generation import assistant_nll, generation_threads
-    from posttrain.stages.evaluate import _load, resolve_model
+    from posttrain.models.artifacts import resolve_model
+    from posttrain.stages.evaluate import _load
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=Path("results/sft"))

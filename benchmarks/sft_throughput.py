@@ -62,7 +62,7 @@ def _tiny_inputs(tmp: Path) -> tuple[Path, Path]:
 def _trainer(base: Path, data: Path, tmp: Path, steps: int, packing: bool, name: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
-    from posttrain.stages import sft
+    from posttrain.training import sft
     from posttrain.training import trainers as training
 
     params = _params({"sft": {"max_steps": steps, "packing": packing, "eval_steps": 10**6, "save_steps": 10**6,

@@ -115,7 +115,7 @@ if __name__ == "__main__":
     print(table or f"no benchmark files under {args.folder}: run the DAG with Snakemake first")
     if table and args.params:
         from posttrain.config import load_params
-        from posttrain.dag.pipeline import stages
+        from posttrain.dag import stages
 
         print()
         print(path_summary(read(args.folder), stages(load_params(args.params), args.params), args.cores))

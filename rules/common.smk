@@ -4,7 +4,7 @@ import os
 import sys
 from pathlib import Path
 
-from posttrain.dag import pipeline
+from posttrain import dag
 from posttrain.config import ConfigError, load_params
 
 
@@ -34,8 +34,8 @@ except ConfigError as err:
     sys.stderr.write(f"posttrain: {err}\n")
     raise SystemExit(1)
 
-STAGES = pipeline.stages(PARAMS, PARAM_FILES)
-TARGETS = pipeline.final_targets(STAGES)
+STAGES = dag.stages(PARAMS, PARAM_FILES)
+TARGETS = dag.final_targets(STAGES)
 
 
 def section_json(stage):

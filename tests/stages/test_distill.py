@@ -8,8 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import ROOT, TINY_OVERLAY, read_jsonl, write_jsonl
+from posttrain import dag
 from posttrain.config import load_params
-from posttrain.dag import pipeline
 from posttrain.models.pruning import depth_pruned, kept_layers
 from posttrain.models.sources import build_tiny_model, build_tiny_tokenizer
 from posttrain.stages import distill, prepare_data
@@ -173,7 +173,7 @@ def read_jsonl_csv(path):
 
 
 def test_the_dag_gets_the_distillation_stages_from_the_last_rl_stage(params):
-    table = {s.name: s for s in pipeline.stages(params)}
+    table = {s.name: s for s in dag.stages(params)}
     assert {"student_base", "distill_samples", "distill_baseline", "distill", "evaluate_distilled",
             "evaluate_student_sft"} <= set(table)
     assert table["distill_samples"].args[table["distill_samples"].args.index("--teacher") + 1] == "results/rl/reasoning"
@@ -183,15 +183,15 @@ def test_the_dag_gets_the_distillation_stages_from_the_last_rl_stage(params):
     bad = params.model_copy(deep=True)
     bad.distill.teacher = "nope"
     with pytest.raises(ValueError, match="distill.teacher 'nope'"):
-        pipeline.stages(bad)
+        dag.stages(bad)
     ranked = params.model_copy(deep=True)
     ranked.distill.student.drop_least_important = 1
-    student_base = next(s for s in pipeline.stages(ranked) if s.name == "student_base")
+    student_base = next(s for s in dag.stages(ranked) if s.name == "student_base")
     assert student_base.args[student_base.args.index("--calibration") + 1] == "results/data/sft"
     assert "results/data/sft" in student_base.deps
     off = params.model_copy(deep=True)
     off.distill = None
-    assert not any(s.name.startswith(("distill", "student")) for s in pipeline.stages(off))
+    assert not any(s.name.startswith(("distill", "student")) for s in dag.stages(off))
 
 
 def test_a_configured_student_must_share_the_tokenizer(tmp_path, tiny_base, params):
@@ -258,6 +258,6 @@ def test_a_student_pruned_from_the_teacher_keeps_the_teachers_weights(tmp_path, 
     student = AutoModelForCausalLM.from_pretrained(tmp_path / "student")
     assert torch.equal(student.model.layers[0].self_attn.q_proj.weight, model.model.layers[1].self_attn.q_proj.weight)
 
-    stage = next(s for s in pipeline.stages(local) if s.name == "student_base")
-    teacher_dir = next(s for s in pipeline.stages(local) if s.name == "distill_samples").deps[0]
+    stage = next(s for s in dag.stages(local) if s.name == "student_base")
+    teacher_dir = next(s for s in dag.stages(local) if s.name == "distill_samples").deps[0]
     assert stage.args[stage.args.index("--teacher") + 1] == teacher_dir and teacher_dir in stage.deps

@@ -8,6 +8,7 @@ import torch
 
 from conftest import ROOT, TINY_OVERLAY, write_jsonl
 from posttrain.config import load_params
+from posttrain.models.artifacts import resolve_model
 from posttrain.stages import export, prepare_data, sft
 
 EXPORT_BIN = ROOT / ".venv-export" / "bin"
@@ -474,7 +475,7 @@ def test_gguf_lora_in_float32_computes_what_the_merged_model_computes(gguf_lora_
     info = evaluate._dequantized_copy(folder, folder.parent / "eval")
     assert info["file"] == "model-f32.gguf" and info["adapter"] == "adapter-f32.gguf"
     served = evaluate._load(info["folder"], None)
-    source = evaluate._load(*evaluate.resolve_model(sft_model[0])[:2])
+    source = evaluate._load(*resolve_model(sft_model[0])[:2])
     ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
     with torch.no_grad():
         torch.testing.assert_close(served(input_ids=ids).logits, source(input_ids=ids).logits, atol=1e-4, rtol=0)
@@ -508,10 +509,10 @@ def test_gguf_lora_needs_a_model_with_an_adapter(tmp_path, merged, tiny_base):
 
 
 def test_the_dag_serves_the_adapter_beside_its_base_and_evaluates_the_pair(tmp_path):
-    from posttrain.dag import pipeline
+    from posttrain import dag
 
     params, _ = _params(tmp_path, model="sft", formats=["gguf_lora"])
-    table = {s.name: s for s in pipeline.stages(params)}
+    table = {s.name: s for s in dag.stages(params)}
     pair = table["export_gguf_lora"]
     assert pair.outs == ["results/export/sft/gguf_lora"] and set(pair.deps) >= {"results/sft",
                                                                                  "results/export/sft/merged"}
@@ -519,7 +520,7 @@ def test_the_dag_serves_the_adapter_beside_its_base_and_evaluates_the_pair(tmp_p
     assert "gguf_lora=results/export/sft/gguf_lora" in table["export_check"].args
     params, _ = _params(tmp_path, model="base", formats=["gguf_lora"])
     with pytest.raises(ValueError, match="the base model has none"):
-        pipeline.stages(params)
+        dag.stages(params)
 
 
 LLAMA_CPP = ROOT / "tests" / "llama_cpp"
@@ -580,11 +581,11 @@ def test_llama_cpp_serves_gguf_files_and_adapters_as_the_source_models_compute(g
 
 
 def test_the_dag_quantizes_awq_in_the_export_environment_and_evaluates_it(tmp_path):
-    from posttrain.dag import pipeline
+    from posttrain import dag
 
     params, _ = _params(tmp_path, model="sft", formats=["awq"])
-    table = {s.name: s for s in pipeline.stages(params)}
+    table = {s.name: s for s in dag.stages(params)}
     awq = table["export_awq"]
-    assert awq.args[0] == "export-awq" and awq.env == pipeline.EXPORT_ENV and awq.outs == ["results/export/sft/awq"]
-    assert table["evaluate_sft_awq"].env == pipeline.EXPORT_ENV
+    assert awq.args[0] == "export-awq" and awq.env == dag.EXPORT_ENV and awq.outs == ["results/export/sft/awq"]
+    assert table["evaluate_sft_awq"].env == dag.EXPORT_ENV
     assert "awq=results/export/sft/awq" in table["export_check"].args

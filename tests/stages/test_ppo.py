@@ -80,10 +80,10 @@ def test_ppo_needs_a_reward_model_for_its_critic(tmp_path):
 
 
 def test_a_critic_from_a_reward_model_the_rewards_do_not_use_is_an_input_of_the_stage(tmp_path):
-    from posttrain.dag import pipeline
+    from posttrain import dag
 
     params = _params(tmp_path, rewards=[{"name": "constraint"}], ppo={"critic": "helpful"})
-    stage = next(s for s in pipeline.stages(params) if s.name == "rl_helpfulness")
+    stage = next(s for s in dag.stages(params) if s.name == "rl_helpfulness")
     assert "results/reward/helpful" in stage.deps
     plotted = stage.plots[0]["results/rl/helpfulness/log.csv"]["y"]
     assert {"reward", "kl", "value_loss", "clip_fraction", "approx_kl", "explained_variance"} <= set(plotted)

@@ -135,7 +135,7 @@ def test_generation_stages_compute_on_a_fixed_thread_count_whatever_the_tool_set
 
     from conftest import ROOT
     from posttrain.config import load_params
-    from posttrain.dag.pipeline import stages
+    from posttrain.dag import stages
     from posttrain.inference.generation import GENERATION_THREADS, generation_threads
 
     before = torch.get_num_threads()

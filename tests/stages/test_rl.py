@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from conftest import ROOT, TINY_OVERLAY, posttrain_in_two_processes, write_jsonl
 from posttrain.config import load_params
+from posttrain.rl.prompts import prompt_rows
 from posttrain.stages import prepare_data, rl
 from posttrain.verifiers import rewards
 
@@ -115,7 +116,7 @@ def test_rejection_sampling_stage_fine_tunes_on_the_accepted_answers(tmp_path, t
                      learning_rate=5e-3)
     manifest = rl.main(params, "reasoning", tiny_base, prompts, {}, out)
     m = json.loads((out / "metrics.json").read_text())
-    train = [r for r in rl.prompt_rows(prompts / "train.jsonl", ["arithmetic"])]
+    train = [r for r in prompt_rows(prompts / "train.jsonl", ["arithmetic"])]
     s = m["samples"]
     assert s["samples"] == 4 * len(train) == s["accepted"] + s["rejected"] and s["prompts"] == len(train)
     sampled = Path(manifest["checkpoints"]) / "samples"           # drawn once, beside the checkpoints
@@ -150,7 +151,7 @@ def test_two_processes_split_the_rejection_samples(tmp_path, tiny_base, prompts)
     folder = Path(json.loads((tmp_path / "rl" / "manifest.json").read_text())["checkpoints"]) / "samples"
     parts = [{r["source_id"] for r in json.loads((folder / f"part-{i}.json").read_text())["accepted"]}
              for i in (0, 1)]
-    train = rl.prompt_rows(prompts / "train.jsonl", ["arithmetic"])
+    train = prompt_rows(prompts / "train.jsonl", ["arithmetic"])
     assert parts[0] and parts[1] and not parts[0] & parts[1] and parts[0] | parts[1] == {r["id"] for r in train}
     m = json.loads((tmp_path / "rl" / "metrics.json").read_text())
     assert m["samples"]["prompts"] == len(train) and m["samples"]["samples"] == 2 * len(train) and m["steps"] == 2
@@ -260,11 +261,11 @@ def test_stage_params_are_validated(tmp_path):
 
 
 def test_missing_reward_model_for_a_stage_fails_the_dag(tmp_path):
-    from posttrain.dag import pipeline
+    from posttrain import dag
 
     params = _params(tmp_path, rewards=[{"name": "reward_model", "aspect": "honesty"}])
     with pytest.raises(ValueError, match=r"reward model\(s\) \['honesty'\].*defines \['helpful'"):
-        pipeline.stages(params)
+        dag.stages(params)
 
 
 def test_rerun_of_a_finished_stage_restores_instead_of_training_on(tmp_path, tiny_base, prompts):

@@ -39,7 +39,7 @@ def test_memory_estimate_for_8_gpus_fsdp(plan):
 
 
 def test_ppo_memory_plan_one_shared_base_for_policy_reference_and_critic():
-    from posttrain.dag import pipeline
+    from posttrain import dag
     from posttrain.training.sizing import plan_ppo
 
     params = load_params([ROOT / "params.yaml", ROOT / "recipes" / "qwen3-30b-a3b.yaml"])
@@ -59,5 +59,5 @@ def test_ppo_memory_plan_one_shared_base_for_policy_reference_and_critic():
     with pytest.raises(ValueError, match="critic_base: shared needs reward.init"):
         plan_ppo(other, "helpfulness")
     # one process spans the node's GPUs; the GRPO stage keeps its 8 FSDP processes
-    table = {s.name: s for s in pipeline.stages(params)}
+    table = {s.name: s for s in dag.stages(params)}
     assert table["rl_helpfulness"].launcher == "" and "--num_processes 8" in table["rl_reasoning"].launcher

@@ -243,7 +243,7 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
 
 def test_the_longest_chain_then_what_the_evaluations_wait_for_are_scheduled_first():
     from posttrain.config import load_params
-    from posttrain.dag.pipeline import stages
+    from posttrain.dag import stages
 
     priority = {s.name: s.priority for s in stages(load_params([ROOT / "params.yaml"]))}
     assert priority["reward_helpful"] == priority["reward_safety"] == priority["evaluate_sft"] > 0
@@ -282,7 +282,7 @@ def test_critical_path_is_the_longest_chain_of_dependent_stages():
     import sys
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from posttrain.dag.pipeline import Stage
+    from posttrain.dag import Stage
     from stage_costs import critical_path
 
     table = [Stage("a", [], [], ["out/a"], []), Stage("b", [], ["out/a"], ["out/b"], []),
@@ -295,7 +295,7 @@ def test_the_cores_a_rule_holds_bound_the_run():
     import sys
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from posttrain.dag.pipeline import Stage
+    from posttrain.dag import Stage
     from stage_costs import path_summary
 
     # a two-thread training stage beside two one-core evaluations; one stage ran elsewhere

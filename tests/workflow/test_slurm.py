@@ -22,11 +22,11 @@ RULES = {"demo_data", "base_model", "prepare_data_eval", "prepare_data_sft", "sf
 
 
 def _stages(*overlays):
+    from posttrain import dag
     from posttrain.config import load_params
-    from posttrain.dag import pipeline
 
     files = [ROOT / "params.yaml", *overlays]
-    return {s.name: s for s in pipeline.stages(load_params(files), [str(f) for f in files])}
+    return {s.name: s for s in dag.stages(load_params(files), [str(f) for f in files])}
 
 
 def test_the_demo_asks_for_no_gpu_and_training_rules_ask_for_the_early_signal():

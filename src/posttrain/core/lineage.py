@@ -25,7 +25,7 @@ class Node:
     created: str | None = None
     status: str = "ok"         # ok, changed (hash differs now), missing
     source: str | None = None  # a model or hub id recorded in the params (base models)
-    inputs: dict[str, "Node"] = field(default_factory=dict)
+    inputs: dict[str, Node] = field(default_factory=dict)
     repeated: bool = False     # already shown above (a DAG, not a tree)
 
     def to_dict(self) -> dict:

@@ -13,7 +13,7 @@ import platform
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -113,7 +113,7 @@ def write_manifest(out_dir: str | Path, *, stage: str, params: dict, seed: int |
         "versions": library_versions(),
         "chat_template_sha256": sha256_text(chat_template) if chat_template else None,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if extra:
         manifest.update(extra)

@@ -3,11 +3,10 @@ weights merged for the duration of sampling (RL rollouts)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 import torch
-
 
 # The stages that mostly generate (evaluation, the distillation teacher's sampling) compute on
 # this many CPU threads whichever tool starts them: Snakemake sets OMP_NUM_THREADS to a rule's

@@ -70,7 +70,7 @@ class RewardModel:
     context_turns: int | None = None
 
     @classmethod
-    def load(cls, folder: Path, device: str | None = None) -> "RewardModel":
+    def load(cls, folder: Path, device: str | None = None) -> RewardModel:
         """`device`: where the model goes (`cuda`, `cpu`, ...); `auto` spreads its layers over the
         visible GPUs (accelerate's device map), as a 30B reward model beside a PPO policy needs.
         Unset: `default_device()`."""

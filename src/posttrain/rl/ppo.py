@@ -27,10 +27,9 @@ from pathlib import Path
 
 import torch
 
-from posttrain.core import checkpoints
-from posttrain.rl import ppo_math
-from posttrain.core import preemption
+from posttrain.core import checkpoints, preemption
 from posttrain.inference.generation import merged_adapter, stop_ids
+from posttrain.rl import ppo_math
 from posttrain.rl.ppo_critic import position_ids
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ class Sampled:
     rejected: list[dict] = field(default_factory=list)   # the same record with "reason", "prompt", "response"
     counts: dict[str, Counter] = field(default_factory=dict)  # per subset: samples, verdicts, prompts
 
-    def __add__(self, other: "Sampled") -> "Sampled":
+    def __add__(self, other: Sampled) -> Sampled:
         counts = {s: self.counts.get(s, Counter()) + other.counts.get(s, Counter())
                   for s in {*self.counts, *other.counts}}
         return Sampled(self.accepted + other.accepted, self.rejected + other.rejected, counts)

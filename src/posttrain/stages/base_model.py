@@ -9,14 +9,16 @@ stage uses, a model card and manifest.json (written last).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import shutil
 from pathlib import Path
 
+from posttrain.config import Params, section
+from posttrain.core.commands import params_arg
+from posttrain.core.manifest import write_manifest
 from posttrain.models import chat
 from posttrain.models import sources as models
-from posttrain.config import Params, section
-from posttrain.core.manifest import write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +82,10 @@ Resolved by `posttrain base-model` from {source.get('kind')} source `{source.get
 See `manifest.json` for the exact parameters, inputs and library versions.
 """
     (out / "README.md").write_text(card)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("base-model", help="resolve model.base to a local HF folder")
+    p.add_argument("--out", type=Path, required=True)
+    params_arg(p)
+    p.set_defaults(run=lambda params, a: main(params, a.out))

@@ -9,12 +9,14 @@ format detection and cleaning report are exercised on every demo run.
 
 from __future__ import annotations
 
+import argparse
 import shutil
 from pathlib import Path
 
 from posttrain.config import Params, section
-from posttrain.demo.corpus import DEFAULT_SIZES, write_demo_corpus
+from posttrain.core.commands import params_arg
 from posttrain.core.manifest import write_manifest
+from posttrain.demo.corpus import DEFAULT_SIZES, write_demo_corpus
 
 
 def main(params: Params, out: Path) -> dict:
@@ -24,3 +26,10 @@ def main(params: Params, out: Path) -> dict:
     files = write_demo_corpus(out, seed=cfg.seed, sizes={**DEFAULT_SIZES, **cfg.sizes})
     return write_manifest(out, stage="demo-data", params=section(params, "demo_data"), seed=cfg.seed,
                           extra={"files": sorted(p.name for p in files.values())})
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo-data", help="generate the deterministic demo corpus")
+    p.add_argument("--out", type=Path, required=True)
+    params_arg(p)
+    p.set_defaults(run=lambda params, a: main(params, a.out))

@@ -23,19 +23,20 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import shutil
 from collections import Counter
 from pathlib import Path
 
-from posttrain.models import chat
+from posttrain.config import DistillParams, Params, SftParams
+from posttrain.core.commands import params_arg
+from posttrain.core.manifest import require_manifest, write_json, write_manifest
+from posttrain.models import chat, pruning
 from posttrain.models import sources as models
-from posttrain.models import pruning
 from posttrain.rl import rejection_sampling
 from posttrain.verifiers import rewards
-from posttrain.config import DistillParams, Params, SftParams
-from posttrain.core.manifest import require_manifest, write_json, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def samples(params: Params, teacher_dir: Path, prompts_dir: Path, out: Path) -> 
 def _samples(params: Params, teacher_dir: Path, prompts_dir: Path, out: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from posttrain.stages.rl import prompt_rows
+    from posttrain.rl.prompts import prompt_rows
 
     cfg = _cfg(params).sampling
     teacher_manifest = require_manifest(teacher_dir, "a training stage")
@@ -183,8 +184,8 @@ def _samples(params: Params, teacher_dir: Path, prompts_dir: Path, out: Path) ->
 
 def student(params: Params, student_dir: Path, data_dir: Path, out: Path, *, samples_dir: Path | None = None,
             teacher_dir: Path | None = None, baseline: bool = False) -> dict:
+    from posttrain.training import sft
     from posttrain.training.distillation import Teacher
-    from posttrain.stages import sft
 
     cfg = _cfg(params)
     if baseline:
@@ -215,3 +216,34 @@ def student(params: Params, student_dir: Path, data_dir: Path, out: Path, *, sam
                                                          **({"teacher": teacher_dir} if teacher else {})},
                      use_data_rows=cfg.include_sft_data)
 
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("student-base", help="the untrained distillation student (a depth-pruned base, or "
+                                            "distill.student.model)")
+    p.add_argument("--base", type=Path, required=True, help="base model folder (results/base)")
+    p.add_argument("--calibration", type=Path, help="prepared SFT data whose val rows rank layers "
+                                                   "(distill.student.drop_least_important)")
+    p.add_argument("--teacher", type=Path, help="the teacher, whose layers are pruned (distill.student.prune_from: "
+                                                 "teacher)")
+    p.add_argument("--out", type=Path, required=True)
+    params_arg(p)
+    p.set_defaults(run=lambda params, a: student_base(params, a.base, a.out, calibration_dir=a.calibration,
+                                                      teacher_dir=a.teacher))
+
+    p = sub.add_parser("distill-samples", help="rejection sampling: the teacher's verified answers as SFT rows")
+    p.add_argument("--teacher", type=Path, required=True, help="the teacher model (results/rl/NAME or results/sft)")
+    p.add_argument("--prompts", type=Path, required=True, help="prepared prompts (results/data/prompts)")
+    p.add_argument("--out", type=Path, required=True)
+    params_arg(p)
+    p.set_defaults(run=lambda params, a: samples(params, a.teacher, a.prompts, a.out))
+
+    p = sub.add_parser("distill", help="train the student on the teacher's answers (and logits), or --baseline")
+    p.add_argument("--student", type=Path, required=True, help="the untrained student (results/distill/student_base)")
+    p.add_argument("--data", type=Path, required=True, help="prepared SFT data (results/data/sft)")
+    p.add_argument("--samples", type=Path, help="the distill-samples output (not with --baseline)")
+    p.add_argument("--teacher", type=Path, help="the teacher model, for distill.level: logit")
+    p.add_argument("--baseline", action="store_true", help="plain SFT on --data with the same settings")
+    p.add_argument("--out", type=Path, required=True)
+    params_arg(p)
+    p.set_defaults(run=lambda params, a: student(params, a.student, a.data, a.out, samples_dir=a.samples,
+                                                 teacher_dir=a.teacher, baseline=a.baseline))

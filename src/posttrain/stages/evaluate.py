@@ -23,6 +23,7 @@ generation speed on this machine: wall-clock, so kept out of the metrics) and ma
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -30,31 +31,19 @@ import shutil
 import time
 from pathlib import Path
 
-from posttrain.models import chat
+from posttrain.config import Params, section
+from posttrain.core.commands import pairs_arg, params_arg
+from posttrain.core.manifest import input_hash, require_manifest, write_json, write_manifest
 from posttrain.export import gptq_format
 from posttrain.inference import harness
-from posttrain.models import sources as models
-from posttrain.verifiers import rewards
-from posttrain.config import Params, section
 from posttrain.inference.generation import assistant_nll, generate, generation_threads
-from posttrain.core.manifest import input_hash, require_manifest, write_json, write_manifest
+from posttrain.models import chat
+from posttrain.models import sources as models
+from posttrain.models.artifacts import resolve_model
+from posttrain.verifiers import rewards
 from posttrain.verifiers.refusal import is_refusal
 
 log = logging.getLogger(__name__)
-
-
-def resolve_model(folder: Path) -> tuple[Path, Path | None, dict]:
-    """(weights folder, adapter folder or None, manifest) for an artifact folder: a base model,
-    an SFT output with adapter/ (evaluated on its base), or a stage's merged/ (an RL stage's
-    adapter sits on another stage's model, so its merged/ is what is evaluated)."""
-    manifest = require_manifest(folder, "base-model or a training stage")
-    if (folder / "adapter").is_dir() and "base" in manifest.get("inputs", {}):
-        base = Path(manifest["inputs"]["base"]["path"])
-        require_manifest(base, "base-model")
-        return base, folder / "adapter", manifest
-    if (folder / "merged").is_dir():
-        return folder / "merged", None, manifest
-    return folder, None, manifest
 
 
 def _dequantized_copy(weights: Path, out: Path) -> dict | None:
@@ -305,3 +294,18 @@ def _counts(rows: list[dict], limit: int | None) -> dict[str, int]:
     for r in rows:
         counts[r["subset"]] = counts.get(r["subset"], 0) + 1
     return {k: min(v, limit) if limit else v for k, v in sorted(counts.items())}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="run the eval suite on one model")
+    p.add_argument("--model", type=Path, required=True, help="an artifact folder: results/base, results/sft, ...")
+    p.add_argument("--name", required=True, help="the model's name in the report")
+    p.add_argument("--eval-data", type=Path, required=True, help="prepared eval data (results/data/eval)")
+    p.add_argument("--heldout", type=Path, help="prepared SFT data whose val split is scored for perplexity")
+    p.add_argument("--reward", action="append", default=[], metavar="ASPECT=DIR",
+                   help="a reward model (results/reward/ASPECT) that scores the responses; repeatable")
+    p.add_argument("--reference", type=Path, help="the reference model's evaluation, for win_rate_vs_reference")
+    p.add_argument("--out", type=Path, required=True)
+    params_arg(p)
+    p.set_defaults(run=lambda params, a: main(params, a.model, a.name, a.eval_data, a.heldout, a.out,
+                                              reward_dirs=pairs_arg(a.reward, "--reward"), reference=a.reference))

@@ -11,6 +11,7 @@ for every source.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import shutil
@@ -20,10 +21,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from posttrain.data import cleaning
-from posttrain.data import formats
 from posttrain.config import DATA_KINDS, DataParams, Params, SourceParams, section
+from posttrain.core.commands import params_arg
 from posttrain.core.manifest import require_manifest, write_json, write_manifest
+from posttrain.data import cleaning, formats
 
 log = logging.getLogger(__name__)
 QUARANTINE = Path("logs/prepare-data")
@@ -353,3 +354,15 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare-data", help="ingest, clean, decontaminate and split one data kind")
+    p.add_argument("--kind", required=True, choices=list(DATA_KINDS))
+    p.add_argument("--input", action="append", default=[], metavar="FILE",
+                   help="a .json/.jsonl/.jsonl.gz/.parquet file or hf:NAME[?name=CONFIG&split=SPLIT]; repeatable")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--tokenizer", type=Path, help="base model folder, for the token-length filter")
+    p.add_argument("--eval", type=Path, help="eval test.jsonl to decontaminate against")
+    params_arg(p)
+    p.set_defaults(run=lambda params, a: main(params, a.kind, a.input, a.out, a.tokenizer, a.eval))

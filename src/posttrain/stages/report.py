@@ -10,12 +10,14 @@ report.html (images inlined) and plots/*.png (also declared as DVC plots).
 
 from __future__ import annotations
 
+import argparse
 import base64
 import html
 import json
 import shutil
 from pathlib import Path
 
+from posttrain.core.commands import params_arg
 from posttrain.core.manifest import require_manifest, write_json, write_manifest
 
 # Canonical metrics in report order, with the direction that is better.
@@ -198,3 +200,13 @@ figure {{ margin: 0; }} figcaption {{ font-size: 0.8em; color: #666; }}
 <h2>Cost</h2><p id="cost">{html.escape(COST_NOTE)} <a href="{RESULTS_LINK}">{RESULTS_MD}</a>.</p>
 </body></html>
 """
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="one report over every evaluated model")
+    p.add_argument("--eval", action="append", type=Path, default=[], required=True,
+                   help="an evaluate output; repeatable")
+    p.add_argument("--curves", action="append", type=Path, default=[], help="a training stage output; repeatable")
+    p.add_argument("--out", type=Path, required=True)
+    params_arg(p)
+    p.set_defaults(run=lambda params, a: main(a.eval, a.curves, a.out))

@@ -13,16 +13,18 @@ curves.png, README.md and manifest.json.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import statistics
 from pathlib import Path
 
+from posttrain.config import Params, section
 from posttrain.core import checkpoints
+from posttrain.core.commands import params_arg
+from posttrain.core.manifest import require_manifest, write_json, write_manifest
 from posttrain.models import reward_model
 from posttrain.training import trainers as training
-from posttrain.config import Params, section
-from posttrain.core.manifest import require_manifest, write_json, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -186,3 +188,13 @@ def _write_model_card(out: Path, aspect: str, init_dir: Path, cfg, m: dict) -> N
               "then `PeftModel.from_pretrained(model, 'adapter')`\n(`model/` directly for full fine-tuning); "
               "`posttrain.models.reward_model.RewardModel.load(folder)` does both and\nnormalises scores with the "
               "training mean/std above. Curves: `curves.png`, `log.csv`.")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reward", help="train a Bradley-Terry reward model for one aspect with TRL")
+    p.add_argument("--aspect", required=True, help="a name under reward.aspects (e.g. helpful, safety)")
+    p.add_argument("--init", type=Path, required=True, help="the model it starts from (results/sft or results/base)")
+    p.add_argument("--data", type=Path, required=True, help="prepared preference data (results/data/preference)")
+    p.add_argument("--out", type=Path, required=True)
+    params_arg(p)
+    p.set_defaults(run=lambda params, a: main(params, a.aspect, a.init, a.data, a.out))

@@ -20,6 +20,7 @@ evaluation load), metrics.json, selection.json, log.csv, curves.png, README.md a
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -30,14 +31,16 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from posttrain.models import chat
-from posttrain.core import checkpoints
-from posttrain.rl import rejection_sampling
-from posttrain.verifiers import rewards
-from posttrain.training import trainers as training
-from posttrain.inference.generation import merged_adapter
 from posttrain.config import Params, RlStageParams
+from posttrain.core import checkpoints
+from posttrain.core.commands import pairs_arg, params_arg
 from posttrain.core.manifest import input_hash, require_manifest, write_json, write_manifest
+from posttrain.inference.generation import merged_adapter
+from posttrain.models import chat
+from posttrain.rl import rejection_sampling
+from posttrain.rl.prompts import prompt_rows
+from posttrain.training import trainers as training
+from posttrain.verifiers import rewards
 
 log = logging.getLogger(__name__)
 LOG_COLUMNS = {"loss": "loss", "reward": "reward", "reward_std": "reward_std", "kl": "kl",
@@ -142,27 +145,6 @@ def main(params: Params, stage: str, init_dir: Path, prompts_dir: Path, reward_d
 
 
 # --- prompts and rewards -----------------------------------------------------------------------
-
-
-def prompt_rows(path: Path, subsets: list[str], system_prompt: str | None = None) -> list[dict]:
-    """Prompt rows of `subsets` as reward-function records: the prompt (its system turn replaced
-    by `system_prompt` when given) and the columns reward functions read (answer, expect,
-    constraint as JSON text, subset). RL stages and rejection sampling read prompts this way."""
-    rows = []
-    with open(path) as fh:
-        for line in fh:
-            row = json.loads(line)
-            if row.get("subset") not in subsets:
-                continue
-            meta = row.get("meta") or {}
-            prompt = [m for m in row["prompt"] if m["role"] != "system"] if system_prompt else list(row["prompt"])
-            if system_prompt:
-                prompt = [{"role": "system", "content": system_prompt}, *prompt]
-            constraint = meta.get("constraint")
-            rows.append({"prompt": prompt, "answer": row.get("answer"), "expect": meta.get("expect"),
-                         "constraint": json.dumps(constraint, sort_keys=True) if constraint else None,
-                         "subset": row["subset"], "id": row.get("id")})
-    return rows
 
 
 def _spec(term, reward_dirs: dict[str, Path]) -> dict:
@@ -401,7 +383,7 @@ def _build_rft_trainer(model, tokenizer, sampled: dict, run_dir: Path, cfg, st: 
     from datasets import Dataset
     from trl import SFTConfig
 
-    from posttrain.stages.sft import model_loss_trainer
+    from posttrain.training.sft import model_loss_trainer
 
     rows = [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in sampled["accepted"]]
     args = SFTConfig(
@@ -480,3 +462,17 @@ def _write_model_card(out: Path, stage: str, init_dir: Path, st: RlStageParams, 
                   "beta, loss": f"{st.beta}, {st.loss_type}"})},
         usage="`merged/` loads with `AutoModelForCausalLM.from_pretrained`; `adapter/` with `PeftModel` on the init "
               "model. Curves: `curves.png`, `log.csv`; per-checkpoint held-out rewards: `selection.json`.")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rl", help="one RL stage (GRPO, PPO, rejection sampling) of rl.stages, or the RL-first path "
+                                  "(--stage zero)")
+    p.add_argument("--stage", required=True, help="a name in rl.stages, or zero for rl.zero")
+    p.add_argument("--init", type=Path, required=True, help="the model it starts from (results/sft, results/rl/NAME)")
+    p.add_argument("--prompts", type=Path, required=True, help="prepared prompts (results/data/prompts)")
+    p.add_argument("--reward", action="append", default=[], metavar="ASPECT=DIR",
+                   help="a reward model the stage's reward_model terms use; repeatable")
+    p.add_argument("--out", type=Path, required=True)
+    params_arg(p)
+    p.set_defaults(run=lambda params, a: main(params, a.stage, a.init, a.prompts, pairs_arg(a.reward, "--reward"),
+                                              a.out))

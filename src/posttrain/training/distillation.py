@@ -61,7 +61,7 @@ class Teacher:
         while training; evaluation reports plain cross-entropy, comparable across students."""
 
         class DistillationTrainer(base):
-            def __init__(self, *args, teacher: "Teacher", **kwargs):
+            def __init__(self, *args, teacher: Teacher, **kwargs):
                 super().__init__(*args, **kwargs)
                 self.teacher = teacher
                 teacher.check_vocabulary(self.model)

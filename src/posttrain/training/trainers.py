@@ -198,8 +198,8 @@ def init_model(init_dir: Path, what: str) -> tuple[Path, object]:
     manifest and that its tokenizer carries the chat template the manifest records."""
     from transformers import AutoTokenizer
 
-    from posttrain.models import chat
     from posttrain.core.manifest import require_manifest
+    from posttrain.models import chat
     from posttrain.models.sources import weights_dir
 
     manifest = require_manifest(init_dir, what)

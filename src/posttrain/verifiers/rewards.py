@@ -22,8 +22,9 @@ from __future__ import annotations
 import inspect
 import json
 import re
+from collections.abc import Callable
 from fractions import Fraction
-from typing import Any, Callable
+from typing import Any
 
 from posttrain.verifiers import answers
 from posttrain.verifiers.refusal import is_refusal

@@ -3,129 +3,26 @@
 `stages(params, param_files)` is the single table of stages: name, command, inputs, outputs,
 parameter sections, metrics and plots. The Snakefile turns each row into a rule; `posttrain dag`
 writes the same rows as `dvc.yaml`. Both therefore run identical commands on identical paths, and
-tests/test_dag.py checks the two tools' views of the graph against each other.
+tests/workflow/test_dag.py checks the two tools' views of the graph against each other.
 """
 
 from __future__ import annotations
 
-import shlex
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from posttrain.config import DATA_KINDS, DEFAULT_PARAMS, Params, read_yaml
-
-RESULTS = Path("results")
-SRC = "src/posttrain"
-# Code each stage runs beyond the shared plumbing (config, manifest, cli).
-CODE = {
-    "demo_data": [f"{SRC}/stages/demo_data.py", f"{SRC}/demo/corpus.py", f"{SRC}/verifiers/constraints.py"],
-    "base_model": [f"{SRC}/stages/base_model.py", f"{SRC}/models/sources.py", f"{SRC}/models/chat.py", f"{SRC}/models/templates"],
-    "prepare_data": [f"{SRC}/stages/prepare_data.py", f"{SRC}/data/formats.py", f"{SRC}/data/cleaning.py"],
-    "sft": [f"{SRC}/stages/sft.py", f"{SRC}/training/trainers.py", f"{SRC}/core/checkpoints.py", f"{SRC}/core/preemption.py"],
-    "reward": [f"{SRC}/stages/reward.py", f"{SRC}/models/reward_model.py", f"{SRC}/training/trainers.py", f"{SRC}/core/checkpoints.py",
-               f"{SRC}/core/preemption.py"],
-    "rl": [f"{SRC}/stages/rl.py", f"{SRC}/verifiers/rewards.py", f"{SRC}/verifiers/answers.py", f"{SRC}/verifiers/refusal.py",
-           f"{SRC}/verifiers/constraints.py", f"{SRC}/models/reward_model.py", f"{SRC}/inference/generation.py", f"{SRC}/training/trainers.py",
-           f"{SRC}/core/checkpoints.py", f"{SRC}/core/preemption.py", f"{SRC}/rl/ppo.py", f"{SRC}/rl/ppo_math.py",
-           f"{SRC}/rl/ppo_critic.py"],
-    "student_base": [f"{SRC}/stages/distill.py", f"{SRC}/models/pruning.py", f"{SRC}/models/sources.py", f"{SRC}/inference/generation.py"],
-    "distill_samples": [f"{SRC}/stages/distill.py", f"{SRC}/inference/generation.py", f"{SRC}/verifiers/rewards.py", f"{SRC}/verifiers/answers.py",
-                        f"{SRC}/verifiers/refusal.py", f"{SRC}/verifiers/constraints.py", f"{SRC}/stages/rl.py"],
-    "distill": [f"{SRC}/stages/distill.py", f"{SRC}/training/distillation.py", f"{SRC}/stages/sft.py", f"{SRC}/training/trainers.py",
-                f"{SRC}/core/checkpoints.py", f"{SRC}/core/preemption.py"],
-    "evaluate": [f"{SRC}/stages/evaluate.py", f"{SRC}/inference/harness.py", f"{SRC}/inference/harness_model.py", f"{SRC}/inference/generation.py",
-                 f"{SRC}/verifiers/refusal.py", f"{SRC}/models/reward_model.py", f"{SRC}/export/gptq_format.py", f"{SRC}/models/sources.py",
-                 f"{SRC}/export/gguf_adapter.py"],
-    "report": [f"{SRC}/stages/report.py"],
-    "export_merge": [f"{SRC}/stages/export.py", f"{SRC}/stages/evaluate.py", f"{SRC}/inference/generation.py",
-                     f"{SRC}/models/sources.py"],
-    "export_gptq": [f"{SRC}/stages/export.py", f"{SRC}/inference/generation.py", "envs/export.txt"],
-    "export_awq": [f"{SRC}/stages/export.py", f"{SRC}/inference/generation.py", "envs/export.txt"],
-    "export_gguf": [f"{SRC}/stages/export.py", f"{SRC}/export/gguf_export.py", f"{SRC}/inference/generation.py"],
-    "export_gguf_lora": [f"{SRC}/stages/export.py", f"{SRC}/export/gguf_export.py", f"{SRC}/export/gguf_adapter.py",
-                         f"{SRC}/inference/generation.py"],
-    "export_check": [f"{SRC}/stages/export.py"],
-}
-# GPTQModel's environment (envs/export.txt; `make setup` builds it): its pins conflict with
-# Snakemake's, so the rules that load GPTQ models run posttrain from there.
-EXPORT_ENV = ".venv-export"
-DVC_YAML = Path("dvc.yaml")
-DVC_HEADER = ("# Generated from posttrain/pipeline.py by `posttrain dag --write`; do not edit by hand.\n"
-              "# tests/test_dag.py fails when this file and the Snakefile's rules drift apart.\n")
-
-
-ALL_CORES, HALF_THE_CORES = 1.0, 0.5   # Stage.cores_share
-GATES_EVALUATIONS = 10   # Stage.priority of the stages every evaluation but one waits for
-# Stage.priority of the stages one evaluation waits for (the exports, the plain-SFT student): ahead
-# of the evaluations nothing waits on, so the last jobs are evaluations side by side rather than the
-# GPTQ export and its evaluation alone on one core (1.8 minutes of the demo, one core idle).
-GATES_AN_EVALUATION = 5
-# Stage.priority of the distillation chain (the student's layers, the teacher's samples, the
-# distillation): the demo's longest chain of dependent stages (`benchmarks/stage_costs.py
-# --params` prints it). Among ready jobs of one priority Snakemake's scheduler only fills the
-# cores, in no particular order; it once put the teacher's sampling last: 27.7 minutes for the demo.
-LONGEST_CHAIN = 20
-
-
-@dataclass
-class Stage:
-    name: str                      # rule / stage name (an identifier)
-    args: list[str]                # the posttrain subcommand and its arguments
-    deps: list[str]                # files or folders read
-    outs: list[str]                # folders written (declared whole)
-    params: list[str]              # params.yaml sections the stage reads
-    metrics: list[str] = field(default_factory=list)
-    plots: list[str] = field(default_factory=list)
-    # Parameter files (params.yaml + the overlays that set a section in `params`), appended to
-    # the command when not the default.
-    param_files: list[str] = field(default_factory=list)
-    # The stage's own code, as extra inputs: editing it reruns the stage in both tools.
-    code: list[str] = field(default_factory=list)
-    # Multi-GPU prefix (e.g. `accelerate launch --config_file ...`); the stage then runs as a module.
-    launcher: str = ""
-    # A virtual environment whose posttrain runs the stage (relative to the working directory);
-    # empty: the one Snakemake and DVC run in.
-    env: str = ""
-    # The share of Snakemake's cores the rule takes (at least one thread; 0: one). Snakemake sets
-    # OMP_NUM_THREADS to a rule's threads, 1 by default. The SFT and RL stages take every core:
-    # everything after them waits. Training that other work runs beside takes half: a second
-    # thread makes it only 1.6-1.8x faster on two cores, so two such jobs side by side finish
-    # sooner than one after the other (benchmarks/RESULTS.md, "The whole demo").
-    cores_share: float = 0.0
-    # The stage kind (a CODE key: sft, rl, evaluate, ...) and the Snakemake resources of its rule.
-    kind: str = ""
-    resources: dict = field(default_factory=dict)
-    # Snakemake runs ready jobs of higher priority first: the reward models and the reference
-    # evaluation gate every other evaluation, so they go before work that nothing waits on yet.
-    priority: int = 0
-
-    @property
-    def threads(self) -> int | None:
-        """The rule's threads when params fix its CPUs (cpus_per_task, or cpus_per_gpu x gpu);
-        None: the default."""
-        r = self.resources
-        return r.get("cpus_per_task") or (r["cpus_per_gpu"] * r["gpu"] if r.get("cpus_per_gpu") and r.get("gpu") else None)
-
-    def rule_threads(self, cores: int) -> int:
-        """The threads of the stage's rule when Snakemake runs with `cores` cores."""
-        return self.threads or max(1, int(cores * self.cores_share))
-
-    @property
-    def inputs(self) -> list[str]:
-        return [*self.deps, *self.code]
-
-    @property
-    def cmd(self) -> str:
-        extra = []
-        if self.param_files and self.param_files != [str(DEFAULT_PARAMS)]:
-            for f in self.param_files:
-                extra += ["--params", f]
-        if self.launcher:
-            return f"{self.launcher} -m posttrain.cli {shlex.join([*self.args, *extra])}"
-        program = f"{self.env}/bin/posttrain" if self.env else "posttrain"
-        return shlex.join([program, *self.args, *extra])
+from posttrain.dag.code import code_inputs
+from posttrain.dag.resources import accelerate_launcher, check_resource_keys, multi_node_launcher, stage_resources
+from posttrain.dag.stage import (
+    ALL_CORES,
+    EXPORT_ENV,
+    GATES_AN_EVALUATION,
+    GATES_EVALUATIONS,
+    HALF_THE_CORES,
+    LONGEST_CHAIN,
+    RESULTS,
+    Stage,
+)
 
 
 def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
@@ -166,7 +63,7 @@ def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
                            [base, str(RESULTS / "data" / "sft")], [sft], ["sft"],
                            metrics=[f"{sft}/metrics.json"],
                            plots=[{f"{sft}/log.csv": {"x": "step", "y": ["train_loss", "val_loss"]}}],
-                           launcher=_launcher(params.sft.gpus, params.sft.strategy), cores_share=ALL_CORES))
+                           launcher=accelerate_launcher(params.sft.gpus, params.sft.strategy), cores_share=ALL_CORES))
 
     if sources["preference"]:
         table += _reward_models(params, table)
@@ -186,7 +83,7 @@ def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
         if exported:
             table.append(_export_check(exported))
 
-    _check_resource_keys(params, table)
+    check_resource_keys(params, table)
     overlay_sections = {f: set(read_yaml(Path(f))) for f in param_files[1:]}
     for s in table:
         # The first file, then each overlay that sets a section the stage reads: an overlay leaves
@@ -195,80 +92,14 @@ def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
         s.param_files = [param_files[0], *(f for f in param_files[1:] if overlay_sections[f] & set(s.params))]
         s.kind = next((k for k in ("prepare_data", "evaluate", "reward", "rl", "distill_samples", "distill")
                        if s.name.startswith(k)), s.name)
-        s.code = CODE[s.kind]
-        s.resources = _resources(params, s)
+        s.code = code_inputs(s.kind)
+        s.resources = stage_resources(params, s)
         if s.resources.get("nodes", 1) > 1:
-            s.launcher = _multi_node_launcher(params, s)
+            s.launcher = multi_node_launcher(params, s)
     return table
 
 
 # Stage kinds that train, with the params section whose `gpus` they run on; SLURM warns them
-# before their time limit (resources.signal_seconds) so they can checkpoint and exit.
-TRAINING_GPUS = {"sft": "sft", "reward": "reward", "rl": "rl", "distill": "distill"}
-# A JobResources field -> the resource name the SLURM executor plugin reads.
-SLURM_NAMES = {"partition": "slurm_partition", "account": "slurm_account", "extra": "slurm_extra"}
-
-
-def _resources(params: Params, s: Stage) -> dict:
-    """The Snakemake resources of a stage's rule: resources.default, then its kind's entry, then
-    its own; a training stage asks for its section's GPUs unless told otherwise."""
-    cfg = params.resources
-    merged: dict = {}
-    for entry in (cfg.default, cfg.stages.get(s.kind), cfg.stages.get(s.name)):
-        if entry is not None:
-            merged.update(entry.model_dump(exclude_none=True))
-    section = TRAINING_GPUS.get(s.kind)
-    gpus = getattr(params, section).gpus if section and getattr(params, section, None) is not None else 0
-    if gpus and "gpu" not in merged:
-        merged["gpu"] = gpus
-    if gpus > 1 and merged["gpu"] < gpus:
-        raise ValueError(f"{section}.gpus is {gpus} but the resources give rule {s.name} {merged['gpu']} GPU(s); "
-                         f"raise resources.stages.{s.kind}.gpu or remove it")
-    if not merged.get("gpu"):
-        merged.pop("gpu", None)
-        if merged.get("gpu_model"):
-            raise ValueError(f"the resources of rule {s.name} name gpu_model {merged['gpu_model']!r} but no GPUs: "
-                             f"set resources.stages.{s.kind}.gpu")
-    elif merged.get("cpus_per_gpu"):
-        merged.pop("cpus_per_task", None)   # the plugin would let it win over cpus_per_gpu
-    extra = [merged.get("extra")]
-    if section and cfg.signal_seconds:
-        extra.append(f"--signal=USR1@{cfg.signal_seconds}")
-    if merged.get("nodes", 1) > 1:
-        # The plugin's multi-node pattern: the command starts its own tasks (srun, one per node),
-        # GPUs are per node, and CPUs per task (one task per node).
-        if not merged.get("gpu"):
-            raise ValueError(f"rule {s.name} spans {merged['nodes']} nodes but asks for no GPUs; set "
-                             f"resources.stages.{s.kind}.gpu (GPUs per node) or the stage's gpus")
-        gpus, model = merged.pop("gpu"), merged.pop("gpu_model", None)
-        extra.append(f"--gpus-per-node={model + ':' if model else ''}{gpus}")
-        if merged.get("cpus_per_gpu"):
-            merged["cpus_per_task"] = merged.pop("cpus_per_gpu") * gpus
-        merged |= {"mpi": "srun", "tasks": merged["nodes"], "gpus_per_node": gpus}
-    merged["extra"] = " ".join(filter(None, extra))
-    if not merged["extra"]:
-        merged.pop("extra")
-    return {SLURM_NAMES.get(k, k): v for k, v in merged.items()}
-
-
-def _multi_node_launcher(params: Params, s: Stage) -> str:
-    """`srun` starts one accelerate launcher per node (scripts/srun-accelerate)."""
-    section = TRAINING_GPUS.get(s.kind)
-    cfg = getattr(params, section) if section else None
-    entry = params.rl.zero if s.name == "rl_zero" else next((st for st in params.rl.stages if f"rl_{st.name}" == s.name),
-                                                           None)
-    if cfg is None or (entry is not None and entry.algorithm == "ppo"):
-        raise ValueError(f"resources.stages.{s.kind}.nodes: rule {s.name} runs in one process (only SFT, reward "
-                         f"models, GRPO and distillation train across nodes); remove nodes")
-    return (f"srun --ntasks-per-node=1 scripts/srun-accelerate {_accelerate_config(cfg.strategy)} "
-            f"{s.resources['gpus_per_node']}")
-
-
-def _check_resource_keys(params: Params, table: list[Stage]) -> None:
-    unknown = sorted(set(params.resources.stages) - set(CODE) - {s.name for s in table})
-    if unknown:
-        raise ValueError(f"resources.stages {unknown} name no stage kind or rule of this DAG; kinds: "
-                         f"{sorted(CODE)}; rules: {sorted(s.name for s in table)}")
 
 
 def _reward_models(params: Params, table: list[Stage]) -> list[Stage]:
@@ -283,7 +114,7 @@ def _reward_models(params: Params, table: list[Stage]) -> list[Stage]:
                                               "--out", folder],
                          [init, data], [folder], ["reward"], metrics=[f"{folder}/metrics.json"],
                          plots=[{f"{folder}/log.csv": {"x": "step", "y": ["train_accuracy", "val_accuracy"]}}],
-                         launcher=_launcher(params.reward.gpus, params.reward.strategy), cores_share=HALF_THE_CORES,
+                         launcher=accelerate_launcher(params.reward.gpus, params.reward.strategy), cores_share=HALF_THE_CORES,
                          priority=GATES_EVALUATIONS))
     return out
 
@@ -321,7 +152,7 @@ def _rl(params: Params, table: list[Stage]) -> list[Stage]:
                          plots=[{f"{folder}/log.csv": {"x": "step", "y": ["reward", "heldout_reward", *(
                              PPO_PLOTS if st.algorithm == "ppo" else [])]}}],
                          # PPO is one process whose model spans the node's GPUs (device map)
-                         launcher=_launcher(1 if st.algorithm == "ppo" else params.rl.gpus, params.rl.strategy),
+                         launcher=accelerate_launcher(1 if st.algorithm == "ppo" else params.rl.gpus, params.rl.strategy),
                          cores_share=ALL_CORES))
         if not is_zero:
             previous = folder
@@ -343,7 +174,7 @@ def _distill(params: Params, table: list[Stage], sources: dict) -> list[Stage]:
     teacher = _model_folder(cfg.teacher, table, "distill.teacher")[1]
     base, sft_data, prompts = str(RESULTS / "base"), str(RESULTS / "data" / "sft"), str(RESULTS / "data" / "prompts")
     student_base, samples = str(DISTILL / "student_base"), str(DISTILL / "samples")
-    launcher = _launcher(cfg.gpus, cfg.strategy)
+    launcher = accelerate_launcher(cfg.gpus, cfg.strategy)
 
     def trained(name: str, args: list[str], deps: list[str], out: str, priority: int = 0) -> Stage:
         return Stage(name, [*args, "--out", out], deps, [out], ["distill"], metrics=[f"{out}/metrics.json"],
@@ -492,19 +323,6 @@ def _evaluation(params: Params, table: list[Stage], sources: dict) -> list[Stage
 PPO_PLOTS = ["kl", "value_loss", "clip_fraction", "approx_kl", "explained_variance", "completion_length"]
 
 
-def _launcher(gpus: int, strategy: str) -> str:
-    """Multi-GPU stages run under accelerate with the strategy's config from configs/accelerate/."""
-    if gpus <= 1:
-        return ""
-    return f"accelerate launch --config_file {_accelerate_config(strategy)} --num_processes {gpus}"
-
-
-def _accelerate_config(strategy: str) -> str:
-    """The accelerate config file of a sharding strategy (`none` replicates, as ddp does)."""
-    name = {"fsdp": "fsdp", "zero3": "zero3", "ddp": "ddp", "none": "ddp"}[strategy]
-    return f"configs/accelerate/{name}.yaml"
-
-
 def _deps_of(paths: list[str], produced: list[str]) -> list[str]:
     """A source inside another stage's output folder depends on that folder (Snakemake cannot
     see files inside a directory output); hub datasets are not files at all."""
@@ -520,38 +338,3 @@ def _deps_of(paths: list[str], produced: list[str]) -> list[str]:
 
 def final_targets(table: list[Stage]) -> list[str]:
     return [o for s in table for o in s.outs]
-
-
-# --- DVC -------------------------------------------------------------------------------------
-
-
-def dvc_yaml(table: list[Stage]) -> str:
-    doc: dict = {"stages": {}}
-    metrics: list[str] = []
-    plots: list = []
-    for s in table:
-        entry: dict = {"cmd": s.cmd}
-        entry["deps"] = s.inputs
-        if s.params:
-            entry["params"] = _dvc_params(s)
-        entry["outs"] = list(s.outs)
-        doc["stages"][s.name] = entry
-        metrics += s.metrics
-        plots += s.plots
-    if metrics:
-        doc["metrics"] = metrics
-    if plots:
-        doc["plots"] = plots
-    return DVC_HEADER + yaml.safe_dump(doc, sort_keys=False, width=1000)
-
-
-def _dvc_params(s: Stage) -> list:
-    """Sections from params.yaml, plus the same sections from each overlay that sets them."""
-    out: list = list(s.params)
-    for f in s.param_files:
-        if f == str(DEFAULT_PARAMS):
-            continue
-        present = [p for p in s.params if p in read_yaml(Path(f))]
-        if present:
-            out.append({f: present})
-    return out
