@@ -58,7 +58,8 @@ def multi_node_launcher(params: Params, s: Stage) -> str:
     """`srun` starts one accelerate launcher per node (scripts/srun-accelerate)."""
     section = TRAINING_GPUS.get(s.kind)
     cfg = getattr(params, section) if section else None
-    entry = params.rl.zero if s.name == "rl_zero" else next((st for st in params.rl.stages if f"rl_{st.name}" == s.name),
+    entry = params.rl.zero if s.name == "rl_zero" else next((st for st in params.rl.stages
+                                                             if f"rl_{st.name}" == s.name),
                                                            None)
     if cfg is None or (entry is not None and entry.algorithm == "ppo"):
         raise ValueError(f"resources.stages.{s.kind}.nodes: rule {s.name} runs in one process (only SFT, reward "

@@ -63,7 +63,8 @@ class Stage:
         """The rule's threads when params fix its CPUs (cpus_per_task, or cpus_per_gpu x gpu);
         None: the default."""
         r = self.resources
-        return r.get("cpus_per_task") or (r["cpus_per_gpu"] * r["gpu"] if r.get("cpus_per_gpu") and r.get("gpu") else None)
+        return r.get("cpus_per_task") or (r["cpus_per_gpu"] * r["gpu"] if r.get("cpus_per_gpu") and r.get("gpu")
+                                          else None)
 
     def rule_threads(self, cores: int) -> int:
         """The threads of the stage's rule when Snakemake runs with `cores` cores."""

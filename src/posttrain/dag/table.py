@@ -114,7 +114,8 @@ def _reward_models(params: Params, table: list[Stage]) -> list[Stage]:
                                               "--out", folder],
                          [init, data], [folder], ["reward"], metrics=[f"{folder}/metrics.json"],
                          plots=[{f"{folder}/log.csv": {"x": "step", "y": ["train_accuracy", "val_accuracy"]}}],
-                         launcher=accelerate_launcher(params.reward.gpus, params.reward.strategy), cores_share=HALF_THE_CORES,
+                         launcher=accelerate_launcher(params.reward.gpus, params.reward.strategy),
+                         cores_share=HALF_THE_CORES,
                          priority=GATES_EVALUATIONS))
     return out
 
@@ -152,7 +153,8 @@ def _rl(params: Params, table: list[Stage]) -> list[Stage]:
                          plots=[{f"{folder}/log.csv": {"x": "step", "y": ["reward", "heldout_reward", *(
                              PPO_PLOTS if st.algorithm == "ppo" else [])]}}],
                          # PPO is one process whose model spans the node's GPUs (device map)
-                         launcher=accelerate_launcher(1 if st.algorithm == "ppo" else params.rl.gpus, params.rl.strategy),
+                         launcher=accelerate_launcher(1 if st.algorithm == "ppo" else params.rl.gpus,
+                                                      params.rl.strategy),
                          cores_share=ALL_CORES))
         if not is_zero:
             previous = folder

@@ -89,7 +89,8 @@ def read_records(spec: str) -> Iterator[Record]:
             raise ValueError(f"{spec}: expected a JSON array of records (or {{\"data\": [...]}})")
         for i, row in enumerate(rows):
             yield Record(f"{spec}#{i}", row if isinstance(row, dict) else None,
-                         None if isinstance(row, dict) else RowError("wrong_type", f"record is {type(row).__name__}, not an object"))
+                         None if isinstance(row, dict)
+                         else RowError("wrong_type", f"record is {type(row).__name__}, not an object"))
     else:
         raise ValueError(f"{spec}: unsupported file type; use .json, .jsonl, .jsonl.gz or .parquet, or hf:NAME")
 
@@ -100,7 +101,8 @@ def _parse_line(locator: str, line: str) -> Record:
     except json.JSONDecodeError as err:
         return Record(locator, None, RowError("malformed_json", f"{err.msg} at column {err.colno}"), line.rstrip("\n"))
     if not isinstance(data, dict):
-        return Record(locator, None, RowError("wrong_type", f"record is {type(data).__name__}, not an object"), line.rstrip("\n"))
+        return Record(locator, None, RowError("wrong_type", f"record is {type(data).__name__}, not an object"),
+                      line.rstrip("\n"))
     return Record(locator, data)
 
 
@@ -168,7 +170,8 @@ def parse_sharegpt(row: dict) -> Example:
             raise RowError("wrong_type", f"conversations[{i}] must have from and value")
         role = SHAREGPT_ROLES.get(str(t["from"]).lower())
         if role is None:
-            raise RowError("wrong_type", f"conversations[{i}].from {t['from']!r} is not one of {', '.join(SHAREGPT_ROLES)}")
+            raise RowError("wrong_type", f"conversations[{i}].from {t['from']!r} is not one of "
+                                         f"{', '.join(SHAREGPT_ROLES)}")
         messages.append({"role": role, "content": _text(t["value"], f"conversations[{i}].value")})
     if "system" in row and isinstance(row["system"], str) and row["system"].strip():
         messages.insert(0, {"role": "system", "content": row["system"]})

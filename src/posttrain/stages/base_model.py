@@ -35,7 +35,8 @@ def main(params: Params, out: Path) -> dict:
     #    generation markers for assistant-only loss.
     template = chat.resolve_template(cfg.chat_template, getattr(tokenizer, "chat_template", None))
     if "<|im_start|>" in template:
-        missing = [t for t in chat.CHATML_TOKENS if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
+        missing = [t for t in chat.CHATML_TOKENS
+                   if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
         if missing:
             # New tokens would need trained embeddings; a base model without them should use a
             # template written in its own tokens (a .jinja path).
@@ -73,7 +74,8 @@ tags: [posttrain, base]
 ---
 # Base model: {base}
 
-Resolved by `posttrain base-model` from {source.get('kind')} source `{source.get('id') or source.get('path') or source.get('name') or source.get('arch')}`.
+Resolved by `posttrain base-model` from {source.get('kind')} source \
+`{source.get('id') or source.get('path') or source.get('name') or source.get('arch')}`.
 
 - parameters: {n_params:,}
 - chat template sha256: `{chat.template_hash(template)}`

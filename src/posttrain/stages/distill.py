@@ -9,7 +9,8 @@
         --out results/distill/student_sft
 
 - student-base: the student before training: a depth-pruned copy of the base model or of the
-  teacher (`student.prune_from`; every k-th layer, listed layers, or the least important; offline) or a configured smaller model that shares the base's tokenizer,
+  teacher (`student.prune_from`; every k-th layer, listed layers, or the least important; offline) or a
+  configured smaller model that shares the base's tokenizer,
   saved with the base's chat template.
 - distill-samples: rejection sampling (R1-style): the teacher answers the prompt set
   (`distill.sampling`), the verifiers score every answer, and the accepted ones become SFT rows
@@ -175,7 +176,8 @@ def _samples(params: Params, teacher_dir: Path, prompts_dir: Path, out: Path) ->
     write_json(out / "metrics.json", report)
     log.info(rejection_sampling.summary(report))
     return write_manifest(out, stage="distill-samples", params=_section(params, "sampling"), seed=cfg.seed,
-                          inputs={"teacher": teacher_dir, "prompts": prompts_dir}, chat_template=tokenizer.chat_template,
+                          inputs={"teacher": teacher_dir, "prompts": prompts_dir},
+                          chat_template=tokenizer.chat_template,
                           extra={"metrics": report})
 
 
@@ -210,7 +212,8 @@ def student(params: Params, student_dir: Path, data_dir: Path, out: Path, *, sam
                      f"answers{' and the original SFT data' if cfg.include_sft_data else ''}"
                      f"{f', matching the token distributions of `{teacher_dir}`' if teacher else ''}.",
             "rows": {"level": cfg.level, **({"kd weight, beta, temperature":
-                                             f"{cfg.kd_weight}, {cfg.kd_beta}, {cfg.kd_temperature}"} if teacher else {})}}
+                                             f"{cfg.kd_weight}, {cfg.kd_beta}, {cfg.kd_temperature}"}
+                                            if teacher else {})}}
     return sft.train(cfg, "distill", _section(params), student_dir, data_dir, out, extra_train=extra,
                      teacher=teacher, card=card, inputs={"samples": samples_dir,
                                                          **({"teacher": teacher_dir} if teacher else {})},

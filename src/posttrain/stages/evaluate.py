@@ -214,7 +214,8 @@ def _reward_metrics(samples: list[dict], rows: list[dict], reward_dirs: dict[str
     ref_samples, ref_inputs = None, {}
     if reference is not None:
         ref_inputs = require_manifest(reference, f"evaluate:{cfg.reference}").get("inputs", {})
-        ref_samples = {(s["task"], s.get("id") or s["prompt"]): s for s in map(json.loads, open(reference / "samples.jsonl"))}
+        ref_samples = {(s["task"], s.get("id") or s["prompt"]): s
+                       for s in map(json.loads, open(reference / "samples.jsonl"))}
     for aspect, folder in sorted(reward_dirs.items()):
         subsets = cfg.rm_subsets.get(aspect)
         picked = [s for s in samples if s.get("response") is not None and

@@ -137,7 +137,8 @@ def _markdown(table, metrics, partial, charts, curves, stages, speed) -> str:
         if stages[key]:
             lines += ["", f"## {title}", "", f"| {row} | " + " | ".join(columns) + " |",
                       "|---" * (len(columns) + 1) + "|"]
-            lines += [f"| {name} | " + " | ".join(_fmt(v[c]) for c in columns) + " |" for name, v in stages[key].items()]
+            lines += [f"| {name} | " + " | ".join(_fmt(v[c]) for c in columns) + " |"
+                      for name, v in stages[key].items()]
     if any(v["parameters"] for v in speed.values()):
         lines += ["", "## Size and speed", "", "| model | " + " | ".join(SPEED_COLUMNS) + " |",
                   "|---" * (len(SPEED_COLUMNS) + 1) + "|"]
@@ -152,7 +153,8 @@ def _markdown(table, metrics, partial, charts, curves, stages, speed) -> str:
 
 def _img(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+    return (f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+            f'<figcaption>{html.escape(alt)}</figcaption></figure>')
 
 
 def _html(table, metrics, partial, charts, curves, stages, speed) -> str:
@@ -178,7 +180,8 @@ def _html(table, metrics, partial, charts, curves, stages, speed) -> str:
         rows = "".join(f"<tr><th>{html.escape(name)}</th>" + "".join(f"<td>{_fmt(v[c])}</td>" for c in SPEED_COLUMNS)
                        + "</tr>" for name, v in speed.items())
         stage_tables += ('<h2>Size and speed</h2><table id="speed"><thead><tr><th>model</th>'
-                         + "".join(f"<th>{c}</th>" for c in SPEED_COLUMNS) + f"</tr></thead><tbody>{rows}</tbody></table>"
+                         + "".join(f"<th>{c}</th>" for c in SPEED_COLUMNS)
+                         + f"</tr></thead><tbody>{rows}</tbody></table>"
                          f"<p>{html.escape(SPEED_NOTE)}</p>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>posttrain report</title>

@@ -52,7 +52,8 @@ def main(params: Params, aspect: str, init_dir: Path, data_dir: Path, out: Path)
              len(val), counts_train["over_length"], counts_val["over_length"], cfg.max_length)
 
     # 2. Checkpoints per (aspect, params, inputs, code), outside the declared outputs.
-    run_dir = checkpoints.run_dir(cfg.checkpoint_dir, f"reward-{aspect}", {**section(params, "reward"), "aspect": aspect},
+    run_dir = checkpoints.run_dir(cfg.checkpoint_dir, f"reward-{aspect}",
+                                  {**section(params, "reward"), "aspect": aspect},
                                   {"init": init_dir, "data": data_dir,
                                    **checkpoints.code_inputs(__file__, training, reward_model)})
     resume = checkpoints.latest_complete(run_dir)
@@ -109,7 +110,8 @@ def main(params: Params, aspect: str, init_dir: Path, data_dir: Path, out: Path)
     _write_model_card(out, aspect, init_dir, cfg, metrics)
     return write_manifest(out, stage=f"reward:{aspect}", params={**section(params, "reward"), "aspect": aspect},
                           seed=cfg.seed, inputs={"init": init_dir, "data": data_dir},
-                          chat_template=tokenizer.chat_template, extra={"checkpoints": str(run_dir), "metrics": metrics})
+                          chat_template=tokenizer.chat_template,
+                          extra={"checkpoints": str(run_dir), "metrics": metrics})
 
 
 # --- pieces ----------------------------------------------------------------------------------

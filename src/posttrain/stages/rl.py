@@ -71,7 +71,8 @@ def stage_section(params: Params, st: RlStageParams) -> dict:
     return {**shared, "stage": st.model_dump(mode="json")}
 
 
-def main(params: Params, stage: str, init_dir: Path, prompts_dir: Path, reward_dirs: dict[str, Path], out: Path) -> dict:
+def main(params: Params, stage: str, init_dir: Path, prompts_dir: Path, reward_dirs: dict[str, Path],
+         out: Path) -> dict:
     from transformers import AutoModelForCausalLM, set_seed
 
     cfg, st = params.rl, stage_params(params, stage)
@@ -141,7 +142,8 @@ def main(params: Params, stage: str, init_dir: Path, prompts_dir: Path, reward_d
     write_json(out / "metrics.json", metrics)
     _write_model_card(out, stage, init_dir, st, metrics)
     return write_manifest(out, stage=f"rl:{stage}", params=stage_section(params, st), seed=st.seed, inputs=inputs,
-                          chat_template=tokenizer.chat_template, extra={"checkpoints": str(run_dir), "metrics": metrics})
+                          chat_template=tokenizer.chat_template,
+                          extra={"checkpoints": str(run_dir), "metrics": metrics})
 
 
 # --- prompts and rewards -----------------------------------------------------------------------
@@ -455,7 +457,8 @@ def _write_model_card(out: Path, stage: str, init_dir: Path, st: RlStageParams, 
                                                  f"{training.fmt(m['heldout_reward_chosen'])}",
               **({"samples per prompt, answers per step": f"{st.num_generations}, {st.prompts_per_step}",
                   "accepted answers (prompts with one)": f"{samples['accepted']} of {samples['samples']} "
-                                                         f"({samples['prompts_with_an_answer']} of {samples['prompts']})"}
+                                                         f"({samples['prompts_with_an_answer']} of "
+                                                         f"{samples['prompts']})"}
                  if samples else
                  {"KL to init (last)": m["kl_last"],
                   "group size, prompts per step": f"{st.num_generations}, {st.prompts_per_step}",

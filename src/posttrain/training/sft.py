@@ -74,7 +74,8 @@ def train(cfg: SftParams, stage: str, params_section: dict, base_dir: Path, data
         columns |= {"kd_loss": "kd_loss", "ce_loss": "ce_loss"}
     rows = training.write_log_csv(history, out / "log.csv", columns)
     card = card or {"title": "SFT model", "tags": ["sft", "trl"],
-                    "intro": f"Fine-tuned by `posttrain sft` with TRL's SFTTrainer from `{base_manifest['params']['base']}`."}
+                    "intro": f"Fine-tuned by `posttrain sft` with TRL's SFTTrainer from "
+                             f"`{base_manifest['params']['base']}`."}
     training.plot_curves(rows, out / "curves.png", f"{card['title']} ({cfg.method})",
                          [["train_loss", "val_loss"], *([["kd_loss", "ce_loss"]] if teacher is not None else []),
                           ["learning_rate"]])

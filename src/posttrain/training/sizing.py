@@ -182,7 +182,8 @@ def plan_ppo(params, stage: str, gpus: int = 8, prompt_tokens: int = 512) -> Ppo
     config = config_for(params.model.base)
     model = meta_model(config)
     total = sum(p.numel() for p in model.parameters())
-    policy = sum(p.numel() for p in get_peft_model(model, lora_config(model, cfg.lora_for(st), "CAUSAL_LM", "rl")).parameters()
+    policy = sum(p.numel() for p in get_peft_model(model, lora_config(model, cfg.lora_for(st), "CAUSAL_LM",
+                                                                      "rl")).parameters()
                  if p.requires_grad)
     model = meta_model(config)
     critic = sum(p.numel() for p in get_peft_model(model, lora_config(model, params.reward.lora, "CAUSAL_LM",

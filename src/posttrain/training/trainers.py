@@ -190,7 +190,8 @@ def check_router_frozen(model, method: str, section: str) -> None:
     fine-tuning, so it must stay frozen."""
     bad = [n for n, p in model.named_parameters() if p.requires_grad and any(m in n for m in ROUTER_MARKERS)]
     if bad and method != "full":
-        raise ValueError(f"router parameters would be trained: {bad[:3]}; remove 'gate' from {section}.lora.target_modules")
+        raise ValueError(f"router parameters would be trained: {bad[:3]}; remove 'gate' from "
+                         f"{section}.lora.target_modules")
 
 
 def init_model(init_dir: Path, what: str) -> tuple[Path, object]:

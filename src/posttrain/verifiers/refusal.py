@@ -16,7 +16,8 @@ _DECLINE = re.compile(
     r"i (?:must|have to|need to) decline|i refuse to|"
     r"i'm sorry,? but|i am sorry,? but|sorry,? (?:but )?i (?:can(?:not|'t)|won't)|"
     r"as an ai\b[^.]{0,60}\b(?:can(?:not|'t)|won't)|"
-    r"(?:this|that) (?:request )?(?:is|would be) (?:illegal|harmful|dangerous|unethical)[^.]{0,40}\b(?:can(?:not|'t)|won't)|"
+    r"(?:this|that) (?:request )?(?:is|would be) (?:illegal|harmful|dangerous|unethical)"
+    r"[^.]{0,40}\b(?:can(?:not|'t)|won't)|"
     r"not something i can help with)",
     re.I,
 )
