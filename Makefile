@@ -42,7 +42,8 @@ $(EXPORT_STAMP): envs/export.txt pyproject.toml
 
 demo: setup
 	$(BIN)/snakemake --cores 2
-	@echo "Artifacts are under results/; start with results/data/*/report.json and results/base/manifest.json"
+	$(BIN)/posttrain publish-report results/report docs/results/demo.md
+	@echo "Artifacts are under results/; the report is results/report/report.html (its tables: docs/results/demo.md)"
 
 demo-quick: setup
 	$(BIN)/snakemake --cores 2 --configfile recipes/demo-quick.yaml

@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -126,6 +127,21 @@ def test_report_table_charts_and_partial_flag(tmp_path):
     assert '<a href="../../benchmarks/RESULTS.md">' in page
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["rl_stages"]["safety"]["chosen_step"] == 4
+
+
+def test_published_report_names_its_commit_and_machine_and_links_no_images(tmp_path):
+    base = _fake_eval(tmp_path / "eval" / "base", "base", {"arithmetic_accuracy": 0.1, "perplexity": 9.0})
+    report.main([base], [], tmp_path / "report")
+    dest = tmp_path / "docs" / "results" / "demo.md"
+    page = report.publish(tmp_path / "report", dest)
+    assert dest.read_text() == page and page.startswith("# The demo's report\n")
+    manifest = json.loads((tmp_path / "report" / "manifest.json").read_text())
+    assert f"commit `{manifest['git_commit']}`" in page and " cores" in page.splitlines()[2]
+    assert "| base | 0.100 | 9.000 |" in page
+    assert "](plots/" not in page and "results/report/plots/" in page
+    # the benchmark link, from where the page lies (relative to the working directory, the repository's root)
+    link = re.search(r"\]\(([^)]*RESULTS\.md)\)", page).group(1)
+    assert (dest.parent / link).resolve() == (Path.cwd() / "benchmarks" / "RESULTS.md").resolve()
 
 
 def test_report_html_renders_in_headless_chromium(tmp_path):

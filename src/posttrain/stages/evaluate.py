@@ -5,7 +5,7 @@
 
 - lm-evaluation-harness on custom local tasks written from the eval split (arithmetic with
   gsm8k-style strict/flexible extraction, instruction format, gsm8k when present), greedy, with the
-  model's chat template; an adapter is evaluated through `peft=` on its base;
+  model's chat template; an adapter is merged into its base first, as it is served;
 - safety: refusal rate on harmful prompts and over-refusal rate on benign-but-edgy prompts
   (rule-based refusal detector on greedy generations);
 - why arithmetic answers fail: the share set up right (`arithmetic_setup_rate`: the answer's last

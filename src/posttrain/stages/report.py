@@ -6,6 +6,11 @@ training curves.
 
 Writes metrics.json ({model: {metric: value}}, a DVC metric), report.md, a self-contained
 report.html (images inlined) and plots/*.png (also declared as DVC plots).
+
+    posttrain publish-report results/report docs/results/demo.md
+
+copies report.md's tables into the repository's docs with the commit and machine that made them
+(`make demo` does this last), so the demo's figures can be read without running it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ import argparse
 import base64
 import html
 import json
+import os
+import platform
+import re
 import shutil
 from pathlib import Path
 
@@ -213,3 +221,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True)
     params_arg(p)
     p.set_defaults(run=lambda params, a: main(a.eval, a.curves, a.out))
+
+    p = sub.add_parser("publish-report", help="a report's tables, with its commit and machine, as a docs page")
+    p.add_argument("report", type=Path, help="a report output (results/report)")
+    p.add_argument("dest", type=Path, help="the page to write (docs/results/demo.md)")
+    p.set_defaults(run=lambda a: publish(a.report, a.dest) and 0, params_free=True)
+
+
+def publish(report_dir: Path, dest: Path) -> str:
+    """report.md's tables under a header naming the commit the report was made at and the machine;
+    its images stay with the report (the published page links no binary files)."""
+    manifest = require_manifest(report_dir, "report")
+    body = (report_dir / "report.md").read_text().split("\n", 1)[1]      # below the title
+    body = re.sub(r"\n(?:!\[[^\]]*\]\(plots/[^)]*\)\n)+", "\nBar charts and curves: `results/report/plots/`, all in "
+                  "`results/report/report.html`.\n", body)
+    commit = manifest.get("git_commit") or "unknown (not a git checkout)"
+    page = (f"# The demo's report\n\nWritten by `make demo` (`posttrain publish-report`) from "
+            f"`{report_dir}/report.md`: commit `{commit}`, {_machine()}. Greedy decoding and seeded training: a rerun on the same kind of "
+            f"machine gives the same figures (a GPTQ row only with the same thread count).\n{body}")
+    page = page.replace(f"]({RESULTS_LINK})", f"]({os.path.relpath(RESULTS_MD, dest.parent)})")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(page)
+    return page
+
+
+def _machine() -> str:
+    """The CPU's model name and family (figures of one model and family repeat) and its cores."""
+    fields: dict[str, str] = {}
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    family = f" family {fields['cpu family']}" if "cpu family" in fields else ""
+    return f"{name}{family}, {os.cpu_count()} cores"
