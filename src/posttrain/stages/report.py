@@ -237,8 +237,9 @@ def publish(report_dir: Path, dest: Path) -> str:
                   "`results/report/report.html`.\n", body)
     commit = manifest.get("git_commit") or "unknown (not a git checkout)"
     page = (f"# The demo's report\n\nWritten by `make demo` (`posttrain publish-report`) from "
-            f"`{report_dir}/report.md`: commit `{commit}`, {_machine()}. Greedy decoding and seeded training: a rerun on the same kind of "
-            f"machine gives the same figures (a GPTQ row only with the same thread count).\n{body}")
+            f"`{report_dir}/report.md`: commit `{commit}`, {_machine()}. Greedy decoding and seeded training: "
+            f"a rerun on the same kind of machine gives the same figures (a GPTQ row only with the same thread "
+            f"count).\n{body}")
     page = page.replace(f"]({RESULTS_LINK})", f"]({os.path.relpath(RESULTS_MD, dest.parent)})")
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(page)
