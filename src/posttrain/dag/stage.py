@@ -17,12 +17,14 @@ ALL_CORES, HALF_THE_CORES = 1.0, 0.5   # Stage.cores_share
 GATES_EVALUATIONS = 10   # Stage.priority of the stages every evaluation but one waits for
 # Stage.priority of the stages one evaluation waits for (the exports, the plain-SFT student): ahead
 # of the evaluations nothing waits on, so the last jobs are evaluations side by side rather than the
-# GPTQ export and its evaluation alone on one core (1.8 minutes of the demo, one core idle).
+# GPTQ export and its evaluation alone on one core, the other idle (seen in a demo run's job log;
+# figures in benchmarks/RESULTS.md, "The demo under 20 minutes").
 GATES_AN_EVALUATION = 5
 # Stage.priority of the distillation chain (the student's layers, the teacher's samples, the
 # distillation): the demo's longest chain of dependent stages (`benchmarks/stage_costs.py
 # --params` prints it). Among ready jobs of one priority Snakemake's scheduler only fills the
-# cores, in no particular order; it once put the teacher's sampling last: 27.7 minutes for the demo.
+# cores, in no particular order; it once put the teacher's sampling last, and the demo took longer
+# (Snakemake's `Elapsed time`; figures in benchmarks/RESULTS.md, "Cores per stage and the longest chain first").
 LONGEST_CHAIN = 20
 
 
@@ -48,8 +50,9 @@ class Stage:
     # The share of Snakemake's cores the rule takes (at least one thread; 0: one). Snakemake sets
     # OMP_NUM_THREADS to a rule's threads, 1 by default. The SFT and RL stages take every core:
     # everything after them waits. Training that other work runs beside takes half: a second
-    # thread makes it only 1.6-1.8x faster on two cores, so two such jobs side by side finish
-    # sooner than one after the other (benchmarks/RESULTS.md, "The whole demo").
+    # thread makes it well short of twice as fast on two cores, so two such jobs side by side finish
+    # sooner than one after the other (measured on demo runs by benchmarks/stage_costs.py; figures in
+    # benchmarks/RESULTS.md, "Threads" and "Cores per stage and the longest chain first").
     cores_share: float = 0.0
     # The stage kind (a CODE key: sft, rl, evaluate, ...) and the Snakemake resources of its rule.
     kind: str = ""

@@ -307,8 +307,8 @@ def _evaluation(params: Params, table: list[Stage], sources: dict) -> list[Stage
             deps.append(str(RESULTS / "eval" / reference))
         # One core each (posttrain.inference.generation.GENERATION_THREADS, which the command pins too):
         # greedy decoding of a small model gains little from a second thread (a batch of 16 x 64
-        # tokens: 19.7 s on one core, 15.8 s on two), so on a small machine two evaluations side
-        # by side finish sooner than one after the other (21 s for both).
+        # tokens on one core and on two), so on a small machine two evaluations side by side finish
+        # sooner than one after the other (figures in benchmarks/RESULTS.md, "Threads").
         stages.append(Stage(f"evaluate_{name}", [*args, "--out", out], deps, [out], ["evaluate"],
                             metrics=[f"{out}/metrics.json"], env=EXPORT_ENV if name in quantized else "",
                             priority=GATES_EVALUATIONS if name == reference else 0))

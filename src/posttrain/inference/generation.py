@@ -217,7 +217,8 @@ def assistant_nll(model, tokenizer, conversations: list[list[dict]], batch_size:
     Conversations of similar length share a batch (sorted, right-padded: little compute goes to
     padding), and the LM head runs only at the positions that predict an assistant token of some
     row of the batch: on the demo model the head is a fifth of a token's FLOPs, and prompts are
-    about half the tokens. Batches of 16 took 0.70x the time of one conversation at a time."""
+    about half the tokens. Batches of 16 take less time than one conversation at a time (measured
+    by benchmarks/perplexity.py; figures in benchmarks/RESULTS.md, "Perplexity")."""
     encoded = [tokenizer.apply_chat_template(c, return_dict=True, return_assistant_tokens_mask=True)
                for c in conversations]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
@@ -254,7 +255,8 @@ def assistant_nll(model, tokenizer, conversations: list[list[dict]], batch_size:
 def merged_adapter(model):
     """The LoRA adapter merged into the weights for the duration (generation only). Decoding with
     an unmerged adapter runs two extra small matmuls per targeted layer and token: with adapters
-    on every layer, CPU sampling ran 1.2-1.35x faster merged (benchmarks/rl_step.py). Merging adds
+    on every layer, CPU sampling ran faster merged (measured by benchmarks/rl_step.py; figures in
+    benchmarks/RESULTS.md, "Training throughput"). Merging adds
     B@A into the weights and unmerging subtracts it, exact up to float rounding; quantized weights
     (QLoRA) would lose precision at every round trip, so they are left alone."""
     quantized = getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_loaded_in_4bit", False)

@@ -84,8 +84,8 @@ def _load(weights: Path, adapter: Path | None):
     """The model to evaluate, loaded once for every part of the suite: float32 on a CPU (bf16
     matmuls are slow there, and float32 keeps greedy choices reproducible), the stored dtype on a
     GPU. An adapter is merged into the weights, as the model is served: unmerged, each of its
-    LoRA layers adds two small matmuls to every decoding step (1.32x slower sampling on the demo
-    model, benchmarks/rl_step.py)."""
+    LoRA layers adds two small matmuls to every decoding step (slower sampling on the demo model:
+    measured by benchmarks/rl_step.py; figures in benchmarks/RESULTS.md, "Training throughput")."""
     import torch
     from transformers import AutoModelForCausalLM
 

@@ -50,7 +50,8 @@ class Teacher:
         # Logits at position i predict token i+1. Only the positions whose next token the labels
         # keep (assistant turns; not prompts or padding) enter the divergence, so they are picked
         # before the vocabulary-wide softmaxes rather than masked after them: the same sum over the
-        # same rows, without the softmaxes of the rest (0.45 s of a 15 s step on the demo, one core).
+        # same rows, without the softmaxes of the rest (a small share of a step on the demo, one core;
+        # figures in benchmarks/RESULTS.md, "The demo under 20 minutes").
         kept = inputs["labels"][:, 1:] != -100
         student, teacher = student_logits[:, :-1][kept].float(), teacher[:, :-1][kept].float()
         return GKDTrainer.generalized_jsd_loss(student[None], teacher[None], beta=self.beta,

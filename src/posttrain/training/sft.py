@@ -150,7 +150,8 @@ def model_loss_trainer():
         """SFTTrainer whose loss is the model's own cross-entropy (plus the MoE aux loss, which
         transformers adds when router logits are requested). TRL's default computes the loss
         through a tiled LM head that also returns entropy and top-1 accuracy for every token;
-        on CPU that costs ~25 % of a step (benchmarks/sft_throughput.py). The labels are the
+        on CPU that costs a sizeable share of a step (measured by benchmarks/sft_throughput.py;
+        figures in benchmarks/RESULTS.md, "Training throughput"). The labels are the
         same: TRL's collator masks non-assistant tokens and packed-sequence boundaries."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -66,7 +66,8 @@ def _quantize(params: Params, method: str, merged_dir: Path, calibration_dir: Pa
         qconfig = QuantizeConfig(bits=q.bits, group_size=q.group_size, desc_act=q.desc_act, sym=q.sym,
                                  damp_percent=q.damp_percent, **offload)
         # On a CPU the calibration forwards run in float32: without bf16 matrix units (AVX512-BF16,
-        # AMX) a bfloat16 product is emulated, 6.5-7.7x slower than float32 on the demo machine. The
+        # AMX) a bfloat16 product is emulated, several times slower than float32 (measured by
+        # benchmarks/gptq_calibration.py; figures in benchmarks/RESULTS.md, "GPTQ calibration"). The
         # weights that stay unquantized go back to the merged dtype before saving (_stored_as).
         load = {} if torch.cuda.is_available() else {"dtype": torch.float32}
         settings = {"bits": q.bits, "group_size": q.group_size, "desc_act": q.desc_act,
