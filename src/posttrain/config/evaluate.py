@@ -23,9 +23,9 @@ class EvaluateParams(Section):
     perplexity_rows: int = Field(100, ge=0, description=(
         "Held-out SFT rows scored for perplexity (0 turns it off)."))
     reward_batch_size: int = Field(16, ge=1, description=(
-        "Responses a reward model scores at once. Batches are sorted by length and padded to their longest row: on "
-        "the demo's 80 responses per model, 64 at once scored 1.2x the real tokens and took 15.2 s, 16 at once "
-        "11.4 s (one core)."))
+        "Responses a reward model scores at once. Batches are sorted by length and padded to their longest row, so "
+        "smaller batches pad less: on the demo, 16 at once scores faster than 64 "
+        "(benchmarks/reward_batching.py; figures in benchmarks/RESULTS.md)."))
     rm_subsets: dict[str, list[str]] = Field(default_factory=lambda: {
         "helpful": ["format", "benign"], "safety": ["harmful", "benign"]}, description=(
         "Which responses each reward model scores (`<aspect>_rm_score`, the mean normalised score): eval subsets by "
