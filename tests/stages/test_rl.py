@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 from conftest import ROOT, TINY_OVERLAY, posttrain_in_two_processes, write_jsonl
 from posttrain.config import load_params
 from posttrain.rl.prompts import prompt_rows
+from posttrain.rl.reward_terms import RewardFunctionError
 from posttrain.stages import prepare_data, rl
 from posttrain.verifiers import rewards
 
@@ -73,7 +74,7 @@ def test_a_raising_reward_stops_the_stage_and_keeps_previous_outputs(tmp_path, t
     (out / "previous.txt").write_text("kept")
     missing_rm = tmp_path / "no_such_reward_model"
     params = _params(tmp_path, rewards=[{"name": "reward_model", "aspect": "helpful"}])
-    with pytest.raises(rl.RewardFunctionError, match="'rm_no_such_reward_model' raised.*promotes no checkpoint"):
+    with pytest.raises(RewardFunctionError, match="'rm_no_such_reward_model' raised.*promotes no checkpoint"):
         rl.main(params, "reasoning", tiny_base, prompts, {"helpful": missing_rm}, out)
     assert (out / "previous.txt").read_text() == "kept"
 

@@ -39,7 +39,7 @@ def code_inputs(*modules) -> dict[str, Path]:
     out = {}
     for m in (*modules, __file__):
         path = Path(m if isinstance(m, (str, Path)) else m.__file__)
-        out[f"code:{path.name}"] = path
+        out[f"code:{path.parent.name}/{path.name}"] = path     # stages/sft.py and training/sft.py differ
     return out
 
 

@@ -23,13 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import shutil
 from collections import Counter
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
 
 from posttrain.config import Params, RlStageParams
 from posttrain.core import checkpoints
@@ -37,8 +35,10 @@ from posttrain.core.commands import pairs_arg, params_arg
 from posttrain.core.manifest import input_hash, require_manifest, write_json, write_manifest
 from posttrain.inference.generation import merged_adapter
 from posttrain.models import chat
-from posttrain.rl import rejection_sampling
+from posttrain.rl import rejection_sampling, reward_terms, selection
 from posttrain.rl.prompts import prompt_rows
+from posttrain.rl.reward_terms import combined, guarded, reward_spec
+from posttrain.rl.selection import Selection
 from posttrain.training import trainers as training
 from posttrain.verifiers import rewards
 
@@ -48,10 +48,6 @@ LOG_COLUMNS = {"loss": "loss", "reward": "reward", "reward_std": "reward_std", "
                "learning_rate": "learning_rate", "heldout_reward": "heldout_reward"}
 PPO_LOG_COLUMNS = {"value_loss": "value_loss", "clip_fraction": "clip_fraction", "approx_kl": "approx_kl",
                    "explained_variance": "explained_variance", "kl_coef": "kl_coef"}
-
-
-class RewardFunctionError(RuntimeError):
-    """A reward function failed; the stage stops without promoting a checkpoint."""
 
 
 def stage_params(params: Params, name: str) -> RlStageParams:
@@ -87,15 +83,16 @@ def main(params: Params, stage: str, init_dir: Path, prompts_dir: Path, reward_d
         raise ValueError(f"rl stage {stage!r}: {len(train)} training and {len(heldout)} held-out prompts with subset "
                          f"in {st.subsets} under {prompts_dir}")
     none_batches: Counter = Counter()  # training batches only; held-out scoring counts apart
-    built = [rewards.build(_spec(r, reward_dirs)) for r in st.rewards]
-    funcs = [_guarded(f, none_batches) for f in built]
-    scoring_funcs = [_guarded(f, Counter()) for f in built]
+    built = [rewards.build(reward_spec(r, reward_dirs)) for r in st.rewards]
+    funcs = [guarded(f, none_batches) for f in built]
+    scoring_funcs = [guarded(f, Counter()) for f in built]
     weights_ = [r.weight for r in st.rewards]
 
     # 2. Checkpoints per (stage, params, inputs, code).
     inputs = {"init": init_dir, "prompts": prompts_dir, **{f"reward:{a}": d for a, d in sorted(reward_dirs.items())}}
     run_dir = checkpoints.run_dir(cfg.checkpoint_dir, f"rl-{stage}", stage_section(params, st),
-                                  {**inputs, **checkpoints.code_inputs(__file__, training, rewards)})
+                                  {**inputs, **checkpoints.code_inputs(__file__, training, rewards, reward_terms,
+                                                                       selection)})
     resume = checkpoints.latest_complete(run_dir)
     log.info("rl stage %s from %s: %d prompts, %d held out; checkpoints in %s%s", stage, init_dir, len(train),
              len(heldout), run_dir, f"; resuming from {resume.name}" if resume else "")
@@ -144,112 +141,6 @@ def main(params: Params, stage: str, init_dir: Path, prompts_dir: Path, reward_d
     return write_manifest(out, stage=f"rl:{stage}", params=stage_section(params, st), seed=st.seed, inputs=inputs,
                           chat_template=tokenizer.chat_template,
                           extra={"checkpoints": str(run_dir), "metrics": metrics})
-
-
-# --- prompts and rewards -----------------------------------------------------------------------
-
-
-def _spec(term, reward_dirs: dict[str, Path]) -> dict:
-    spec = term.model_dump(exclude={"weight", "aspect"}, exclude_none=True)
-    if term.name == "reward_model":
-        if term.aspect not in reward_dirs:
-            raise ValueError(f"a reward term uses the {term.aspect!r} reward model, but none was given "
-                             f"(--reward {term.aspect}=results/reward/{term.aspect}); given: {sorted(reward_dirs)}")
-        spec["path"] = str(reward_dirs[term.aspect])
-    return spec
-
-
-def _guarded(fn, none_batches: Counter):
-    """`fn` that stops the run with a clear message when it raises or returns NaN/inf, and counts
-    the batches it cannot score at all."""
-    name = fn.__name__
-
-    def wrapped(prompts, completions, **columns):
-        try:
-            values = fn(prompts, completions, **columns)
-        except Exception as err:
-            raise RewardFunctionError(f"reward function {name!r} raised {type(err).__name__}: {err}; "
-                                      f"the stage stops and promotes no checkpoint") from err
-        bad = [v for v in values if v is not None and not math.isfinite(v)]
-        if bad:
-            raise FloatingPointError(f"reward function {name!r} returned {bad[0]}; the stage stops and promotes "
-                                     f"no checkpoint")
-        if values and all(v is None for v in values):
-            none_batches[name] += 1
-            log.warning("reward function %s could not score any completion of this batch (%d so far)", name,
-                        none_batches[name])
-        return values
-
-    wrapped.__name__ = name
-    return wrapped
-
-
-def combined(funcs, weights: list[float], prompts, completions, columns: dict) -> list[float | None]:
-    totals: list[float | None] = [None] * len(completions)
-    for w, fn in zip(weights, funcs):
-        for i, v in enumerate(fn(prompts, completions, **columns)):
-            if v is not None:
-                totals[i] = (totals[i] or 0.0) + w * v
-    return totals
-
-
-# --- checkpoint selection ----------------------------------------------------------------------
-
-
-class Selection(TrainerCallback):
-    """Scores the policy on held-out prompts (greedy, the stage's weighted rewards) at step 0 and
-    at every checkpoint, and keeps a copy of the best adapter beside the checkpoints (the trainer
-    deletes old checkpoints; the best must survive). Scores persist in the run directory, so a
-    resumed run keeps the ones it made before."""
-
-    def __init__(self, run_dir: Path, heldout: list[dict], funcs, weights, tokenizer, st: RlStageParams):
-        self.run_dir, self.heldout, self.funcs, self.weights = run_dir, heldout, funcs, weights
-        self.tokenizer, self.st = tokenizer, st
-        self.path = run_dir / "selection.json"
-        self.scores: dict[int, float] = {int(k): v for k, v in json.loads(self.path.read_text()).items()} \
-            if self.path.is_file() else {}
-
-    def score(self, model) -> float:
-        from posttrain.inference.generation import generate
-
-        was_training = model.training
-        with merged_adapter(model):
-            responses = generate(model, self.tokenizer, [r["prompt"] for r in self.heldout],
-                                 max_new_tokens=self.st.max_completion_length, batch_size=16, seed=self.st.seed)
-        if was_training:
-            model.train()
-        columns = {k: [r[k] for r in self.heldout] for k in ("answer", "expect", "constraint", "subset")}
-        values = [v for v in combined(self.funcs, self.weights, [r["prompt"] for r in self.heldout], responses, columns)
-                  if v is not None]
-        return sum(values) / len(values) if values else float("nan")
-
-    def score_if_missing(self, model, step: int) -> None:
-        if step in self.scores:
-            return
-        self._record(step, self.score(model), model)
-
-    def _record(self, step: int, value: float, model) -> None:
-        best = max(self.scores.values(), default=-math.inf)
-        self.scores[step] = value
-        main = training.is_main_process()   # every process scores the same weights; one writes
-        if value > best:
-            model.save_pretrained(self.run_dir / "best", is_main_process=main)
-            if main:
-                (self.run_dir / "best" / "STEP").write_text(str(step))
-        if not main:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.path, {str(k): v for k, v in sorted(self.scores.items())})
-        log.info("held-out reward at step %d: %.4f (best %.4f)", step, value, max(self.scores.values()))
-
-    def on_save(self, args, state, control, model=None, **kwargs):
-        if model is not None and state.global_step not in self.scores:
-            self._record(state.global_step, self.score(model), model)
-        return control
-
-    def best(self) -> tuple[int, Path]:
-        step = int((self.run_dir / "best" / "STEP").read_text())
-        return step, self.run_dir / "best"
 
 
 # --- trainer and outputs -----------------------------------------------------------------------
