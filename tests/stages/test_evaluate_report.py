@@ -138,7 +138,9 @@ def test_published_report_names_its_commit_and_machine_and_links_no_images(tmp_p
     manifest = json.loads((tmp_path / "report" / "manifest.json").read_text())
     assert f"commit `{manifest['git_commit']}`" in page and " cores" in page.splitlines()[2]
     assert "| base | 0.100 | 9.000 |" in page
-    assert "](plots/" not in page and "results/report/plots/" in page
+    assert "](plots/" not in page
+    assert "In `results/report/plots/` and inline in `results/report/report.html`: arithmetic_accuracy.png, " \
+           "perplexity.png." in page
     # the benchmark link, from where the page lies (relative to the working directory, the repository's root)
     link = re.search(r"\]\(([^)]*RESULTS\.md)\)", page).group(1)
     assert (dest.parent / link).resolve() == (Path.cwd() / "benchmarks" / "RESULTS.md").resolve()

@@ -233,8 +233,7 @@ def publish(report_dir: Path, dest: Path) -> str:
     its images stay with the report (the published page links no binary files)."""
     manifest = require_manifest(report_dir, "report")
     body = (report_dir / "report.md").read_text().split("\n", 1)[1]      # below the title
-    body = re.sub(r"\n(?:!\[[^\]]*\]\(plots/[^)]*\)\n)+", "\nBar charts and curves: `results/report/plots/`, all in "
-                  "`results/report/report.html`.\n", body)
+    body = re.sub(r"\n(?:!\[[^\]]*\]\(plots/[^)]*\)\n)+", _plots_line, body)
     commit = manifest.get("git_commit") or "unknown (not a git checkout)"
     page = (f"# The demo's report\n\nWritten by `make demo` (`posttrain publish-report`) from "
             f"`{report_dir}/report.md`: commit `{commit}`, {_machine()}. Greedy decoding and seeded training: "
@@ -244,6 +243,11 @@ def publish(report_dir: Path, dest: Path) -> str:
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(page)
     return page
+
+
+def _plots_line(images: re.Match) -> str:
+    names = re.findall(r"\(plots/([^)]*)\)", images.group(0))
+    return f"\nIn `results/report/plots/` and inline in `results/report/report.html`: {', '.join(names)}.\n"
 
 
 def _machine() -> str:
