@@ -119,14 +119,30 @@ class StopOnNonFinite(TrainerCallback):
 # --- trainer set-up shared by every trainer stage ----------------------------------------------
 
 
+def fsdp_checkpoints_activations() -> bool:
+    """Whether this process runs under an FSDP launcher whose config checkpoints activations itself
+    (`fsdp_activation_checkpointing` in configs/accelerate/fsdp.yaml; `accelerate launch` passes it on
+    in the environment)."""
+    return (os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+            and os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "").lower() == "true")
+
+
+def activation_checkpointing(cfg) -> bool:
+    """The training argument for a section's `gradient_checkpointing`: off when FSDP checkpoints the
+    activations (transformers refuses both at once, and FSDP's own wraps the sharded layers), which
+    gives the same memory saving."""
+    return bool(cfg.gradient_checkpointing) and not fsdp_checkpoints_activations()
+
+
 def training_kwargs(cfg, precision: dict, run_dir: Path) -> dict:
     """TrainingArguments fields every training stage sets from its TrainingParams section."""
+    checkpointing = activation_checkpointing(cfg)
     return dict(
         output_dir=str(run_dir), lr_scheduler_type=cfg.lr_scheduler, weight_decay=cfg.weight_decay,
         warmup_steps=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm, optim="adamw_torch", seed=cfg.seed,
         data_seed=cfg.seed, bf16=precision["bf16"], fp16=precision["fp16"], use_cpu=not torch.cuda.is_available(),
-        activation_checkpointing=cfg.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        activation_checkpointing=checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         save_strategy="steps", save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps,
         logging_first_step=True, report_to="none", dataloader_num_workers=0,
     )
