@@ -78,7 +78,7 @@ def test_a_stopped_run_resumes_and_matches_an_uninterrupted_one(tmp_path, tiny_b
 
 def test_sigterm_outside_the_training_loop_ends_the_process_at_once(tmp_path):
     """After training (writing outputs) nothing checks the flag: SIGTERM keeps its default."""
-    script = ("import os, signal, time\nfrom posttrain import preemption\n"
+    script = ("import os, signal, time\nfrom posttrain.core import preemption\n"
               "preemption.install()\npreemption.finished()\n"
               "os.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(30)\nprint('survived')\n")
     res = subprocess.run([bin_path("python"), "-c", script], capture_output=True, text=True, timeout=60)

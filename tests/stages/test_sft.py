@@ -143,7 +143,7 @@ def test_ranks_stop_at_the_same_step_when_one_of_them_got_the_signal(tmp_path):
     (all-reduce) so that all save the same step: two real processes on gloo."""
     script = tmp_path / "ranks.py"
     script.write_text("import torch.distributed as dist\n"
-                      "from posttrain import preemption\n"
+                      "from posttrain.core import preemption\n"
                       "dist.init_process_group('gloo')\n"
                       "if dist.get_rank() == 1:\n"
                       "    preemption._requested.append('SIGUSR1')\n"

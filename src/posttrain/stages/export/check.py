@@ -48,3 +48,5 @@ def check(merged_dir: Path, quantized: dict[str, Path], eval_dir: Path, quantize
                    inputs={"merged": merged_dir, "eval": eval_dir, **{f"export:{k}": v for k, v in quantized.items()},
                            **{f"eval:{k}": v for k, v in quantized_evals.items()}})
     publish(tmp, out)
+    log.info("export check: %s", metrics)
+    return metrics
