@@ -188,3 +188,26 @@ def test_prompts_keep_a_held_out_row_per_subset(tmp_path, params, tiny_base):
     assert sum(r["subset"] == "helpful" for r in val) >= 1 and sum(r["subset"] == "helpful" for r in train) >= 1
     assert [r["subset"] for r in train if r["subset"] == "lonely"] == ["lonely"]     # one row: stays for training
     assert len(val) + len(train) == 64 and not {r["id"] for r in val} & {r["id"] for r in train}
+
+
+def test_real_hh_pairs_as_rl_prompts_through_the_hub_path(tmp_path, params, tiny_base):
+    """The production recipe's safety prompts: Anthropic HH's harmless-base pairs, read as prompts (the
+    dialogue both answers share), through `hf:NAME?data_dir=...` on a local copy of the hub layout."""
+    import shutil
+
+    hub = tmp_path / "hh-rlhf"
+    (hub / "harmless-base").mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / "data" / "hh_rlhf_harmless_test_sample.jsonl.gz",
+                hub / "harmless-base" / "test.jsonl.gz")
+    spec = f"hf:{hub}?data_dir=harmless-base&split=test"
+    p = params(sources={"prompts": [{"path": spec, "format": "preference", "subset": "harmful"}]},
+               cleaning={"max_tokens": 4096})
+    report = prepare_data.main(p, "prompts", [spec], tmp_path / "out", tokenizer_dir=tiny_base)
+    _counts_add_up(report)
+    assert report["rows_in"] == 400 and report["rows_out"] >= 300       # near-duplicate prompts are dropped
+    rows = read_jsonl(tmp_path / "out" / "train.jsonl") + read_jsonl(tmp_path / "out" / "val.jsonl")
+    assert {r["subset"] for r in rows} == {"harmful"}
+    assert all(r["prompt"][-1]["role"] == "user" and r["prompt"][0]["role"] == "user" for r in rows)
+    # the transcript split into alternating turns (a few real HH turns quote "Human:" inside their text)
+    assert all(m["role"] == ("user", "assistant")[i % 2] for r in rows for i, m in enumerate(r["prompt"]))
+    assert max(len(r["prompt"]) for r in rows) > 1

@@ -54,7 +54,8 @@ def test_recipe_overlay_reaches_both_tools(project):
     jobs, _ = snakemake_jobs(project, "--configfile", recipe)
     assert "demo_data" not in jobs  # hub sources: no demo corpus
     assert jobs["base_model"] == f"posttrain base-model --out results/base --params params.yaml --params {recipe}"
-    assert "'hf:openai/gsm8k?name=main&split=test'" in jobs["prepare_data_eval"]
+    assert "'hf:openai/gsm8k?name=main&split=test&revision=740312add88f781978c0658806c59bc2815b9866'" in \
+        jobs["prepare_data_eval"]
     run([bin_path("posttrain"), "dag", "--write", "--recipe", recipe], project)
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     assert stages["base_model"]["params"] == ["model", {recipe: ["model"]}]

@@ -14,8 +14,9 @@ DATA_KINDS = ("sft", "preference", "prompts", "eval")
 class SourceParams(Section):
     """One input file or hub dataset of a data kind."""
     path: str = Field(description=(
-        "A local .json/.jsonl/.jsonl.gz/.parquet file, or `hf:NAME[?name=CONFIG&split=SPLIT]` for a hub dataset (a "
-        "local dataset folder works in place of NAME)."))
+        "A local .json/.jsonl/.jsonl.gz/.parquet file, or "
+        "`hf:NAME[?name=CONFIG&split=SPLIT&data_dir=DIR&revision=SHA]` for a hub dataset (a local dataset folder "
+        "works in place of NAME; a production recipe pins `revision`)."))
     format: str = Field("auto", description=(
         "`auto` detects the format from the first valid row; or name one of `posttrain.data.formats.FORMATS`."))
     subset: str | None = Field(None, description=(

@@ -95,6 +95,10 @@ def params_markdown() -> str:
     lines += [f"- [`{name}`](#{name}): {_one_line(field.description)}" for name, field in sections]
     for name, field in sections:
         child = model_in(field.annotation)
+        if child is None:        # a top-level setting rather than a section
+            lines += ["", f"## {name}", "", "| key | type | default | description |", "|---|---|---|---|",
+                      _row(Key(name, name, Params, field), None)]
+            continue
         lines += ["", f"## {name}", "", _doc(child) or _one_line(field.description)]
         if _container(field.annotation) == "optional":
             lines += ["", f"Unset by default (`{name}: null`); set any key below to add the section."]

@@ -35,3 +35,6 @@ class Params(Section):
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams, description="Evaluation of every model.")
     resources: ResourcesParams = Field(default_factory=ResourcesParams, description=(
         "What each rule asks a cluster scheduler for (`snakemake --profile slurm`)."))
+    draft: bool = Field(False, description=(
+        "A recipe being tried out: hub models and datasets not pinned to a commit are a warning. false: building "
+        "the DAG fails on them, since a rerun next month would train on other weights or data."))

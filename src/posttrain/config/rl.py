@@ -172,6 +172,13 @@ class RlParams(TrainingParams):
         "colocate: vLLM runs inside the training process and shares its GPUs; server: a separate vLLM server."))
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description=(
         "colocate: the share of GPU memory vLLM may take (the rest is for training)."))
+    vllm_tensor_parallel_size: int = Field(1, ge=1, description=(
+        "colocate: the GPUs one vLLM engine spreads the model over. Each group of this many training processes "
+        "shares an engine; a model whose bf16 weights exceed vllm_gpu_memory_utilization of one GPU needs more than "
+        "1 (Qwen3-30B-A3B: ~61 GB, so 4 on 80 GB GPUs at 0.3)."))
+    vllm_enable_sleep_mode: bool = Field(False, description=(
+        "colocate: vLLM offloads its weights and cache while the policy trains, and wakes to generate: less GPU "
+        "memory for training's peak, at the cost of a host-device copy per step."))
     selection_prompts: int = Field(32, ge=1, description=(
         "Held-out prompts scored per checkpoint for model selection (greedy)."))
 

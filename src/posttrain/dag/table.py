@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from posttrain.config import DATA_KINDS, DEFAULT_PARAMS, Params, read_yaml
+from posttrain.dag.checks import check_recipe
 from posttrain.dag.code import code_inputs
 from posttrain.dag.resources import accelerate_launcher, check_resource_keys, multi_node_launcher, stage_resources
 from posttrain.dag.stage import (
@@ -84,6 +85,7 @@ def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
             table.append(_export_check(exported))
 
     check_resource_keys(params, table)
+    check_recipe(params)
     overlay_sections = {f: set(read_yaml(Path(f))) for f in param_files[1:]}
     for s in table:
         # The first file, then each overlay that sets a section the stage reads: an overlay leaves

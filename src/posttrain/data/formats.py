@@ -107,15 +107,17 @@ def _parse_line(locator: str, line: str) -> Record:
 
 
 def _read_hub(spec: str) -> Iterator[Record]:
-    """`hf:NAME?name=CONFIG&split=SPLIT`; NAME may be a hub id or a local dataset folder."""
+    """`hf:NAME?name=CONFIG&split=SPLIT&data_dir=DIR&revision=SHA`; NAME may be a hub id or a local
+    dataset folder."""
     from datasets import load_dataset
 
     name, _, query = spec[3:].partition("?")
     opts = {k: v[-1] for k, v in parse_qs(query).items()}
-    unknown = set(opts) - {"name", "split", "revision"}
+    unknown = set(opts) - {"name", "split", "revision", "data_dir"}
     if unknown:
-        raise ValueError(f"{spec}: unknown option(s) {sorted(unknown)}; allowed: name, split, revision")
-    ds = load_dataset(name, opts.get("name"), split=opts.get("split", "train"), revision=opts.get("revision"))
+        raise ValueError(f"{spec}: unknown option(s) {sorted(unknown)}; allowed: name, split, revision, data_dir")
+    ds = load_dataset(name, opts.get("name"), split=opts.get("split", "train"), revision=opts.get("revision"),
+                      data_dir=opts.get("data_dir"))
     for i, row in enumerate(ds):
         yield Record(f"{spec}#{i}", dict(row))
 
@@ -288,8 +290,9 @@ class Format:
 
 # Order matters for detection: more specific signatures first.
 FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("preference", parse_preference, ("chosen", "rejected"), ("preference",),
-           "chosen/rejected as strings or message lists, optional prompt, or Anthropic-HH transcripts"),
+    Format("preference", parse_preference, ("chosen", "rejected"), ("preference", "prompts"),
+           "chosen/rejected as strings or message lists, optional prompt, or Anthropic-HH transcripts (as prompts: "
+           "the dialogue both share, up to its last user turn)"),
     Format("openai", parse_openai, ("messages",), ("sft", "prompts", "eval"),
            "OpenAI messages: {messages: [{role, content}]}, multi-turn, system prompts"),
     Format("sharegpt", parse_sharegpt, ("conversations",), ("sft", "prompts", "eval"),

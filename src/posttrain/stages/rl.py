@@ -177,6 +177,7 @@ def _build_trainer(model, tokenizer, train: list[dict], funcs, weights, run_dir:
         temperature=st.temperature, beta=st.beta, loss_type=st.loss_type, reward_weights=weights,
         mask_truncated_completions=st.mask_truncated_completions,
         use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        vllm_tensor_parallel_size=cfg.vllm_tensor_parallel_size, vllm_enable_sleep_mode=cfg.vllm_enable_sleep_mode,
         eval_strategy="no", log_completions=False,
     )
     trainer_class = _grpo_trainer_class()
