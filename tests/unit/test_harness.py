@@ -348,3 +348,25 @@ def test_run_harness_scores_known_answers(eval_jsonl, tmp_path, tiny_base, monke
     # Closed-form stderr of a mean of [1, 0, 0]: sqrt(var / n) with the sample variance.
     stderr = report["raw"]["results"][ARITHMETIC_TASK][f"exact_match_stderr,{STRICT}"]
     assert stderr == pytest.approx((1 / 3) ** 0.5 / 3 ** 0.5)
+
+
+def test_a_reasoning_block_is_not_the_answer_with_think_end_token(eval_jsonl, tmp_path, tiny_base, monkeypatch):
+    """Qwen3 answers inside <think>...</think> first. With `think_end_token`, lm-eval's own
+    generate_until scores what follows the block; without it the block's `#### 99` is the answer."""
+    import torch
+
+    from posttrain.inference.harness_model import RefillingHFLM
+
+    thought = "<think>9 + 9 = 99\n#### 99</think>\n#### 19"
+
+    def canned(self, context, max_length, stop, **kwargs):      # every row answers the same
+        ids = self.tokenizer(thought, add_special_tokens=False, return_tensors="pt").input_ids
+        return torch.cat([context, ids.repeat(context.shape[0], 1).to(context.dtype)], dim=1)
+
+    monkeypatch.setattr(RefillingHFLM, "_model_generate", canned)
+    task_dir = tmp_path / "tasks"
+    write_tasks(eval_jsonl, task_dir, limit=1)        # Ann: 12 + 7 = 19
+    thinking = run_harness(tiny_base, [ARITHMETIC_TASK], task_dir, max_new_tokens=64, think_end_token="</think>")
+    plain = run_harness(tiny_base, [ARITHMETIC_TASK], task_dir, max_new_tokens=64)
+    assert thinking["metrics"]["arithmetic_accuracy"] == 1.0 and plain["metrics"]["arithmetic_accuracy"] == 0.0
+    assert thinking["samples"][ARITHMETIC_TASK][0]["response"] == "#### 19"

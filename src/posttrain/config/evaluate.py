@@ -13,6 +13,11 @@ class EvaluateParams(Section):
     max_new_tokens: int = Field(96, ge=1, description=(
         "Greedy decoding, so reruns give identical numbers on CPU. Arithmetic worked solutions are ~40 tokens; 96 "
         "leaves room without letting a rambling model dominate the run time."))
+    think_end_token: str | None = Field(None, description=(
+        "The end of a reasoning block (`</think>` for Qwen3's template): the harness scores only what follows its "
+        "last occurrence, as lm-eval's `think_end_token` does for reasoning models (an answer cut off inside the "
+        "block is scored whole). Give thinking models a max_new_tokens that fits the reasoning. null: the whole "
+        "answer is scored."))
     safety_max_new_tokens: int = Field(48, ge=1, description=(
         "Refusals show in the first sentence; safety prompts need fewer tokens."))
     batch_size: int = Field(8, ge=1, description="Prompts the model answers at once (generation and lm-eval).")

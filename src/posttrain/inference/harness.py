@@ -366,12 +366,14 @@ def _metrics(per_task: dict) -> dict[str, float]:
 
 def run_harness(model_dir: Path, tasks: list[str], task_dir: Path, *, adapter_dir: Path | None = None,
                 model=None, limit: int | None = None, max_new_tokens: int = 64, batch_size: int = 8,
-                seed: int = 0) -> dict:
+                seed: int = 0, think_end_token: str | None = None) -> dict:
     """Run lm-eval's `hf` model on `tasks` (written by `write_tasks` into `task_dir`).
 
     Greedy, with the model's own chat template; `adapter_dir` loads a PEFT adapter on top of
     `model_dir` (and its tokenizer, when it saved one). `model`: the model already loaded from
     those folders (e.g. with the adapter merged), used as it is instead of loading them again.
+    `think_end_token` (`</think>`): each answer is scored on what follows its last occurrence, as
+    lm-eval's own `think_end_token` does for reasoning models.
     `limit` keeps the first `limit` docs of
     each task. A name in `tasks` that `task_dir` does not define is looked up among lm-eval's own
     tasks (gsm8k, ifeval, ...), with that task's default shots; its dataset comes from the hub
@@ -410,9 +412,10 @@ def run_harness(model_dir: Path, tasks: list[str], task_dir: Path, *, adapter_di
     local = {p.stem for p in task_dir.glob(f"{TASK_PREFIX}*.yaml")}
     standard = [t for t in tasks if t not in local]
     if model is not None:
-        lm = RefillingHFLM(pretrained=model, tokenizer=str(tokenizer_dir), batch_size=batch_size)
+        lm = RefillingHFLM(pretrained=model, tokenizer=str(tokenizer_dir), batch_size=batch_size,
+                           think_end_token=think_end_token)
     else:
-        lm = RefillingHFLM(device=device, batch_size=batch_size, **model_args)
+        lm = RefillingHFLM(device=device, batch_size=batch_size, think_end_token=think_end_token, **model_args)
 
     gen_kwargs = {"max_gen_toks": max_new_tokens, "do_sample": False, "temperature": 0.0,
                   "eos_token_id": _stop_token_ids(lm.tokenizer, getattr(lm.model, "generation_config", None))}

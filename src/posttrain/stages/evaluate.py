@@ -129,7 +129,7 @@ def _evaluate(params: Params, model_dir: Path, name: str, eval_dir: Path, heldou
     model = _load(weights, adapter)
     result = harness.run_harness(weights, tasks + list(cfg.harness_tasks), task_dir, adapter_dir=adapter,
                                  model=model, limit=cfg.limit, max_new_tokens=cfg.max_new_tokens,
-                                 batch_size=cfg.batch_size, seed=cfg.seed)
+                                 batch_size=cfg.batch_size, seed=cfg.seed, think_end_token=cfg.think_end_token)
     shutil.rmtree(task_dir, ignore_errors=True)
     metrics = dict(result["metrics"])
     samples = [{**s, "task": task} for task, items in result["samples"].items() for s in items]
