@@ -84,3 +84,11 @@ def test_a_vllm_engine_that_does_not_divide_the_gpus_fails(tmp_path, monkeypatch
     monkeypatch.chdir(ROOT)
     with pytest.raises(checks.RecipeError, match="rl.vllm_tensor_parallel_size 3 does not divide rl.gpus 8"):
         _table(PRODUCTION, _overlay(tmp_path, {"rl": {"vllm_tensor_parallel_size": 3}}))
+
+
+def test_a_local_folder_shaped_like_a_hub_id_needs_no_pin(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    local = load_params([ROOT / "params.yaml", PRODUCTION, _overlay(tmp_path, {"model": {"base": "tests/data"}})])
+    hub = load_params([ROOT / "params.yaml", PRODUCTION, _overlay(tmp_path, {"model": {"revision": "v1"}}, "t.yaml")])
+    assert not any(item.startswith("model.base") for item in checks._unpinned(local))
+    assert any(item.startswith("model.base Qwen/Qwen3-30B-A3B-Base (revision v1)") for item in checks._unpinned(hub))

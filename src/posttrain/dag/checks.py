@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from posttrain.config import DATA_KINDS, Params
+from posttrain.models.names import classify
 
 log = logging.getLogger("posttrain")
 
@@ -17,7 +18,6 @@ log = logging.getLogger("posttrain")
 # pins a GPU image installs on top of it.
 TRAINING_ENV_FILES = ("envs/requirements.txt", "envs/gpu.txt")
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class RecipeError(ValueError):
@@ -95,16 +95,24 @@ def _pins(path: Path, package: str) -> bool:
 
 def _unpinned(params: Params) -> list[str]:
     found = []
-    if HUB_ID.match(params.model.base) and not COMMIT.match(params.model.revision or ""):
+    if _on_hub(params.model.base) and not COMMIT.match(params.model.revision or ""):
         found.append(f"model.base {params.model.base} (revision {params.model.revision or 'unset'})")
     student = params.distill.student if params.distill is not None else None
-    if student is not None and HUB_ID.match(student.model) and not COMMIT.match(student.revision or ""):
+    if student is not None and _on_hub(student.model) and not COMMIT.match(student.revision or ""):
         found.append(f"distill.student.model {student.model} (revision {student.revision or 'unset'})")
     for kind in DATA_KINDS:
         for s in params.data.sources.of(kind):
             if s.path.startswith("hf:") and not _hub_dataset_pinned(s.path):
                 found.append(f"data.sources.{kind} {s.path} (no revision=<sha>)")
     return found
+
+
+def _on_hub(name: str) -> bool:
+    """A hub id, as the base stage reads it (a local folder of the same shape is not)."""
+    try:
+        return classify(name) == "hub"
+    except ValueError:         # `prune`, or a name the stage itself will refuse
+        return False
 
 
 def _hub_dataset_pinned(spec: str) -> bool:

