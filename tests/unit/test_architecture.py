@@ -63,6 +63,7 @@ def _allowed(importer: str, imported: str) -> bool:
         "domain": {"core", "domain"},
         "config": {"core", "domain", "config"},
         "dag": {"core", "domain", "config", "dag"},
+        "rehearsal": {"core", "domain", "config", "dag"},     # runs a recipe's whole DAG, like the tools
     }.get(importer, {"core", "domain", "config"})
 
 

@@ -92,3 +92,19 @@ def test_a_local_folder_shaped_like_a_hub_id_needs_no_pin(tmp_path, monkeypatch)
     hub = load_params([ROOT / "params.yaml", PRODUCTION, _overlay(tmp_path, {"model": {"revision": "v1"}}, "t.yaml")])
     assert not any(item.startswith("model.base") for item in checks._unpinned(local))
     assert any(item.startswith("model.base Qwen/Qwen3-30B-A3B-Base (revision v1)") for item in checks._unpinned(hub))
+
+
+def test_a_shared_critic_on_a_model_the_reward_models_were_not_trained_from_is_refused(tmp_path, monkeypatch):
+    """The production recipe's safety stage once asked for its critic on the helpfulness policy's
+    weights, though the safety reward model's LoRA was trained on the SFT model: the rehearsal
+    failed at rl_safety; the DAG now refuses it before any job starts."""
+    monkeypatch.chdir(ROOT)
+    recipe = load_params([ROOT / "params.yaml", PRODUCTION])
+    stages = [st.model_dump(mode="json", exclude_none=True) for st in recipe.rl.stages]
+    stages[1]["ppo"]["critic_base"] = "shared"
+    broken = _overlay(tmp_path, {"rl": {"stages": stages}})
+    with pytest.raises(checks.RecipeError, match=r"rl stage 'safety': ppo.critic_base: shared puts the critic's "
+                       r"LoRA on the stage's init model \(rl stage 'helpfulness'\).*reward.init \(sft\)"):
+        _table(PRODUCTION, broken)
+    stages[1]["init"] = "sft"            # from the SFT model, the reward model's LoRA fits
+    _table(PRODUCTION, _overlay(tmp_path, {"rl": {"stages": stages}}, "fixed.yaml"))

@@ -201,3 +201,28 @@ def test_profile_slurm_submits_every_rule_and_a_preempted_training_job_resumes(s
             assert ours[key] == pytest.approx(theirs[key], rel=1e-5), key
         else:
             assert ours[key] == theirs[key], key
+
+
+@pytest.mark.slow
+def test_the_production_recipe_rehearses_under_profile_slurm(slurm_cluster, tmp_path):
+    """`posttrain rehearse recipes/qwen3-30b-a3b.yaml -- --profile slurm`: the production recipe's
+    whole DAG, every rule through sbatch with the recipe's resources scaled to this node (its
+    training rules ask for GPUs of type h100), multi-GPU stages as two processes under their
+    accelerate launcher inside the job."""
+    from test_rehearsal import PRODUCTION, assert_every_stage_ran
+
+    out = tmp_path / "rehearsal"
+    res = run([bin_path("posttrain"), "rehearse", f"recipes/{PRODUCTION}", "--out", str(out), "--",
+               "--profile", "slurm", "--verbose", "--slurm-status-command", "squeue", "--slurm-no-account",
+               "--jobs", "2", "--default-resources", "slurm_partition=debug"], ROOT)
+    assert "every stage ran" in res.stdout
+    report = assert_every_stage_ran(out, PRODUCTION)
+    log = (out / "snakemake.log").read_text()
+    submitted = set(re.findall(r"has been submitted with SLURM jobid \d+ \(log: \S+/rule_(\w+)/", log))
+    local = set(re.findall(r"^localrule (\w+):", log, re.M)) - {"all"}
+    assert not local and len(submitted) == report.count("| yes |"), (local, submitted)
+    sft_calls = [c for c in re.findall(r"sbatch call: (.+)", log) if "rule_sft" in c]
+    assert sft_calls and all("--gpus=h100:2" in c for c in sft_calls), sft_calls
+    # what the recipe asks of a real cluster stays in the report: 8 GPUs for SFT, its memory estimate
+    assert re.search(r"^\| sft \| yes \| 8 \| 1 \| [\d.]+ \| [\d.]+ \| \d+ \| 2 processes, fsdp v2 \|", report, re.M)
+    assert "| rl.use_vllm |" in report and "vllm (envs/gpu.txt)" in report

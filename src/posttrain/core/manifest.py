@@ -113,12 +113,27 @@ def write_manifest(out_dir: str | Path, *, stage: str, params: dict, seed: int |
         "versions": library_versions(),
         "chat_template_sha256": sha256_text(chat_template) if chat_template else None,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "launch": launch_record(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if extra:
         manifest.update(extra)
     write_json(out_dir / MANIFEST, manifest)
     return manifest
+
+
+def launch_record() -> dict:
+    """How the writing process was started: its world size and the distributed backend
+    `accelerate launch` configured (a rehearsal checks that a stage meant for 8 GPUs really ran
+    sharded across processes)."""
+    env = os.environ
+    backend = ("fsdp" if env.get("ACCELERATE_USE_FSDP", "").lower() == "true" else
+               "deepspeed" if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" else
+               "ddp" if int(env.get("WORLD_SIZE", "1")) > 1 else None)
+    record = {"world_size": int(env.get("WORLD_SIZE", "1")), "distributed": backend}
+    if backend == "fsdp":
+        record["fsdp_version"] = int(env.get("FSDP_VERSION", "1"))
+    return record
 
 
 def read_manifest(folder: str | Path) -> dict:

@@ -25,7 +25,7 @@ class RecipeError(ValueError):
 
 
 def check_recipe(params: Params, root: Path = Path(".")) -> None:
-    problems = [*_subset_problems(params), *_vllm_problems(params, root)]
+    problems = [*_subset_problems(params), *_vllm_problems(params, root), *_critic_problems(params)]
     unpinned = _unpinned(params)
     if unpinned and not params.draft:
         problems += [f"{item} is not pinned to a commit" for item in unpinned]
@@ -67,6 +67,23 @@ def _subset_problems(params: Params) -> list[str]:
         if provided is not None and params.data.sources.of(kind) and not set(names) & provided:
             problems.append(f"{who} reads {kind} of subsets {sorted(names)}, but data.sources.{kind} provides only "
                             f"{sorted(provided)}: add a {kind} source with one of those subsets, or change {key}")
+    return problems
+
+
+def _critic_problems(params: Params) -> list[str]:
+    """A PPO critic on the policy's own weights (critic_base: shared) is the reward model's LoRA on
+    them: only possible when the reward models were trained from the stage's init model."""
+    problems = []
+    inits = [("sft" if i == 0 else f"rl stage {params.rl.stages[i - 1].name!r}") if st.init == "previous" else st.init
+             for i, st in enumerate(params.rl.stages)]
+    entries = list(zip(params.rl.stages, inits, strict=True))
+    if params.rl.zero is not None:
+        entries.append((params.rl.zero, "base"))
+    for st, init in entries:
+        if st.algorithm == "ppo" and st.ppo.critic_base == "shared" and init != params.reward.init:
+            problems.append(f"rl stage {st.name!r}: ppo.critic_base: shared puts the critic's LoRA on the stage's init "
+                            f"model ({init}), but the reward models are trained from reward.init "
+                            f"({params.reward.init}): set critic_base: copy (or auto) for this stage")
     return problems
 
 

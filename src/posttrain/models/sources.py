@@ -159,9 +159,10 @@ def build_tiny_tokenizer(vocab_size: int = 512):
 
 
 def build_tiny_model(arch: str, tokenizer, seed: int = 0):
-    """A 2-layer random model of the given architecture; the MoE variant has 4 experts (2 active)
+    """A 2-layer random model of the given architecture (Qwen3's dense and MoE variants stand in for
+    their families in a rehearsal); the MoE variant has 4 experts (2 active)
     so tests exercise router and expert code paths in well under a second per step."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3MoeConfig
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config, Qwen3MoeConfig
 
     common = dict(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
@@ -169,6 +170,8 @@ def build_tiny_model(arch: str, tokenizer, seed: int = 0):
                   bos_token_id=None)
     if arch == "llama":
         config = LlamaConfig(intermediate_size=128, head_dim=16, **common)
+    elif arch == "qwen3":
+        config = Qwen3Config(intermediate_size=128, head_dim=16, **common)
     elif arch == "qwen3_moe":
         config = Qwen3MoeConfig(intermediate_size=128, moe_intermediate_size=32, num_experts=4,
                                 num_experts_per_tok=2, head_dim=16, decoder_sparse_step=1,

@@ -47,7 +47,8 @@ def main(params: Params, aspect: str, init_dir: Path, data_dir: Path, out: Path)
     val, counts_val = _pairs(data_dir / "val.jsonl", subsets, tokenizer, cfg)
     if len(train) < 2 or not val:
         raise ValueError(f"aspect {aspect!r}: {len(train)} training and {len(val)} held-out pairs with subset in "
-                         f"{subsets} under {data_dir}; subsets present: {_subsets(data_dir)}")
+                         f"{subsets} under {data_dir} ({counts_train['over_length']} + {counts_val['over_length']} "
+                         f"more over reward.max_length {cfg.max_length} tokens); subsets present: {_subsets(data_dir)}")
     log.info("aspect %s: %d training / %d held-out pairs (%d / %d over %d tokens left out)", aspect, len(train),
              len(val), counts_train["over_length"], counts_val["over_length"], cfg.max_length)
 

@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-# Public config values of Qwen/Qwen3-30B-A3B-Base (config.json), so the production recipe can
-# be sized with no hub access.
+# Public config values (config.json) of the production recipe's models, so it can be sized with no
+# hub access.
 KNOWN_CONFIGS = {
     "Qwen/Qwen3-30B-A3B-Base": dict(
         model_type="qwen3_moe", vocab_size=151936, hidden_size=2048, intermediate_size=6144,
@@ -18,6 +18,13 @@ KNOWN_CONFIGS = {
         head_dim=128, num_experts=128, num_experts_per_tok=8, decoder_sparse_step=1, mlp_only_layers=[],
         norm_topk_prob=True, router_aux_loss_coef=0.001, max_position_embeddings=32768, rms_norm_eps=1e-6,
         tie_word_embeddings=False, attention_bias=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+    ),
+    # the production recipe's distillation student (same tokenizer as the 30B)
+    "Qwen/Qwen3-4B-Base": dict(
+        model_type="qwen3", vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=32768,
+        rms_norm_eps=1e-6, tie_word_embeddings=True, attention_bias=False,
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
     ),
 }
