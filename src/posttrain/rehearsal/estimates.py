@@ -63,9 +63,10 @@ def sft_memory(params: Params, section: str) -> float | None:
     return round(mem["total"] - (mem["logits"] if section == "reward" else 0.0), 1)
 
 
-def stage_costs(params: Params, stages: list, rows: dict[str, float], chars: dict[str, float]) -> dict[str, Cost]:
-    """Cost per rule. `rows`: rows of the full data per kind (sft, preference, prompts, eval);
-    `chars`: mean characters per row per kind, measured on the rehearsal's prepared rows."""
+def stage_costs(params: Params, stages: list, rows: dict[str, float | None], chars: dict[str, float],
+                ) -> dict[str, Cost]:
+    """Cost per rule. `rows`: rows of the full data each rule reads (preflight.full_rows);
+    `chars`: mean characters per row per data kind, measured on the rehearsal's prepared rows."""
     n = active_params(params.model.base)
     if n is None:
         return {s.name: Cost(note="model config not known offline") for s in stages}
@@ -80,15 +81,16 @@ def stage_costs(params: Params, stages: list, rows: dict[str, float], chars: dic
                                _epochs_hours(params.sft, rows.get("sft"), tokens_per_row.get("sft"), 6 * n))
         elif s.kind == "reward":
             out[s.name] = Cost(sft_memory(params, "reward"), _epochs_hours(
-                params.reward, rows.get("preference"), 2 * tokens_per_row.get("preference", 0), 6 * n))
+                params.reward, rows.get(s.name), 2 * tokens_per_row.get("preference", 0), 6 * n))
         elif s.name in rl:
             out[s.name] = _rl_cost(params, rl[s.name], n, tokens_per_row.get("prompts", 0))
         elif s.kind == "evaluate":
-            tokens = (rows.get("eval") or 0) * (params.evaluate.max_new_tokens + tokens_per_row.get("eval", 0))
+            tokens = (rows.get("prepare_data_eval") or 0) * (params.evaluate.max_new_tokens +
+                                                             tokens_per_row.get("eval", 0))
             out[s.name] = Cost(None, hours(tokens, 2 * n), "generation only")
         elif s.kind == "distill_samples":
             smp = params.distill.sampling
-            tokens = (rows.get("prompts") or 0) * smp.per_prompt * smp.max_new_tokens
+            tokens = (rows.get(s.name) or 0) * smp.per_prompt * smp.max_new_tokens
             out[s.name] = Cost(None, hours(tokens, 2 * n), "every prompt of the sampled subsets (upper bound)")
         elif s.kind == "distill":
             student = active_params(params.distill.student.model) or n

@@ -92,26 +92,26 @@ def _imports(root: Path, env: str, package: str) -> bool:
                                               capture_output=True).returncode == 0
 
 
-def received(work: Path, params: Params) -> dict[str, int]:
-    """Rows each rule received in the rehearsal: the prepared rows in the subsets it reads."""
-    rows = {kind: _rows(work / "results" / path) for kind, path in DATA.items()}
-    counts: dict[str, int] = {}
-
-    def count(kind, subsets):
-        return sum(1 for r in rows[kind] if not subsets or r.get("subset") in subsets)
-
+def per_rule(params: Params, count) -> dict[str, float | None]:
+    """`count(kind, subsets)` for each rule that reads prepared data (subsets None: all rows)."""
+    counts = {f"prepare_data_{kind}": count(kind, None) for kind in DATA}
+    counts["sft"] = count("sft", None)
+    for aspect, cfg in params.reward.aspects.items():
+        counts[f"reward_{aspect}"] = count("preference", cfg.subsets)
     for st in params.rl.stages:
         counts[f"rl_{st.name}"] = count("prompts", st.subsets)
     if params.rl.zero is not None:
         counts["rl_zero"] = count("prompts", params.rl.zero.subsets)
-    for aspect, cfg in params.reward.aspects.items():
-        counts[f"reward_{aspect}"] = count("preference", cfg.subsets)
-    counts["sft"] = count("sft", None)
     if params.distill is not None:
         counts["distill_samples"] = count("prompts", params.distill.sampling.subsets)
-    for kind in DATA:
-        counts[f"prepare_data_{kind}"] = count(kind, None)
     return counts
+
+
+def received(work: Path, params: Params) -> dict[str, float | None]:
+    """Rows each rule received in the rehearsal: the prepared rows in the subsets it reads."""
+    rows = {kind: _rows(work / "results" / path) for kind, path in DATA.items()}
+    return per_rule(params, lambda kind, subsets: sum(1 for r in rows[kind]
+                                                      if not subsets or r.get("subset") in subsets))
 
 
 def _rows(path: Path) -> list[dict]:
@@ -120,26 +120,24 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def full_rows(params: Params, root: Path) -> dict[str, float]:
-    """Rows of the real datasets per data kind, from each fixture's rows.json (the dataset cards'
-    figures); kinds with a source of unknown size are left out."""
-    out: dict[str, float] = {}
-    for kind in DATA:
-        total = 0
-        for src in params.data.sources.of(kind):
-            if not src.path.startswith("hf:"):
-                break
-            name, _, query = src.path[3:].partition("?")
-            sizes = root / standins.FIXTURES / name / "rows.json"
-            key = urlencode({k: v[-1] for k, v in sorted(parse_qs(query).items()) if k != "revision"})
-            known = json.loads(sizes.read_text()) if sizes.exists() else {}
-            if key not in known:
-                break
-            total += known[key]
-        else:
-            if total:
-                out[kind] = total
-    return out
+def full_rows(params: Params, root: Path) -> dict[str, float | None]:
+    """Rows each rule would receive from the real datasets, before cleaning: each hub source's
+    size from its fixture's rows.json (the dataset card's figures); None where a source it reads
+    has no known size (a local file, a split the card does not give)."""
+
+    def size(src) -> int | None:
+        if not src.path.startswith("hf:"):
+            return None
+        name, _, query = src.path[3:].partition("?")
+        sizes = root / standins.FIXTURES / name / "rows.json"
+        key = urlencode({k: v[-1] for k, v in sorted(parse_qs(query).items()) if k != "revision"})
+        return (json.loads(sizes.read_text()) if sizes.exists() else {}).get(key)
+
+    def count(kind, subsets):
+        sizes = [size(s) for s in params.data.sources.of(kind) if not subsets or s.subset in subsets]
+        return None if not sizes or None in sizes else sum(sizes)
+
+    return per_rule(params, count)
 
 
 def mean_chars(work: Path) -> dict[str, float]:
@@ -176,7 +174,8 @@ def write(params: Params, files: list[str], work: Path, out: Path, found: list, 
     """preflight.md and preflight.html under `out`; returns the markdown's path."""
     table = dag.stages(params, [str(work / f) for f in files])
     got = received(work, params)
-    costs = estimates.stage_costs(params, table, full_rows(params, _root(work)), mean_chars(work))
+    full = full_rows(params, _root(work))
+    costs = estimates.stage_costs(params, table, full, mean_chars(work))
     status = "passed" if snakemake_code == 0 else f"FAILED (Snakemake exit {snakemake_code})"
     lines = [f"# Pre-flight: {files[-1]}", "",
              f"Rehearsal on the CPU: **{status}** in {elapsed / 60:.1f} min. Every stage ran through Snakemake with "
@@ -184,8 +183,8 @@ def write(params: Params, files: list[str], work: Path, out: Path, found: list, 
              "the stand-ins listed below. A rehearsal proves the DAG, the parameters, the data formats and the "
              "launch configuration; it cannot prove GPU kernels, memory or speed.", "",
              "## Stages", "",
-             "| rule | ran | GPUs | nodes | memory/GPU (GB, est.) | GPU-hours (est.) | rows (rehearsal) | launch |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| rule | ran | GPUs | nodes | memory/GPU (GB, est.) | GPU-hours (est.) | rows (full data) | "
+             "rows (rehearsal) | launch |", "|---|---|---|---|---|---|---|---|---|"]
     total = 0.0
     for s in table:
         m = work / s.outs[0] / "manifest.json"
@@ -195,7 +194,7 @@ def write(params: Params, files: list[str], work: Path, out: Path, found: list, 
         lines.append("| " + " | ".join([
             s.name, "yes" if m.exists() else "**no**", str(s.resources.get("gpu", 0)),
             str(s.resources.get("nodes", 1)), _num(cost.memory_gb), _num(cost.gpu_hours),
-            str(got.get(s.name, "")), _launch(launch)]) + " |")
+            _count(full.get(s.name)), _count(got.get(s.name)), _launch(launch)]) + " |")
     lines += ["", f"Estimated total: **{total:,.0f} GPU-hours**. {estimates.ASSUMPTIONS}.", "",
               "## Stand-ins", "", "| what | the recipe | the rehearsal | why |", "|---|---|---|---|"]
     lines += [f"| {s.key} | {s.recipe} | {s.rehearsal} | {s.why} |" for s in found]
@@ -220,6 +219,10 @@ def _root(work: Path) -> Path:
 
 def _num(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}" if x < 10 else f"{x:,.1f}" if x < 100 else f"{x:,.0f}"
+
+
+def _count(n: float | None) -> str:
+    return "" if n is None else f"{n:,.0f}"
 
 
 def _launch(launch: dict) -> str:
