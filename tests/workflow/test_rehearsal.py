@@ -115,3 +115,17 @@ def test_the_fixtures_have_the_real_schemas():
         assert set(records[0].data) == columns, (spec, set(records[0].data))
         assert json.loads((hub / spec.split("?")[0] / "rows.json").read_text())[
             "&".join(sorted(spec.split("?")[1].split("&")))] > len(records)
+
+
+def test_a_package_a_stage_needs_that_does_not_import_fails_before_anything_runs(tmp_path, monkeypatch, capsys):
+    from posttrain.rehearsal import preflight, run
+
+    monkeypatch.setitem(preflight.NEEDS, "reward", [*preflight.NEEDS["reward"], "no_such_package_here"])
+    code = run.rehearse(ROOT / "recipes/demo-quick.yaml", tmp_path, ROOT, [])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "reward_helpful: no_such_package_here (the pipeline's environment)" in err
+    assert not (tmp_path / "work/results").exists()          # nothing ran
+    report = (tmp_path / "preflight.md").read_text()
+    assert re.search(r"^\| reward_safety \| the pipeline's environment \| .*trl.* \|  \| no_such_package_here \|",
+                     report, re.M)

@@ -5,10 +5,10 @@ packages its environment needs, and every stand-in the rehearsal used."""
 from __future__ import annotations
 
 import html
-import importlib.util
 import json
 import re
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode
@@ -40,31 +40,47 @@ class Package:
 
 
 def environments(params: Params, root: Path) -> list[Package]:
-    """Each stage's packages, checked in the environment the stage runs in."""
-    table = dag.stages(params, ["params.yaml"])
+    """Each stage's packages, imported in the environment the stage runs in (one interpreter per
+    environment); the GPU image's packages are checked against envs/gpu.txt instead."""
+    needs = {s.name: (s.env, _needs(params, s)) for s in dag.stages(params, ["params.yaml"])}
+    wanted: dict[str, set[str]] = {}
+    for env, pkgs in needs.values():
+        wanted.setdefault(env, set()).update(p for p in pkgs if p not in GPU_ONLY)
+    failing = {env: _failing_imports(root, env, sorted(pkgs)) for env, pkgs in wanted.items()}
     declared = _declared(root)
     found: list[Package] = []
-    cache: dict[tuple[str, str], bool] = {}
-    for s in table:
-        needs = ["torch", "transformers", *NEEDS.get(s.kind, [])]
-        if s.kind in ("sft", "reward", "distill") and getattr(params, s.kind).strategy == "zero3":
-            needs.append("deepspeed")
-        if s.kind in ("sft", "reward", "distill") and getattr(params, s.kind).method == "qlora":
-            needs.append("bitsandbytes")
-        if s.kind == "rl" and params.rl.use_vllm and "ppo" not in _algorithm(params, s.name):
-            needs.append("vllm")
-        if s.kind == "evaluate" and params.evaluate.harness_tasks:
-            needs.append("lm_eval")
-        for pkg in needs:
+    for rule, (env, pkgs) in needs.items():
+        for pkg in pkgs:
             if pkg in GPU_ONLY:
-                found.append(Package(s.name, pkg, "envs/gpu.txt", "stand-in" if pkg in declared else "missing"))
-                continue
-            env = s.env or "."
-            if (env, pkg) not in cache:
-                cache[(env, pkg)] = _imports(root, s.env, pkg)
-            found.append(Package(s.name, pkg, s.env or "the pipeline's environment",
-                                 "imports" if cache[(env, pkg)] else "missing"))
+                found.append(Package(rule, pkg, "envs/gpu.txt", "stand-in" if pkg in declared else "missing"))
+            else:
+                found.append(Package(rule, pkg, env or "the pipeline's environment",
+                                     "missing" if pkg in failing[env] else "imports"))
     return found
+
+
+def _needs(params: Params, s) -> list[str]:
+    needs = ["torch", "transformers", *NEEDS.get(s.kind, [])]
+    if s.kind in ("sft", "reward", "distill") and getattr(params, s.kind).strategy == "zero3":
+        needs.append("deepspeed")
+    if s.kind in ("sft", "reward", "distill") and getattr(params, s.kind).method == "qlora":
+        needs.append("bitsandbytes")
+    if s.kind == "rl" and params.rl.use_vllm and _algorithm(params, s.name) == "grpo":
+        needs.append("vllm")
+    if s.kind == "evaluate" and params.evaluate.harness_tasks:
+        needs.append("lm_eval")
+    return needs
+
+
+def _failing_imports(root: Path, env: str, packages: list[str]) -> set[str]:
+    """The packages that do not import in an environment (its folder; "": the running one)."""
+    python = root / env / "bin" / "python" if env else Path(sys.executable)
+    if not python.exists():
+        return set(packages)
+    probe = ("import importlib, json, sys\nbad = []\nfor p in sys.argv[1:]:\n    try:\n"
+             "        importlib.import_module(p)\n    except Exception:\n        bad.append(p)\nprint(json.dumps(bad))")
+    res = subprocess.run([str(python), "-c", probe, *packages], capture_output=True, text=True)
+    return set(json.loads(res.stdout.strip().splitlines()[-1])) if res.returncode == 0 else set(packages)
 
 
 def _algorithm(params: Params, rule: str) -> str:
@@ -82,14 +98,6 @@ def _declared(root: Path) -> set[str]:
             names |= {re.split(r"[=<>\[ ]", line.strip())[0].lower() for line in path.read_text().splitlines()
                       if line.strip() and not line.startswith("#")}
     return names
-
-
-def _imports(root: Path, env: str, package: str) -> bool:
-    if not env:
-        return importlib.util.find_spec(package) is not None
-    python = root / env / "bin" / "python"
-    return python.exists() and subprocess.run([str(python), "-c", f"import {package}"],
-                                              capture_output=True).returncode == 0
 
 
 def per_rule(params: Params, count) -> dict[str, float | None]:
