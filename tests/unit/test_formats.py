@@ -124,7 +124,7 @@ def test_readers_jsonl_gz_json_array_parquet_and_malformed_lines(tmp_path):
 
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
     recs = list(formats.read_records(str(tmp_path / "a.parquet")))
-    assert [r.data for r in recs] == rows and recs[2].locator.endswith("a.parquet#2")
+    assert [r.data for r in recs] == rows and recs[2].locator.endswith("a.parquet:row 3")
 
 
 def test_hub_source_path_with_a_local_dataset_folder(tmp_path):

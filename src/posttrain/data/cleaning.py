@@ -20,11 +20,25 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 def normalize_text(text: str) -> str:
     """NFKC, no control or zero-width characters, single spaces, at most one blank line.
     Newlines are kept: they carry structure (lists, code, `#### N` answer lines)."""
-    text = unicodedata.normalize("NFKC", text).replace("\r\n", "\n").replace("\r", "\n")
-    text = _CONTROL.sub("", text)
-    text = _SPACES.sub(" ", text)
-    text = _TRAILING.sub("\n", text)
-    return _BLANK_LINES.sub("\n\n", text).strip()
+    return normalize_text_changes(text)[0]
+
+
+def normalize_text_changes(text: str) -> tuple[str, list[str]]:
+    """normalize_text, and which of its steps changed something: `unicode` (NFKC: compatibility
+    forms, composed accents), `newlines` (CR and CRLF inside the text), `invisible` (control and
+    zero-width characters, stray byte-order marks), `whitespace` (runs of spaces, trailing spaces,
+    blank lines, the ends)."""
+    changes = []
+    steps = (("unicode", lambda t: unicodedata.normalize("NFKC", t)),
+             ("newlines", lambda t: t.replace("\r\n", "\n").replace("\r", "\n")),
+             ("invisible", lambda t: _CONTROL.sub("", t)),
+             ("whitespace", lambda t: _BLANK_LINES.sub("\n\n", _TRAILING.sub("\n", _SPACES.sub(" ", t))).strip()))
+    for name, step in steps:
+        new = step(text)
+        if new != text:
+            changes.append(name)
+            text = new
+    return text, changes
 
 
 # --- PII and secrets -------------------------------------------------------------------------

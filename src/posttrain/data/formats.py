@@ -11,27 +11,19 @@ plus "id", "subset", "source" (file:line) and "meta" (the record's other fields)
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs
 
+from posttrain.data import files
+from posttrain.data.files import Record, RowError  # noqa: F401  (the readers' row and error types)
+
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
                   "assistant": "assistant", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
                   "tool": "tool", "function_call": "assistant", "observation": "tool"}
-
-
-class RowError(ValueError):
-    """A record that cannot be used; `reason` is a short counter key (`missing_field`, ...)."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass
@@ -46,64 +38,18 @@ class Example:
 # --- reading ---------------------------------------------------------------------------------
 
 
-@dataclass
-class Record:
-    locator: str          # "file:line" or "file#index": where to look when something is wrong
-    data: dict | None     # None when the line itself could not be parsed
-    error: RowError | None = None
-    raw: str | None = None  # the unparseable text, kept for the quarantine file
-
-
-def read_records(spec: str) -> Iterator[Record]:
+def read_records(spec: str, info: dict | None = None) -> Iterator[Record]:
+    """The rows of a source: a file or folder (data.files: found from its bytes), or `hf:NAME`.
+    `info` receives what was found (container, encoding, layout), for the data report."""
+    info = {} if info is None else info
     if spec.startswith("hf:"):
+        info.update(container="hub dataset", layout="arrow")
         yield from _read_hub(spec)
         return
     path = Path(spec)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"data source {spec} does not exist")
-    name = path.name
-    if name.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
-            yield Record(f"{spec}#{i}", row)
-    elif name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                yield _parse_line(f"{spec}:{n}", line)
-    elif name.endswith(".json"):
-        text = path.read_text(encoding="utf-8")
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            # Many ".json" files are JSON Lines in disguise.
-            for n, line in enumerate(text.splitlines(), 1):
-                if line.strip():
-                    yield _parse_line(f"{spec}:{n}", line)
-            return
-        rows = data if isinstance(data, list) else data.get("data") if isinstance(data, dict) else None
-        if not isinstance(rows, list):
-            raise ValueError(f"{spec}: expected a JSON array of records (or {{\"data\": [...]}})")
-        for i, row in enumerate(rows):
-            yield Record(f"{spec}#{i}", row if isinstance(row, dict) else None,
-                         None if isinstance(row, dict)
-                         else RowError("wrong_type", f"record is {type(row).__name__}, not an object"))
-    else:
-        raise ValueError(f"{spec}: unsupported file type; use .json, .jsonl, .jsonl.gz or .parquet, or hf:NAME")
-
-
-def _parse_line(locator: str, line: str) -> Record:
-    try:
-        data = json.loads(line)
-    except json.JSONDecodeError as err:
-        return Record(locator, None, RowError("malformed_json", f"{err.msg} at column {err.colno}"), line.rstrip("\n"))
-    if not isinstance(data, dict):
-        return Record(locator, None, RowError("wrong_type", f"record is {type(data).__name__}, not an object"),
-                      line.rstrip("\n"))
-    return Record(locator, data)
+    yield from files.read(path, spec, info, is_record=lambda row: detect(row) is not None)
 
 
 def _read_hub(spec: str) -> Iterator[Record]:
@@ -116,10 +62,34 @@ def _read_hub(spec: str) -> Iterator[Record]:
     unknown = set(opts) - {"name", "split", "revision", "data_dir"}
     if unknown:
         raise ValueError(f"{spec}: unknown option(s) {sorted(unknown)}; allowed: name, split, revision, data_dir")
-    ds = load_dataset(name, opts.get("name"), split=opts.get("split", "train"), revision=opts.get("revision"),
+    revision = opts.get("revision")
+    snapshot = _cached_snapshot(name, revision)
+    if snapshot is not None:          # offline: the repository as `huggingface-cli download` left it
+        name, revision = snapshot, None
+    ds = load_dataset(name, opts.get("name"), split=opts.get("split", "train"), revision=revision,
                       data_dir=opts.get("data_dir"))
     for i, row in enumerate(ds):
         yield Record(f"{spec}#{i}", dict(row))
+
+
+def _cached_snapshot(name: str, revision: str | None) -> str | None:
+    """Offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE), a hub dataset is read from the hub cache's
+    snapshot of that revision: what `huggingface-cli download --repo-type dataset NAME --revision
+    SHA` writes on a connected machine, for compute nodes without internet. None online, for a
+    local folder, or when no snapshot is cached (datasets then tries its own cache, and says so)."""
+    import os
+
+    offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE",
+                                                                                  "HF_DATASETS_OFFLINE"))
+    if not offline or Path(name).exists():
+        return None
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(name, repo_type="dataset", revision=revision, local_files_only=True)
+    except LocalEntryNotFoundError:
+        return None
 
 
 # --- format parsers --------------------------------------------------------------------------

@@ -41,10 +41,16 @@ class SourceReport:
     dropped: Counter = field(default_factory=Counter)
     modified: Counter = field(default_factory=Counter)
     format: str = ""
+    # rows of another format than the source's, each read by its own (a file that mixes formats)
+    other_formats: Counter = field(default_factory=Counter)
+    read: dict = field(default_factory=dict)        # container, encoding, layout (data.files)
 
     def as_dict(self) -> dict:
-        return {"format": self.format, "rows_in": self.rows_in, "rows_out": self.rows_out,
-                "dropped": dict(sorted(self.dropped.items())), "modified": dict(sorted(self.modified.items()))}
+        out = {"format": self.format, "read": self.read, "rows_in": self.rows_in, "rows_out": self.rows_out,
+               "dropped": dict(sorted(self.dropped.items())), "modified": dict(sorted(self.modified.items()))}
+        if self.other_formats:
+            out["other_formats"] = dict(sorted(self.other_formats.items()))
+        return out
 
 
 def main(params: Params, kind: str, inputs: list[str], out: Path, tokenizer_dir: Path | None = None,
@@ -67,7 +73,7 @@ def main(params: Params, kind: str, inputs: list[str], out: Path, tokenizer_dir:
     for spec in inputs:
         source = _source_params(cfg, kind, spec)
         report = reports[spec] = SourceReport()
-        records = list(formats.read_records(spec))
+        records = list(formats.read_records(spec, report.read))
         fmt = formats.FORMATS[source.format] if source.format != "auto" else formats.detect_format(records, spec)
         report.format = fmt.name
         if kind not in fmt.kinds:
@@ -83,6 +89,9 @@ def main(params: Params, kind: str, inputs: list[str], out: Path, tokenizer_dir:
             else:
                 report.rows_out += 1
                 kept.append(row)
+        if report.other_formats:
+            log.warning("%s: read as %s, but %s row(s) are in other formats, each read by its own: %s", spec,
+                        fmt.name, sum(report.other_formats.values()), dict(report.other_formats))
         _check_reject_ratio(spec, report, cfg.max_reject_ratio, rejected, kind)
         _check_too_long_ratio(spec, report, cfg, rejected, kind)
 
@@ -122,7 +131,7 @@ def _process(rec, fmt, kind, subset, cfg: DataParams, tokenizer, decon, exact_se
     if rec.error is not None:
         return None, rec.error.reason, rec.error.detail
     try:
-        example = fmt.parse(rec.data)
+        example = _parse(rec.data, fmt, kind, report)
         row = _to_kind(example, kind)
     except formats.RowError as err:
         return None, err.reason, err.detail
@@ -130,8 +139,11 @@ def _process(rec, fmt, kind, subset, cfg: DataParams, tokenizer, decon, exact_se
     row["source"] = rec.locator
     c = cfg.cleaning
 
-    if c.normalize and _map_text(row, cleaning.normalize_text):
-        report.modified["normalized"] += 1
+    if c.normalize:
+        changes: set[str] = set()
+        if _map_text(row, lambda t: _normalized(t, changes)):
+            report.modified["normalized"] += 1
+            report.modified.update(f"normalized_{change}" for change in changes)
     empty = _empty_part(row, kind)
     if empty:
         return None, "empty", f"{empty} is empty"
@@ -163,6 +175,25 @@ def _process(rec, fmt, kind, subset, cfg: DataParams, tokenizer, decon, exact_se
         return None, "near_duplicate", f"estimated Jaccard >= {c.near_dup_threshold} with an earlier row"
     row["id"] = key[:16]
     return row, None, None
+
+
+def _parse(data: dict, fmt: formats.Format, kind: str, report: SourceReport) -> formats.Example:
+    """The record in the source's format; a record of another format that feeds this kind (a file
+    that mixes formats) is read by its own and counted, rather than dropped for missing fields."""
+    try:
+        return fmt.parse(data)
+    except formats.RowError as err:
+        other = formats.detect(data)
+        if err.reason != "missing_field" or other is None or other is fmt or kind not in other.kinds:
+            raise
+        report.other_formats[other.name] += 1
+        return other.parse(data)
+
+
+def _normalized(text: str, changes: set[str]) -> str:
+    out, found = cleaning.normalize_text_changes(text)
+    changes.update(found)
+    return out
 
 
 def _to_kind(ex: formats.Example, kind: str) -> dict:
