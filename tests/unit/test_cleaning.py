@@ -32,14 +32,41 @@ def test_decontaminator_catches_long_and_short_overlaps():
     assert not d.contaminated("How do I terminate a Linux process?")
 
 
-def test_near_duplicate_filter_with_minhash():
-    f = cleaning.NearDuplicateFilter(threshold=0.8, num_perm=128, shingle_words=3)
+def test_near_duplicate_filter_with_minhash(tmp_path):
+    f = cleaning.NearDuplicateFilter(tmp_path / "near.sqlite", threshold=0.8, num_perm=128, shingle_words=3)
     base = ("Write a short poem about the sea in exactly four lines, with a rhyme on every second line, "
             "mention a lighthouse and a gull, keep the tone calm and hopeful, "
             "and end the last line with the word home.")
-    assert not f.seen("a", base)
-    assert f.seen("b", base.replace("short", "small"))           # one word changed
-    assert not f.seen("c", "Explain how photosynthesis works to a ten year old child in simple words.")
+    assert not f.seen(base)
+    assert f.seen(base.replace("short", "small"))           # one word changed
+    assert not f.seen("Explain how photosynthesis works to a ten year old child in simple words.")
+    f.close()
+    assert not (tmp_path / "near.sqlite").exists()
+
+
+def test_the_near_duplicate_filter_finds_what_datasketchs_index_finds(tmp_path):
+    """The on-disk band table flags exactly the rows datasketch's in-memory MinHashLSH would."""
+    from datasketch import MinHashLSH
+
+    f = cleaning.NearDuplicateFilter(tmp_path / "near.sqlite", threshold=0.8, num_perm=128, shingle_words=3)
+    lsh = MinHashLSH(threshold=0.8, num_perm=128)
+    words = "the quick brown fox jumps over a lazy dog near river bank under bright moon light".split()
+    texts = [" ".join(words[i % 5:] + words[:i % 5]) + f" note {i // 7}" for i in range(60)]
+    ours, theirs = [], []
+    for i, text in enumerate(texts):
+        ours.append(f.seen(text))
+        m = f._minhash(text)
+        theirs.append(bool(lsh.query(m)))
+        if not theirs[-1]:
+            lsh.insert(str(i), m)
+    assert ours == theirs and any(ours) and not all(ours)
+
+
+def test_exact_duplicates_on_disk(tmp_path):
+    d = cleaning.ExactDuplicates(tmp_path / "exact.sqlite")
+    a, b = cleaning.content_hash("a"), cleaning.content_hash("b")
+    assert [d.seen(a), d.seen(b), d.seen(a)] == [False, False, True]
+    d.close()
 
 
 def test_blocklist_is_case_insensitive():

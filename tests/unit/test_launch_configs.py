@@ -14,15 +14,11 @@ RECIPE = ROOT / "recipes" / "qwen3-30b-a3b.yaml"
 
 
 def _launcher_env(config: str, monkeypatch) -> dict[str, str]:
-    """The environment `accelerate launch --config_file CONFIG` gives each process (accelerate's own
-    parsing of the file), set in this process."""
-    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-    from accelerate.utils.launch import prepare_multi_gpu_env
+    """The environment `accelerate launch --config_file CONFIG` gives each process, set in this one."""
+    from posttrain.rehearsal.launch import launcher_environment
 
-    args = launch_command_parser().parse_args(["--config_file", str(ROOT / config), "--num_processes", "2",
-                                               "train.py"])
-    args, *_ = _validate_launch_command(args)
-    env = prepare_multi_gpu_env(args)
+    with launcher_environment(ROOT / config) as env:
+        pass
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env

@@ -32,8 +32,11 @@ def assert_every_stage_ran(out: Path, recipe: str) -> str:
     assert set(rows) == {s.name for s in table} and set(rows.values()) == {"yes"}, rows
     for s in table:
         launch = json.loads((out / "work" / s.outs[0] / "manifest.json").read_text())["launch"]
-        if s.launcher:
-            assert launch["world_size"] == 2 and launch["distributed"] in ("fsdp", "ddp"), (s.name, launch)
+        if s.launcher:                 # two ranks in one process group; the launcher's config recorded
+            assert launch["world_size"] == 2 and launch["backend"] == "gloo", (s.name, launch)
+            assert launch["launcher"] == ("fsdp" if "fsdp.yaml" in s.launcher else None), (s.name, launch)
+        else:
+            assert launch["world_size"] == 1, (s.name, launch)
     assert (out / "preflight.html").read_text().count("<table>") == 3
     return report
 
@@ -129,3 +132,20 @@ def test_a_package_a_stage_needs_that_does_not_import_fails_before_anything_runs
     report = (tmp_path / "preflight.md").read_text()
     assert re.search(r"^\| reward_safety \| the pipeline's environment \| .*trl.* \|  \| no_such_package_here \|",
                      report, re.M)
+
+
+def test_a_launcher_config_clash_fails_the_rehearsal_naming_each_rule(monkeypatch):
+    """FSDP's own activation checkpointing and the trainer's, both on (problem 1 of the production
+    recipe): a CPU cannot run FSDP, so the rehearsal checks each config's plugin in-process. With
+    the stages' old training arguments the check names every FSDP rule; with today's, none."""
+    from posttrain.config import load_params
+    from posttrain.rehearsal import launch
+    from posttrain.training import trainers
+
+    params = load_params([ROOT / "params.yaml", ROOT / "recipes" / PRODUCTION])
+    assert launch.problems(params, ROOT) == []
+    monkeypatch.setattr(trainers, "activation_checkpointing", lambda cfg: bool(cfg.gradient_checkpointing))
+    found = launch.problems(params, ROOT)
+    assert {p.split(":")[0] for p in found} == {"sft", "reward_helpful", "reward_safety", "rl_reasoning",
+                                                 "distill_baseline", "distill"}, found
+    assert all("transformers' Trainer refuses both at start-up" in p for p in found)

@@ -224,6 +224,6 @@ def test_the_production_recipe_rehearses_under_profile_slurm(slurm_cluster, tmp_
     sft_calls = [c for c in re.findall(r"sbatch call: (.+)", log) if "rule_sft" in c]
     assert sft_calls and all("--gpus=h100:2" in c for c in sft_calls), sft_calls
     # what the recipe asks of a real cluster stays in the report: 8 GPUs for SFT, its memory estimate
-    assert re.search(r"^\| sft \| yes \| 8 \| 1 \| [\d.]+ \| [\d.]+ \| 215,338 \| \d+ \| 2 processes, fsdp v2 \|",
-                     report, re.M)
+    assert re.search(r"^\| sft \| yes \| 8 \| 1 \| [\d.]+ \| [\d.]+ \| 215,338 \| \d+ \| "
+                     r"2 processes \(gloo\), fsdp config v2 \|", report, re.M)
     assert "| rl.use_vllm |" in report and "vllm (envs/gpu.txt)" in report

@@ -123,16 +123,19 @@ def write_manifest(out_dir: str | Path, *, stage: str, params: dict, seed: int |
 
 
 def launch_record() -> dict:
-    """How the writing process was started: its world size and the distributed backend
-    `accelerate launch` configured (a rehearsal checks that a stage meant for 8 GPUs really ran
-    sharded across processes)."""
+    """How the writing process ran: the processes of its job, the process group's backend (nccl on
+    GPUs, gloo on CPUs), and the launcher config's distributed mode (`accelerate launch` passes it
+    in the environment). The two differ on a CPU, where accelerate runs an FSDP or DeepSpeed config
+    as plain data parallel over gloo: a rehearsal reports both."""
     env = os.environ
-    backend = ("fsdp" if env.get("ACCELERATE_USE_FSDP", "").lower() == "true" else
-               "deepspeed" if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" else
-               "ddp" if int(env.get("WORLD_SIZE", "1")) > 1 else None)
-    record = {"world_size": int(env.get("WORLD_SIZE", "1")), "distributed": backend}
-    if backend == "fsdp":
+    launcher = ("fsdp" if env.get("ACCELERATE_USE_FSDP", "").lower() == "true" else
+                "deepspeed" if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" else None)
+    record = {"world_size": int(env.get("WORLD_SIZE", "1")), "launcher": launcher, "backend": None}
+    if launcher == "fsdp":
         record["fsdp_version"] = int(env.get("FSDP_VERSION", "1"))
+    dist = sys.modules.get("torch.distributed")        # never imports torch into a torch-free stage
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        record.update(world_size=dist.get_world_size(), backend=str(dist.get_backend()))
     return record
 
 

@@ -8,6 +8,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Iterable
+from pathlib import Path
 
 # --- normalisation ---------------------------------------------------------------------------
 
@@ -108,15 +109,54 @@ class Decontaminator:
         return False
 
 
-class NearDuplicateFilter:
-    """MinHash LSH over word shingles (datasketch): `seen(key, text)` is True when an earlier
-    text is estimated to have Jaccard similarity >= threshold; otherwise it is remembered."""
+class _SeenTable:
+    """A set of 64-bit keys in an SQLite file beside the outputs rather than in memory, so the data
+    stage's memory stays flat however many rows a source has (UltraChat: 200k). The file is
+    scratch: one transaction, no journal, deleted on close."""
 
-    def __init__(self, threshold: float, num_perm: int, shingle_words: int, seed: int = 1):
+    def __init__(self, path: Path, columns: str):
+        import sqlite3
+
+        self.path = path
+        path.unlink(missing_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=OFF")
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute(f"CREATE TABLE seen ({columns}, PRIMARY KEY ({columns.replace(' INTEGER', '')})) "
+                        f"WITHOUT ROWID")
+        self.db.execute("BEGIN")
+
+    def close(self) -> None:
+        self.db.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _key64(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
+
+
+class ExactDuplicates(_SeenTable):
+    """Content hashes seen so far."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, "hash INTEGER")
+
+    def seen(self, key: str) -> bool:
+        """True when `key` (a hex content hash) was added before; otherwise adds it."""
+        return self.db.execute("INSERT OR IGNORE INTO seen VALUES (?)", (_key64(bytes.fromhex(key)),)).rowcount == 0
+
+
+class NearDuplicateFilter(_SeenTable):
+    """MinHash LSH over word shingles: `seen(text)` is True when an earlier text shares a band of
+    its MinHash signature (estimated Jaccard similarity >= threshold, as datasketch's MinHashLSH
+    finds candidates, with its band layout); otherwise its bands are remembered."""
+
+    def __init__(self, path: Path, threshold: float, num_perm: int, shingle_words: int, seed: int = 1):
         from datasketch import MinHashLSH
 
-        self.threshold, self.num_perm, self.shingle, self.seed = threshold, num_perm, shingle_words, seed
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        super().__init__(path, "band INTEGER, key INTEGER")
+        self.num_perm, self.shingle, self.seed = num_perm, shingle_words, seed
+        self.bands = MinHashLSH(threshold=threshold, num_perm=num_perm).hashranges
 
     def _minhash(self, text: str):
         from datasketch import MinHash
@@ -127,11 +167,12 @@ class NearDuplicateFilter:
         m.update_batch(s.encode() for s in shingles)
         return m
 
-    def seen(self, key: str, text: str) -> bool:
-        m = self._minhash(text)
-        if self.lsh.query(m):
+    def seen(self, text: str) -> bool:
+        values = self._minhash(text).hashvalues
+        keys = [(band, _key64(values[start:end].tobytes())) for band, (start, end) in enumerate(self.bands)]
+        if any(self.db.execute("SELECT 1 FROM seen WHERE band = ? AND key = ?", k).fetchone() for k in keys):
             return True
-        self.lsh.insert(key, m)
+        self.db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)", keys)
         return False
 
 

@@ -172,24 +172,30 @@ def problems(work: Path, params: Params, files: list[str]) -> list[str]:
         if got.get(s.name) == 0:
             found.append(f"{s.name}: received no rows; add a data source with its subsets")
         launch = json.loads(manifest.read_text()).get("launch") or {}
-        if s.launcher and launch.get("world_size", 1) < 2:
-            found.append(f"{s.name}: meant for {s.resources.get('gpu')} GPUs but ran in one process")
+        if s.launcher and (launch.get("world_size", 1) < 2 or not launch.get("backend")):
+            found.append(f"{s.name}: meant for {s.resources.get('gpu')} GPUs but ran without a process group of "
+                         f"several ranks ({launch})")
     return found
 
 
-def write(params: Params, files: list[str], work: Path, out: Path, found: list, env: list[Package], *,
-          snakemake_code: int, elapsed: float) -> Path:
+def write(params: Params, files: list[str], work: Path, out: Path, found: list, env: list[Package],
+          clashes: list[str], *, snakemake_code: int, elapsed: float) -> Path:
     """preflight.md and preflight.html under `out`; returns the markdown's path."""
     table = dag.stages(params, [str(work / f) for f in files])
     got = received(work, params)
     full = full_rows(params, _root(work))
     costs = estimates.stage_costs(params, table, full, mean_chars(work))
-    status = "passed" if snakemake_code == 0 else f"FAILED (Snakemake exit {snakemake_code})"
+    status = ("passed" if snakemake_code == 0 and not clashes else
+              "FAILED (launch checks)" if clashes else f"FAILED (Snakemake exit {snakemake_code})")
     lines = [f"# Pre-flight: {files[-1]}", "",
              f"Rehearsal on the CPU: **{status}** in {elapsed / 60:.1f} min. Every stage ran through Snakemake with "
              "the recipe's own rules, commands, launchers and parameters; what a CPU cannot hold was replaced by "
              "the stand-ins listed below. A rehearsal proves the DAG, the parameters, the data formats and the "
              "launch configuration; it cannot prove GPU kernels, memory or speed.", "",
+             "Multi-GPU stages run under their own launcher with 2 CPU processes: on a CPU, accelerate runs an FSDP "
+             "or DeepSpeed config as data parallel over gloo (not sharded), so each config's plugin was also built "
+             "in-process and checked against the stage's training arguments as transformers' Trainer checks "
+             "them at start-up: " + ("**" + "; ".join(clashes) + "**" if clashes else "no clash") + ".", "",
              "## Stages", "",
              "| rule | ran | GPUs | nodes | memory/GPU (GB, est.) | GPU-hours (est.) | rows (full data) | "
              "rows (rehearsal) | launch |", "|---|---|---|---|---|---|---|---|---|"]
@@ -238,8 +244,8 @@ def _launch(launch: dict) -> str:
         return ""
     if launch.get("world_size", 1) == 1:
         return "1 process"
-    return f"{launch['world_size']} processes, {launch.get('distributed')}" + (
-        f" v{launch['fsdp_version']}" if launch.get("fsdp_version") else "")
+    config = f", {launch['launcher']} config" + (f" v{launch['fsdp_version']}" if launch.get("fsdp_version") else "")
+    return f"{launch['world_size']} processes ({launch.get('backend')})" + (config if launch.get("launcher") else "")
 
 
 def _html(markdown: str, title: str) -> str:

@@ -19,7 +19,7 @@ import yaml
 
 from posttrain.config import load_params
 from posttrain.dag.checks import check_recipe
-from posttrain.rehearsal import preflight, standins
+from posttrain.rehearsal import launch, preflight, standins
 
 log = logging.getLogger("posttrain")
 
@@ -44,8 +44,9 @@ def rehearse(recipe: Path, out: Path | None, root: Path, snakemake_args: list[st
         log.info("stand-in  %-28s %s -> %s", s.key, s.recipe, s.rehearsal)
     env = preflight.environments(params, root)
     missing = [f"{e.stage}: {e.package} ({e.where})" for e in env if e.status == "missing"]
+    clashes = launch.problems(params, root)      # what the launchers would refuse on GPUs
     cmd = [str(Path(sys.executable).parent / "snakemake"), "--configfile", *files[1:], OVERLAY, *snakemake_args]
-    if not missing:
+    if not missing and not clashes:
         log.info("rehearsing %s in %s: %s", files[-1], work, " ".join(cmd[1:]))
         start = time.time()
         with (out / "snakemake.log").open("w") as sink:
@@ -53,10 +54,10 @@ def rehearse(recipe: Path, out: Path | None, root: Path, snakemake_args: list[st
         elapsed = time.time() - start
     else:
         code, elapsed = 1, 0.0
-    report = preflight.write(params, files, work, out, found, env, snakemake_code=code, elapsed=elapsed)
-    if missing:
-        print("posttrain rehearse: packages the stages need do not import:\n  " + "\n  ".join(missing),
-              file=sys.stderr)
+    report = preflight.write(params, files, work, out, found, env, clashes, snakemake_code=code, elapsed=elapsed)
+    if missing or clashes:
+        print("posttrain rehearse: stopped before running anything:\n  " + "\n  ".join(
+            [f"{m} does not import" for m in missing] + clashes), file=sys.stderr)
         return 1
     if code != 0:
         print("\n".join(failures((out / "snakemake.log").read_text())), file=sys.stderr)

@@ -12,6 +12,7 @@ for every source.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import shutil
@@ -22,12 +23,16 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from posttrain.config import DATA_KINDS, DataParams, Params, SourceParams, section
+from posttrain.core import publish
 from posttrain.core.commands import params_arg
 from posttrain.core.manifest import require_manifest, write_json, write_manifest
 from posttrain.data import cleaning, formats
+from posttrain.data.splits import SplitWriter
 
 log = logging.getLogger(__name__)
 QUARANTINE = Path("logs/prepare-data")
+# Records looked at to detect a source's format (the rest stream past).
+DETECT_ROWS = 200
 
 
 class DataError(RuntimeError):
@@ -63,62 +68,73 @@ def main(params: Params, kind: str, inputs: list[str], out: Path, tokenizer_dir:
     tokenizer = _load_tokenizer(tokenizer_dir)
     decon = _load_decontaminator(cfg, eval_file) if kind != "eval" else None
 
-    # 1. Read, parse and clean every source; keep the survivors and the rejects.
-    kept: list[dict] = []
-    rejected: list[dict] = []
+    # 1. Read, parse and clean every source, streaming: each row goes to its split or to the
+    # rejects as it is read, into a staging folder that replaces `out` only at the end.
+    tmp = publish.staging(out)
+    writer = SplitWriter(tmp, kind, cfg.seed, cfg.val_fraction)
+    rejects = Rejects(tmp / "rejected.jsonl", kind)
     reports: dict[str, SourceReport] = {}
-    exact_seen: set[str] = set()
-    near = (cleaning.NearDuplicateFilter(cfg.cleaning.near_dup_threshold, cfg.cleaning.near_dup_num_perm,
-                                         cfg.cleaning.near_dup_shingle_words) if cfg.cleaning.near_dup else None)
-    for spec in inputs:
-        source = _source_params(cfg, kind, spec)
-        report = reports[spec] = SourceReport()
-        records = list(formats.read_records(spec, report.read))
-        fmt = formats.FORMATS[source.format] if source.format != "auto" else formats.detect_format(records, spec)
-        report.format = fmt.name
-        if kind not in fmt.kinds:
-            raise DataError(f"{spec}: format {fmt.name} cannot feed kind {kind!r} (it feeds: {', '.join(fmt.kinds)})")
-        subset = source.subset or _stem(spec)
-        for rec in tqdm(records, desc=f"{kind}: {Path(spec).name}", unit="row", disable=None):
-            report.rows_in += 1
-            row, reason, detail = _process(rec, fmt, kind, subset, cfg, tokenizer, decon, exact_seen, near, report)
-            if row is None:
-                report.dropped[reason] += 1
-                rejected.append({"source": rec.locator, "reason": reason, "detail": detail,
-                                 "record": rec.data if rec.data is not None else rec.raw})
-            else:
-                report.rows_out += 1
-                kept.append(row)
-        if report.other_formats:
-            log.warning("%s: read as %s, but %s row(s) are in other formats, each read by its own: %s", spec,
-                        fmt.name, sum(report.other_formats.values()), dict(report.other_formats))
-        _check_reject_ratio(spec, report, cfg.max_reject_ratio, rejected, kind)
-        _check_too_long_ratio(spec, report, cfg, rejected, kind)
+    c = cfg.cleaning
+    exact = cleaning.ExactDuplicates(tmp.parent / f".{out.name}.exact.sqlite") if c.dedup_exact else None
+    near = (cleaning.NearDuplicateFilter(tmp.parent / f".{out.name}.near.sqlite", c.near_dup_threshold,
+                                         c.near_dup_num_perm, c.near_dup_shingle_words) if c.near_dup else None)
+    try:
+        for spec in inputs:
+            source = _source_params(cfg, kind, spec)
+            report = reports[spec] = SourceReport()
+            records = formats.read_records(spec, report.read)
+            head = list(itertools.islice(records, DETECT_ROWS))
+            fmt = formats.FORMATS[source.format] if source.format != "auto" else formats.detect_format(head, spec)
+            report.format = fmt.name
+            if kind not in fmt.kinds:
+                raise DataError(f"{spec}: format {fmt.name} cannot feed kind {kind!r} (it feeds: "
+                                f"{', '.join(fmt.kinds)})")
+            subset = source.subset or _stem(spec)
+            for rec in tqdm(itertools.chain(head, records), desc=f"{kind}: {Path(spec).name}", unit="row",
+                            disable=None):
+                report.rows_in += 1
+                row, reason, detail = _process(rec, fmt, kind, subset, cfg, tokenizer, decon, exact, near, report)
+                if row is None:
+                    report.dropped[reason] += 1
+                    rejects.add(rec, reason, detail)
+                else:
+                    report.rows_out += 1
+                    writer.add(row)
+            if report.other_formats:
+                log.warning("%s: read as %s, but %s row(s) are in other formats, each read by its own: %s", spec,
+                            fmt.name, sum(report.other_formats.values()), dict(report.other_formats))
+            _check_reject_ratio(spec, report, cfg.max_reject_ratio, rejects)
+            _check_too_long_ratio(spec, report, cfg, rejects)
+        splits = writer.close()
+        rejects.close()
+        if not sum(report.rows_out for report in reports.values()):
+            raise DataError(f"nothing remains of {len(inputs)} source(s) for kind {kind!r} after cleaning; "
+                            f"see {rejects.quarantine()} for why each row was dropped")
+        if kind != "eval" and not splits["train"]:
+            raise DataError(f"kind {kind!r}: every row fell into val; lower data.val_fraction")
+    except BaseException:
+        writer.close()
+        rejects.close()
+        rejects.quarantine()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        for table in (exact, near):
+            if table is not None:
+                table.close()
 
-    if not kept:
-        _quarantine(kind, rejected)
-        raise DataError(f"nothing remains of {len(inputs)} source(s) for kind {kind!r} after cleaning; "
-                        f"see {QUARANTINE / (kind + '.rejected.jsonl')} for why each row was dropped")
-
-    # 2. Split by content hash, write files, report and manifest (last).
-    splits = _split(kept, kind, cfg)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    for name, rows in splits.items():
-        _write_jsonl(out / f"{name}.jsonl", rows)
-    _write_jsonl(out / "rejected.jsonl", rejected)
-    report = _summary(kind, reports, splits)
-    write_json(out / "report.json", report)
+    # 2. Report and manifest (last), then the folder replaces the previous one.
+    report = _summary(kind, reports, splits, writer.subsets)
+    write_json(tmp / "report.json", report)
     inputs_hashed = {f"input{i}": p for i, p in enumerate(inputs) if not p.startswith("hf:")}
     if tokenizer_dir:
         inputs_hashed["tokenizer"] = tokenizer_dir
     if eval_file:
         inputs_hashed["eval"] = eval_file
-    write_manifest(out, stage=f"prepare-data:{kind}", params=section(params, "data"), seed=cfg.seed,
+    write_manifest(tmp, stage=f"prepare-data:{kind}", params=section(params, "data"), seed=cfg.seed,
                    inputs=inputs_hashed, chat_template=getattr(tokenizer, "chat_template", None),
-                   extra={"kind": kind, "rows": {k: len(v) for k, v in splits.items()},
-                          "hub_sources": [p for p in inputs if p.startswith("hf:")]})
+                   extra={"kind": kind, "rows": splits, "hub_sources": [p for p in inputs if p.startswith("hf:")]})
+    publish.publish(tmp, out)
     log.info("%s: %d rows in, %d out, dropped %s", kind, report["rows_in"], report["rows_out"], report["dropped"])
     return report
 
@@ -126,7 +142,7 @@ def main(params: Params, kind: str, inputs: list[str], out: Path, tokenizer_dir:
 # --- one record ------------------------------------------------------------------------------
 
 
-def _process(rec, fmt, kind, subset, cfg: DataParams, tokenizer, decon, exact_seen, near, report):
+def _process(rec, fmt, kind, subset, cfg: DataParams, tokenizer, decon, exact, near, report):
     """(row, None, None) for a kept record, else (None, reason, detail)."""
     if rec.error is not None:
         return None, rec.error.reason, rec.error.detail
@@ -167,11 +183,9 @@ def _process(rec, fmt, kind, subset, cfg: DataParams, tokenizer, decon, exact_se
     if decon is not None and decon.contaminated(text):
         return None, "contaminated", f"shares a {decon.n}-word sequence with an eval prompt"
     key = cleaning.content_hash(_content(row, kind))
-    if c.dedup_exact:
-        if key in exact_seen:
-            return None, "duplicate", "exact duplicate of an earlier row"
-        exact_seen.add(key)
-    if near is not None and near.seen(key, text):
+    if exact is not None and exact.seen(key):
+        return None, "duplicate", "exact duplicate of an earlier row"
+    if near is not None and near.seen(text):
         return None, "near_duplicate", f"estimated Jaccard >= {c.near_dup_threshold} with an earlier row"
     row["id"] = key[:16]
     return row, None, None
@@ -302,68 +316,66 @@ def _load_decontaminator(cfg: DataParams, eval_file: Path | None):
     return cleaning.Decontaminator(texts, n=cfg.cleaning.decontamination_ngram)
 
 
-def _check_reject_ratio(spec: str, report: SourceReport, limit: float, rejected: list[dict], kind: str) -> None:
-    malformed = sum(report.dropped[r] for r in ("malformed_json", "missing_field", "wrong_type"))
+class Rejects:
+    """rejected.jsonl, written as rows are dropped; the first malformed ones per source kept for
+    error messages. On failure the runner removes the stage's outputs: `quarantine()` keeps a
+    copy under logs/."""
+
+    def __init__(self, path: Path, kind: str):
+        self.path, self.kind = path, kind
+        self.fh = open(path, "w", encoding="utf-8")
+        self.first_malformed: dict[str, list[dict]] = {}
+
+    def add(self, rec, reason: str, detail: str) -> None:
+        entry = {"source": rec.locator, "reason": reason, "detail": detail,
+                 "record": rec.data if rec.data is not None else rec.raw}
+        self.fh.write(json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n")
+        if reason in MALFORMED:
+            seen = self.first_malformed.setdefault(rec.locator.rsplit(":", 1)[0].split("#")[0], [])
+            if len(seen) < 3:
+                seen.append(entry)
+
+    def close(self) -> None:
+        if not self.fh.closed:
+            self.fh.close()
+
+    def quarantine(self) -> Path:
+        self.close()
+        QUARANTINE.mkdir(parents=True, exist_ok=True)
+        kept = QUARANTINE / f"{self.kind}.rejected.jsonl"
+        if self.path.exists():
+            shutil.copy(self.path, kept)
+        return kept
+
+
+MALFORMED = ("malformed_json", "missing_field", "wrong_type", "malformed_csv")
+
+
+def _check_reject_ratio(spec: str, report: SourceReport, limit: float, rejects: Rejects) -> None:
+    malformed = sum(report.dropped[r] for r in MALFORMED)
     if report.rows_in and malformed / report.rows_in > limit:
-        _quarantine(kind, rejected)
-        examples = [r for r in rejected if r["source"].startswith(spec) and r["reason"] in
-                    ("malformed_json", "missing_field", "wrong_type")][:3]
+        kept = rejects.quarantine()
+        examples = [e for source, entries in rejects.first_malformed.items() if source.startswith(spec)
+                    for e in entries][:3]
         shown = "\n  ".join(f"{r['source']}: {r['reason']}: {r['detail']}" for r in examples)
         raise DataError(
             f"{spec}: {malformed} of {report.rows_in} rows are malformed ({malformed / report.rows_in:.1%} > "
             f"data.max_reject_ratio={limit:.1%}) as format {report.format}. First ones:\n  {shown}\n"
-            f"All rejects: {QUARANTINE / (kind + '.rejected.jsonl')}. Fix the file, set its `format:`, "
-            f"or raise data.max_reject_ratio.")
+            f"All rejects: {kept}. Fix the file, set its `format:`, or raise data.max_reject_ratio.")
 
 
-def _check_too_long_ratio(spec: str, report: SourceReport, cfg, rejected: list[dict], kind: str) -> None:
+def _check_too_long_ratio(spec: str, report: SourceReport, cfg, rejects: Rejects) -> None:
     too_long, limit = report.dropped["too_long"], cfg.max_too_long_ratio
     if report.rows_in and too_long / report.rows_in > limit:
-        _quarantine(kind, rejected)
+        kept = rejects.quarantine()
         raise DataError(
             f"{spec}: {too_long} of {report.rows_in} rows are longer than data.cleaning.max_tokens="
             f"{cfg.cleaning.max_tokens} tokens ({too_long / report.rows_in:.1%} > data.max_too_long_ratio="
-            f"{limit:.1%}); the rows and their lengths: {QUARANTINE / (kind + '.rejected.jsonl')}. Raise "
+            f"{limit:.1%}); the rows and their lengths: {kept}. Raise "
             f"cleaning.max_tokens (and the training max_length), or data.max_too_long_ratio.")
 
 
-def _quarantine(kind: str, rejected: list[dict]) -> None:
-    """On failure the stage's outputs are removed by the runner; keep the rejects elsewhere."""
-    QUARANTINE.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(QUARANTINE / f"{kind}.rejected.jsonl", rejected)
-
-
-def _split(rows: list[dict], kind: str, cfg: DataParams) -> dict[str, list[dict]]:
-    if kind == "eval":
-        return {"test": rows}
-    splits: dict[str, list[dict]] = {"train": [], "val": []}
-    # A salted hash of the content: stable across reruns and input order, independent of which
-    # other rows survive.
-    hashes = {row["id"]: int(cleaning.content_hash([cfg.seed, row["id"]])[:8], 16) / 0xFFFFFFFF for row in rows}
-    for row in rows:
-        splits["val" if hashes[row["id"]] < cfg.val_fraction else "train"].append(row)
-    if kind == "prompts" and cfg.val_fraction > 0:
-        _hold_out_one_per_subset(splits, hashes)
-    if not splits["train"]:
-        raise DataError(f"kind {kind!r}: every row fell into val; lower data.val_fraction")
-    return splits
-
-
-def _hold_out_one_per_subset(splits: dict[str, list[dict]], hashes: dict[str, float]) -> None:
-    """RL stages select checkpoints on the held-out prompts of their own subsets: a subset with
-    two or more rows keeps its lowest-hash row in val even when the fraction rounds to none."""
-    held = {r.get("subset") for r in splits["val"]}
-    by_subset: dict = {}
-    for row in splits["train"]:
-        by_subset.setdefault(row.get("subset"), []).append(row)
-    for subset, rows in sorted(by_subset.items(), key=lambda kv: str(kv[0])):
-        if subset not in held and len(rows) >= 2:
-            pick = min(rows, key=lambda r: hashes[r["id"]])
-            splits["train"].remove(pick)
-            splits["val"].append(pick)
-
-
-def _summary(kind: str, reports: dict[str, SourceReport], splits: dict[str, list[dict]]) -> dict:
+def _summary(kind: str, reports: dict[str, SourceReport], splits: dict[str, int], subsets: Counter) -> dict:
     dropped: Counter = Counter()
     modified: Counter = Counter()
     for r in reports.values():
@@ -375,16 +387,10 @@ def _summary(kind: str, reports: dict[str, SourceReport], splits: dict[str, list
         "rows_out": sum(r.rows_out for r in reports.values()),
         "dropped": dict(sorted(dropped.items())),
         "modified": dict(sorted(modified.items())),
-        "splits": {k: len(v) for k, v in splits.items()},
-        "subsets": dict(sorted(Counter(row["subset"] for rows in splits.values() for row in rows).items())),
+        "splits": splits,
+        "subsets": dict(sorted(subsets.items())),
         "sources": {spec: r.as_dict() for spec, r in reports.items()},
     }
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
