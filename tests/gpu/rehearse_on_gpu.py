@@ -3,7 +3,8 @@
 bf16, on CUDA. What a CPU rehearsal cannot show: that the stages' CUDA paths (bf16 autocast, the
 MoE's expert kernels, PEFT on fused experts, TRL's trainers on a GPU) run at all.
 
-    python tests/gpu/rehearse_on_gpu.py OUT        # on a machine with one GPU, under 10 minutes
+    python tests/gpu/rehearse_on_gpu.py OUT          # on a machine with one GPU, under 10 minutes
+    python tests/gpu/rehearse_on_gpu.py OUT --print  # anywhere: the commands it would run
 
 The machine needs the pipeline's Python packages that its image lacks, carried as wheels (see
 tests/gpu/README.md). No Snakemake there: the stages' own commands, from the same stage table and
@@ -35,11 +36,11 @@ RECIPE = "recipes/qwen3-30b-a3b.yaml"
 WANTED = ("sft", "reward_helpful", "reward_safety", "rl_helpfulness", "rl_safety", "rl_reasoning")
 
 
-def main(out: Path) -> int:
+def main(out: Path, print_only: bool = False) -> int:
     import torch
 
-    if not torch.cuda.is_available():
-        print("no CUDA device: this script is for a GPU machine", file=sys.stderr)
+    if not torch.cuda.is_available() and not print_only:
+        print("no CUDA device: this script is for a GPU machine (--print lists its commands)", file=sys.stderr)
         return 2
     files = ["params.yaml", RECIPE]
     params = load_params([ROOT / f for f in files])
@@ -47,7 +48,12 @@ def main(out: Path) -> int:
     overlay, found = standins.overlay(params, ROOT, device="cuda")
     (work / run.OVERLAY).write_text(yaml.safe_dump(overlay, sort_keys=False))
     files.append(run.OVERLAY)
-    table = {s.name: s for s in dag.stages(load_params([work / f for f in files]), files)}
+    os.chdir(work)                      # the table reads the overlays where the commands will
+    table = {s.name: s for s in dag.stages(load_params(files), files)}
+    if print_only:
+        for name in _with_upstream(table):
+            print(f"{name}: {table[name].cmd}")
+        return 0
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     results = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
                "stand_ins": [s.__dict__ for s in found], "rules": {}}
@@ -80,4 +86,5 @@ def _with_upstream(table: dict) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1] if len(sys.argv) > 1 else "gpu-rehearsal")))
+    args = [a for a in sys.argv[1:] if a != "--print"]
+    sys.exit(main(Path(args[0] if args else "gpu-rehearsal").resolve(), print_only="--print" in sys.argv))

@@ -149,3 +149,16 @@ def test_a_launcher_config_clash_fails_the_rehearsal_naming_each_rule(monkeypatc
     assert {p.split(":")[0] for p in found} == {"sft", "reward_helpful", "reward_safety", "rl_reasoning",
                                                  "distill_baseline", "distill"}, found
     assert all("transformers' Trainer refuses both at start-up" in p for p in found)
+
+
+def test_the_gpu_script_builds_its_stages_from_the_rehearsal(tmp_path):
+    """tests/gpu/rehearse_on_gpu.py runs only on a GPU machine; its plan is checked here so that it
+    does not rot: the training stages and what they read, one process each, the recipe's bf16."""
+    res = run([bin_path("python"), "tests/gpu/rehearse_on_gpu.py", str(tmp_path), "--print"], ROOT)
+    rules = dict(line.split(": ", 1) for line in res.stdout.splitlines())
+    assert list(rules) == ["base_model", "prepare_data_eval", "prepare_data_sft", "prepare_data_preference",
+                           "prepare_data_prompts", "sft", "reward_helpful", "reward_safety", "rl_helpfulness",
+                           "rl_safety", "rl_reasoning"]
+    assert all("--params rehearsal.yaml" in cmd and "accelerate launch" not in cmd for cmd in rules.values())
+    overlay = yaml.safe_load((tmp_path / "work/rehearsal.yaml").read_text())
+    assert overlay["sft"]["gpus"] == 1 and "precision" not in overlay["sft"] and "dtype" not in overlay["model"]

@@ -146,7 +146,7 @@ def _steps(cfg: dict) -> str:
 def _devices(section: str, cfg: dict, swap, device: str) -> dict:
     out = {}
     if cfg.get("gpus", 0) > 1 and device == "cuda":
-        out["gpus"] = 1
+        out["gpus"], out["strategy"] = 1, "none"
         swap(f"{section}.gpus", cfg["gpus"], "1 GPU", "one GPU, one process (the launcher is rehearsed on the CPU)")
     elif cfg.get("gpus", 0) > 1:
         out["gpus"] = PROCESSES
