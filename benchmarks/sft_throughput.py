@@ -70,8 +70,8 @@ def _trainer(base: Path, data: Path, tmp: Path, steps: int, packing: bool, name:
     set_seed(params.sft.seed)
     model = AutoModelForCausalLM.from_pretrained(base)
     tok = AutoTokenizer.from_pretrained(base)
-    return sft._build_trainer(model, tok, data, tmp / name, params.sft,
-                              training.resolve_precision(params.sft.precision)), params.sft
+    return sft._build_trainer(model, tok, [data / "train.jsonl"], data / "val.jsonl", tmp / name, params.sft,
+                              training.resolve_precision(params.sft.precision), None, "sft"), params.sft
 
 
 def stage_tokens_per_second(base, data, tmp, steps) -> tuple[float, list[dict]]:

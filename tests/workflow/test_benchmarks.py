@@ -1,0 +1,20 @@
+"""Benchmark scripts run in a tiny mode, so a refactor that breaks one fails here rather than when
+someone next reproduces a figure of benchmarks/RESULTS.md (sft_throughput.py once broke unseen)."""
+
+import re
+
+from conftest import ROOT, bin_path, run
+
+
+def test_data_scale_prints_rows_per_second_and_flat_memory():
+    res = run([bin_path("python"), "benchmarks/data_scale.py", "--sizes", "300", "3000", "--near-dup"], ROOT)
+    rows = re.findall(r"^\s+([\d,]+)\s+[\d.]+\s+([\d,]+)\s+(\d+)\s+([\d.]+)$", res.stdout, re.M)
+    assert [r[0] for r in rows] == ["300", "3,000"], res.stdout
+    ratio = float(re.search(r"largest vs second largest: ([\d.]+)", res.stdout).group(1))
+    assert 0.5 < ratio < 1.5
+
+
+def test_sft_throughput_prints_its_ratios():
+    res = run([bin_path("python"), "benchmarks/sft_throughput.py", "--steps", "3"], ROOT)
+    assert re.search(r"stage / bare:\s+[\d.]+", res.stdout), res.stdout
+    assert re.search(r"real-token share, packing .*: 1\.000", res.stdout), res.stdout
