@@ -18,3 +18,14 @@ def test_sft_throughput_prints_its_ratios():
     res = run([bin_path("python"), "benchmarks/sft_throughput.py", "--steps", "3"], ROOT)
     assert re.search(r"stage / bare:\s+[\d.]+", res.stdout), res.stdout
     assert re.search(r"real-token share, packing .*: 1\.000", res.stdout), res.stdout
+
+
+def test_rl_micro_batches_prints_its_ratios():
+    res = run([bin_path("python"), "benchmarks/rl_micro_batches.py", "--steps", "1", "--generations", "2",
+               "--prompts-per-step", "2", "--tokens", "8", "--micro-batches", "2"], ROOT)
+    assert re.search(r"ratio micro / whole: peak RSS [\d.]+, time [\d.]+", res.stdout), res.stdout
+
+
+def test_reward_batching_prints_its_ratios():
+    res = run([bin_path("python"), "benchmarks/reward_batching.py"], ROOT)
+    assert re.search(r"ratios random / grouped: batch tokens [\d.]+, stage time [\d.]+", res.stdout), res.stdout
