@@ -108,8 +108,12 @@ test-workflow: setup system-deps
 	$(BIN)/python -m pytest -q tests/workflow
 
 # ruff, pinned in envs/requirements.txt and configured in pyproject.toml.
+# ruff, and the generated files that go stale when code moves (dvc.yaml's code inputs follow the
+# stages' imports; docs/params.md follows the schema): seconds, before the long suite.
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/posttrain dag --check
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_params_doc.py
 
 lock:
 	rm -rf /tmp/posttrain-lock && $(PYTHON) -m venv /tmp/posttrain-lock
