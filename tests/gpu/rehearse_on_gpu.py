@@ -44,7 +44,7 @@ def main(out: Path, print_only: bool = False) -> int:
         return 2
     files = ["params.yaml", RECIPE]
     params = load_params([ROOT / f for f in files])
-    work = run._work_tree(out / "work", ROOT)
+    work = run.work_tree(out / "work", ROOT)
     overlay, found = standins.overlay(params, ROOT, device="cuda")
     (work / run.OVERLAY).write_text(yaml.safe_dump(overlay, sort_keys=False))
     files.append(run.OVERLAY)

@@ -18,7 +18,8 @@ from pathlib import Path
 from posttrain import dag
 from posttrain.config import Params
 
-SECTIONS = {"sft": "sft", "reward": "reward", "rl": "rl", "distill": "distill"}
+# Stage kinds that train under a launcher, each configured by its own params section of that name.
+TRAINING_KINDS = ("sft", "reward", "rl", "distill")
 
 
 @contextmanager
@@ -44,11 +45,10 @@ def problems(params: Params, root: Path) -> list[str]:
     """Each multi-GPU rule whose launcher config and training arguments transformers would refuse."""
     found = []
     for s in dag.stages(params, ["params.yaml"]):
-        section = SECTIONS.get(s.kind)
-        if not s.launcher or section is None or "--config_file" not in s.launcher:
+        if not s.launcher or s.kind not in TRAINING_KINDS or "--config_file" not in s.launcher:
             continue
         config = root / s.launcher.split("--config_file ")[1].split()[0]
-        cfg = getattr(params, section)
+        cfg = getattr(params, s.kind)
         if cfg.strategy == "fsdp":
             found += [f"{s.name}: {p}" for p in _fsdp_problems(config, cfg)]
     return found

@@ -35,7 +35,7 @@ def rehearse(recipe: Path, out: Path | None, root: Path, snakemake_args: list[st
     params = load_params([root / "params.yaml", *([] if recipe.name == "params.yaml" else [recipe])])
     check_recipe(params, root)                       # what `snakemake -n` would refuse, first
     out = out or root / "results" / "rehearsal" / recipe.stem
-    work = _work_tree(out / "work", root)
+    work = work_tree(out / "work", root)
     files = ["params.yaml"] if recipe.name == "params.yaml" else ["params.yaml", _place(recipe, root, work)]
     extra, found = standins.overlay(params, root, model=model, student=student)
     (work / OVERLAY).write_text(f"# Stand-ins of a rehearsal of {files[-1]} (posttrain rehearse)\n"
@@ -92,7 +92,7 @@ def _place(recipe: Path, root: Path, work: Path) -> str:
     return recipe.name
 
 
-def _work_tree(work: Path, root: Path) -> Path:
+def work_tree(work: Path, root: Path) -> Path:
     """The rehearsal's own working directory; its results/ survive a rerun (Snakemake resumes),
     the links are made afresh."""
     work.mkdir(parents=True, exist_ok=True)

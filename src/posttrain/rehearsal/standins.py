@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode
 
+import yaml
+
 from posttrain.config import Params
 from posttrain.models.names import TINY_ARCHS, classify
 
@@ -25,10 +27,8 @@ ARCH_PATTERNS = (
 )
 # Local fixture datasets (one folder per hub id, README.md says where the rows come from).
 FIXTURES = Path("tests/data/hub")
-# Sizes of the packaged demo corpus in a rehearsal (the tiny DAG's).
-DEMO_SIZES = {"sft_alpaca": 40, "sft_sharegpt": 30, "sft_messages": 40, "arithmetic_train": 60,
-              "preference_helpful": 40, "preference_safety_hh": 40, "prompts_rl": 40, "eval_arithmetic": 20,
-              "eval_format": 10, "eval_harmful": 10, "eval_benign": 10}
+# The tiny DAG's overlay: its demo-corpus sizes are the rehearsal's too.
+TINY_OVERLAY = Path("tests/data/tiny.yaml")
 # Caps on the training sections (sft, reward, distill): a few optimiser steps, short rows.
 TRAINING_CAPS = {"max_steps": 4, "eval_steps": 2, "save_steps": 2, "batch_size": 2, "grad_accum": 1,
                  "max_length": 1024, "logging_steps": 1}
@@ -74,7 +74,7 @@ def overlay(params: Params, root: Path, model: str | None = None, student: str |
     p = params.model_dump(mode="json")
     out: dict = {}
     if _uses_demo_corpus(params):
-        out["demo_data"] = {"sizes": DEMO_SIZES}
+        out["demo_data"] = {"sizes": yaml.safe_load((root / TINY_OVERLAY).read_text())["demo_data"]["sizes"]}
     found: list[StandIn] = []
 
     def swap(key, recipe, rehearsal, why):
@@ -218,8 +218,11 @@ def _export(params: Params, swap) -> dict:
            "max_model_len": 256}
     for fmt in ("gguf", "gguf_lora"):
         out[fmt] = {"tokenizer_pre": "gpt-2"}     # llama.cpp's name for the tiny tokenizer's pre-tokenizer
+    swap("export", f"formats {', '.join(params.export.formats)}", "groups of 32 (the tiny model is 64 wide), 8 "
+         "calibration rows", "the same quantizers and checks on a model they can divide")
     if params.export.dtype != "float32":
         out["dtype"] = "float32"
+        swap("export.dtype", params.export.dtype, "float32", "the merged stand-in is saved as it trained")
     return out
 
 
