@@ -15,7 +15,7 @@ from posttrain.config import load_params
 from posttrain.dag import code
 
 PACKAGE = ROOT / "src" / "posttrain"
-DOMAIN = {"data", "demo", "models", "training", "verifiers", "rl", "inference", "export"}
+DOMAIN = {"data", "demo", "models", "training", "verifiers", "rl", "inference", "export", "stats"}
 # Modules longer than this are split; data lives in data files, not in modules.
 MAX_LINES = 500
 

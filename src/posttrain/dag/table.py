@@ -318,9 +318,28 @@ def _evaluation(params: Params, table: list[Stage], sources: dict) -> list[Stage
     report = str(RESULTS / "report")
     curves = [m for n, m in models.items() if n != "base"] + list(rms.values())  # every training stage
     args = ["report"] + [a for e in evals for a in ("--eval", e)] + [a for c in curves for a in ("--curves", c)]
+    args += [a for pair in _comparisons(table, models, quantized) for a in ("--compare", pair)]
     stages.append(Stage("report", [*args, "--out", report], evals + curves, [report], [],
                         metrics=[f"{report}/metrics.json"], plots=[f"{report}/plots"]))
     return stages
+
+
+def _comparisons(table: list[Stage], models: dict[str, str], quantized: dict[str, str]) -> list[str]:
+    """`MODEL=BASELINE` for the report's paired tests: each model against the model it was made from
+    (SFT and the RL-first stage from the base, an RL stage from its init, an export from its
+    source), and the distilled student against the same student trained without a teacher."""
+    by_folder = {folder: name for name, folder in models.items()}
+    pairs = []
+    for s in table:
+        model = by_folder.get(s.outs[0]) if s.outs else None
+        for flag in ("--init", "--base"):
+            if model and flag in s.args and s.args[s.args.index(flag) + 1] in by_folder:
+                pairs.append(f"{model}={by_folder[s.args[s.args.index(flag) + 1]]}")
+    if "distilled" in models and "student_sft" in models:
+        pairs.append("distilled=student_sft")
+    pairs += [f"{name}={Path(folder).parent.name}" for name, folder in quantized.items()
+              if Path(folder).parent.name in models]
+    return pairs
 
 
 # a PPO stage's per-step statistics beside its reward curves (all in its log.csv)

@@ -232,6 +232,8 @@ def _reward_metrics(samples: list[dict], rows: list[dict], reward_dirs: dict[str
             continue
         if ref_samples is None:  # this model is the reference: every comparison is a tie
             metrics["win_rate_vs_reference"] = 0.5
+            for s in picked:
+                s["win_vs_reference"] = 0.5
             continue
         pairs = [(s, ref_samples.get((s["task"], s.get("id") or s["prompt"]))) for s in picked]
         pairs = [(s, r) for s, r in pairs if r is not None and r.get("response") is not None]
@@ -248,6 +250,8 @@ def _reward_metrics(samples: list[dict], rows: list[dict], reward_dirs: dict[str
                                   batch_size=cfg.reward_batch_size)
         wins = [_win(s["response"], s["rm_scores"][aspect], r["response"], round(v, 6))
                 for (s, r), v in zip(pairs, ref_scores)]
+        for (s, _), w in zip(pairs, wins):   # per prompt, for the report's paired tests
+            s["win_vs_reference"] = w
         metrics["win_rate_vs_reference"] = sum(wins) / len(wins)
     return metrics
 
@@ -269,7 +273,10 @@ def _arithmetic_breakdown(samples: list[dict], by_id: dict) -> dict:
     golds = [s["target"] for s in picked]
     out = {}
     for metric, reward in ARITHMETIC_BREAKDOWN.items():
-        scores = [x for x in rewards.build({"name": reward})(prompts, responses, answer=golds) if x is not None]
+        per_sample = rewards.build({"name": reward})(prompts, responses, answer=golds)
+        for s, x in zip(picked, per_sample):   # per prompt, for the report's paired tests
+            s.setdefault("arithmetic_rewards", {})[reward] = x
+        scores = [x for x in per_sample if x is not None]
         out[metric] = sum(scores) / len(scores) if scores else None
     return out
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from posttrain.core.commands import params_arg
 from posttrain.core.manifest import require_manifest, write_json, write_manifest
+from posttrain.stats import paired
 
 # Canonical metrics in report order, with the direction that is better.
 CANONICAL = {
@@ -52,13 +53,14 @@ STAGE_TABLES = {
 }
 
 
-def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path) -> dict:
-    records, speed = [], {}
+def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path, compare: list[str] | None = None) -> dict:
+    records, speed, folders = [], {}, {}
     for d in eval_dirs:
         require_manifest(d, "evaluate")
         records.append(json.loads((d / "metrics.json").read_text()))
         timings = json.loads((d / "timings.json").read_text()) if (d / "timings.json").is_file() else {}
         m = records[-1]["metrics"]
+        folders[records[-1]["model"]] = d
         speed[records[-1]["model"]] = {"parameters": m.get("parameters"), "weights_mb": m.get("weights_mb"),
                                        "tokens_per_second": timings.get("generation_tokens_per_second")}
     table = {r["model"]: r["metrics"] for r in records}
@@ -70,7 +72,7 @@ def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path) -> dict:
         shutil.rmtree(out)
     (out / "plots").mkdir(parents=True)
     charts = [_bar_chart(table, m, out / "plots" / f"{m}.png") for m in metrics]
-    curves, stages = [], {key: {} for key in STAGE_TABLES}
+    curves, stages, kept_init = [], {key: {} for key in STAGE_TABLES}, []
     for d in curve_dirs:
         require_manifest(d, "a training stage")
         label = d.name if d.parent.name == "results" else f"{d.parent.name}_{d.name}"  # sft, reward_helpful
@@ -82,15 +84,53 @@ def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path) -> dict:
         for key, (_, _, row, columns) in STAGE_TABLES.items():
             if key in stage_metrics:
                 stages[key][stage_metrics[row]] = {c: stage_metrics.get(c) for c in columns}
+        if "heldout_reward_chosen" in stage_metrics and stage_metrics.get("chosen_step") == 0:
+            kept_init.append(d.name)   # an RL stage's model is named after its folder
 
+    tests = _significance(folders, compare or [])
     write_json(out / "metrics.json", table)
-    (out / "report.md").write_text(_markdown(table, metrics, partial, charts, curves, stages, speed))
-    (out / "report.html").write_text(_html(table, metrics, partial, charts, curves, stages, speed))
+    write_json(out / "significance.json", tests)
+    (out / "report.md").write_text(_markdown(table, metrics, partial, charts, curves, stages, speed, tests,
+                                             kept_init))
+    (out / "report.html").write_text(_html(table, metrics, partial, charts, curves, stages, speed, tests,
+                                           kept_init))
     write_manifest(out, stage="report", params={}, seed=None,
                    inputs={f"eval:{d.name}": d for d in eval_dirs} | {f"curves:{d.name}": d for d in curve_dirs},
                    extra={"models": list(table), "partial": partial,
                           "reward_models": stages["heldout_accuracy"], "rl_stages": stages["heldout_reward_chosen"]})
     return table
+
+
+def _significance(folders: dict[str, Path], pairs: list[str]) -> list[dict]:
+    """Paired tests of every metric two models share, for each `MODEL=BASELINE` pair whose two
+    evaluations the report has."""
+    samples = {}
+    out = []
+    for pair in pairs:
+        model, _, baseline = pair.partition("=")
+        if model not in folders or baseline not in folders:
+            raise ValueError(f"--compare {pair}: the report has evaluations of {sorted(folders)}")
+        for name in (model, baseline):
+            if name not in samples:
+                path = folders[name] / "samples.jsonl"
+                samples[name] = [json.loads(line) for line in open(path)] if path.is_file() else []
+        for metric in paired.PER_PROMPT:
+            c = paired.compare(model, samples[model], baseline, samples[baseline], metric)
+            if c is not None:
+                out.append(c.record(CANONICAL.get(metric)))
+    return out
+
+
+SIGNIFICANCE_COLUMNS = ("model", "baseline", "metric", "n", "baseline_value", "model_value", "delta", "test", "p",
+                        "informative", "verdict")
+SIGNIFICANCE_NOTE = (
+    "Each model against the model it was made from (an RL stage's init, an export's source, the distilled student "
+    "against the same student trained without a teacher), on the same prompts: McNemar's exact test for 0/1 "
+    f"outcomes, the Wilcoxon signed-rank test for scores. better / worse: p < {paired.ALPHA} in the metric's "
+    "direction; otherwise within noise. n: prompts both models were scored on; informative: the prompts the "
+    "difference rests on (discordant pairs, non-zero differences). No correction for the number of tests.")
+KEPT_INIT_NOTE = ("Selection kept step 0 (no checkpoint's held-out reward rose above the start, so the stage returned "
+                  "its init model unchanged): ")
 
 
 def _fmt(v) -> str:
@@ -133,13 +173,15 @@ RESULTS_MD = "benchmarks/RESULTS.md"
 RESULTS_LINK = "../../benchmarks/RESULTS.md"
 
 
-def _markdown(table, metrics, partial, charts, curves, stages, speed) -> str:
+def _markdown(table, metrics, partial, charts, curves, stages, speed, tests, kept_init) -> str:
     lines = ["# posttrain report", ""]
     if partial:
         lines += [f"**Partial evaluation** (a `limit` was set) for: {', '.join(partial)}.", ""]
+    if kept_init:
+        lines += [f"**{KEPT_INIT_NOTE}**{', '.join(kept_init)}.", ""]
     lines += ["| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for model, values in table.items():
-        mark = " (partial)" if model in partial else ""
+        mark = " (partial)" if model in partial else " (init kept)" if model in kept_init else ""
         lines.append(f"| {model}{mark} | " + " | ".join(_fmt(values.get(m)) for m in metrics) + " |")
     for key, (title, _, row, columns) in STAGE_TABLES.items():
         if stages[key]:
@@ -147,6 +189,11 @@ def _markdown(table, metrics, partial, charts, curves, stages, speed) -> str:
                       "|---" * (len(columns) + 1) + "|"]
             lines += [f"| {name} | " + " | ".join(_fmt(v[c]) for c in columns) + " |"
                       for name, v in stages[key].items()]
+    if tests:
+        lines += ["", "## Is it more than noise?", "", SIGNIFICANCE_NOTE, "",
+                  "| " + " | ".join(SIGNIFICANCE_COLUMNS) + " |", "|---" * len(SIGNIFICANCE_COLUMNS) + "|"]
+        lines += ["| " + " | ".join(_verdict_md(t[c]) if c == "verdict" else _fmt(t[c]) for c in SIGNIFICANCE_COLUMNS)
+                  + " |" for t in tests]
     if any(v["parameters"] for v in speed.values()):
         lines += ["", "## Size and speed", "", "| model | " + " | ".join(SPEED_COLUMNS) + " |",
                   "|---" * (len(SPEED_COLUMNS) + 1) + "|"]
@@ -159,21 +206,38 @@ def _markdown(table, metrics, partial, charts, curves, stages, speed) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _verdict_md(verdict: str) -> str:
+    return verdict if verdict == "within noise" else f"**{verdict}**"
+
+
+def _significance_html(tests: list[dict]) -> str:
+    if not tests:
+        return ""
+    head = "".join(f"<th>{c}</th>" for c in SIGNIFICANCE_COLUMNS)
+    rows = "".join(f'<tr class="{t["verdict"].replace(" ", "-")}">' + "".join(
+        f"<td>{html.escape(_fmt(t[c]))}</td>" for c in SIGNIFICANCE_COLUMNS) + "</tr>" for t in tests)
+    return (f'<h2>Is it more than noise?</h2><p>{html.escape(SIGNIFICANCE_NOTE)}</p>'
+            f'<table id="significance"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>')
+
+
 def _img(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return (f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
             f'<figcaption>{html.escape(alt)}</figcaption></figure>')
 
 
-def _html(table, metrics, partial, charts, curves, stages, speed) -> str:
+def _html(table, metrics, partial, charts, curves, stages, speed, tests, kept_init) -> str:
     head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
     body = ""
     for model, values in table.items():
-        mark = ' <span class="partial">partial</span>' if model in partial else ""
+        mark = ' <span class="partial">partial</span>' if model in partial else \
+            ' <span class="partial">init kept</span>' if model in kept_init else ""
         body += f"<tr><th>{html.escape(model)}{mark}</th>" + "".join(
             f"<td>{_fmt(values.get(m))}</td>" for m in metrics) + "</tr>"
     note = (f'<p class="partial">Partial evaluation (a limit was set) for: {html.escape(", ".join(partial))}</p>'
             if partial else "")
+    if kept_init:
+        note += f'<p class="partial">{html.escape(KEPT_INIT_NOTE + ", ".join(kept_init))}.</p>'
     stage_tables = ""
     for key, (title, table_id, row, columns) in STAGE_TABLES.items():
         if not stages[key]:
@@ -199,6 +263,7 @@ table {{ border-collapse: collapse; margin: 1em 0; }}
 th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
 thead th, tbody th {{ background: #f3f3f3; text-align: left; }}
 .partial {{ color: #a33; font-size: 0.9em; }}
+tr.better td {{ background: #e6f4e6; }} tr.worse td {{ background: #f8e3e3; }}
 .grid {{ display: flex; flex-wrap: wrap; gap: 1em; }}
 figure {{ margin: 0; }} figcaption {{ font-size: 0.8em; color: #666; }}
 </style></head><body>
@@ -206,6 +271,7 @@ figure {{ margin: 0; }} figcaption {{ font-size: 0.8em; color: #666; }}
 {note}
 <table id="metrics"><thead><tr><th>model</th>{head}</tr></thead><tbody>{body}</tbody></table>
 {stage_tables}
+{_significance_html(tests)}
 <h2>Metrics</h2><div class="grid" id="charts">{''.join(_img(p, p.stem) for p in charts)}</div>
 <h2>Training curves</h2><div class="grid" id="curves">{''.join(_img(p, p.stem) for p in curves)}</div>
 <h2>Cost</h2><p id="cost">{html.escape(COST_NOTE)} <a href="{RESULTS_LINK}">{RESULTS_MD}</a>.</p>
@@ -218,9 +284,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval", action="append", type=Path, default=[], required=True,
                    help="an evaluate output; repeatable")
     p.add_argument("--curves", action="append", type=Path, default=[], help="a training stage output; repeatable")
+    p.add_argument("--compare", action="append", default=[], metavar="MODEL=BASELINE",
+                   help="test MODEL's metrics against BASELINE's on the same prompts; repeatable")
     p.add_argument("--out", type=Path, required=True)
     params_arg(p)
-    p.set_defaults(run=lambda params, a: main(a.eval, a.curves, a.out))
+    p.set_defaults(run=lambda params, a: main(a.eval, a.curves, a.out, a.compare))
 
     p = sub.add_parser("publish-report", help="a report's tables, with its commit and machine, as a docs page")
     p.add_argument("report", type=Path, help="a report output (results/report)")

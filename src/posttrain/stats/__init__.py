@@ -1,0 +1,1 @@
+"""Statistics over evaluations: paired significance tests between two models."""
