@@ -8,6 +8,8 @@ from contextlib import contextmanager
 
 import torch
 
+from posttrain.core.progress import Progress, track
+
 # The stages that mostly generate (evaluation, the distillation teacher's sampling) compute on
 # this many CPU threads whichever tool starts them: Snakemake sets OMP_NUM_THREADS to a rule's
 # threads and DVC sets nothing, and a float sum can end in another last bit when more threads
@@ -40,29 +42,28 @@ def stop_ids(tokenizer) -> list[int]:
 def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 64,
              batch_size: int = 8, temperature: float = 0.0, seed: int = 0, progress: str | None = None) -> list[str]:
     """One completion per conversation (a list of messages ending with a user turn).
-    Greedy by default, so numbers repeat exactly on CPU. `progress` names a progress bar.
+    Greedy by default, so numbers repeat exactly on CPU. `progress` labels progress lines.
 
     Greedy decoding keeps `batch_size` rows decoding at once and gives a finished row's place to
     the next conversation (`greedy_refilling`); sampling runs `model.generate` on fixed batches
     (its sampler and logits processors), as does greedy decoding of a model whose generation
     config asks for logits processing or whose cache cannot be refilled."""
-    from tqdm.auto import tqdm
-
     torch.manual_seed(seed)
     texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
     stops = stop_ids(tokenizer)
     model.eval()
     if temperature <= 0 and refillable(model):
         prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        with tqdm(total=len(prompts), desc=progress, unit="answer", disable=progress is None) as bar:
-            ids = greedy_refilling(model, prompts, stops=stops, max_new_tokens=max_new_tokens,
-                                   slots=batch_size, on_finished=lambda: bar.update(1))
+        bar = Progress(progress, len(prompts), "answer") if progress else None
+        ids = greedy_refilling(model, prompts, stops=stops, max_new_tokens=max_new_tokens,
+                               slots=batch_size, on_finished=bar.update if bar else None)
         return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only: pad on the left so generation continues the prompt
     outputs: list[str] = []
     try:
-        for i in tqdm(range(0, len(texts), batch_size), desc=progress, unit="batch", disable=progress is None):
+        starts = range(0, len(texts), batch_size)
+        for i in track(starts, progress, len(starts), "batch") if progress else starts:
             enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True,
                             add_special_tokens=False).to(model.device)
             sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from posttrain.core import checkpoints, preemption
+from posttrain.core.progress import Progress
 from posttrain.inference.generation import merged_adapter, stop_ids
 from posttrain.rl import ppo_math
 from posttrain.rl.ppo_critic import position_ids
@@ -74,16 +75,16 @@ class PpoTrainer:
     # --- the loop ------------------------------------------------------------------------------
 
     def train(self, resume_from_checkpoint: str | None = None):
-        from tqdm.auto import tqdm
-
         preemption.install()
         if resume_from_checkpoint:
             self._restore(Path(resume_from_checkpoint), optimizer=True)
         steps = range(self.state.global_step + 1, self.st.max_steps + 1)
-        for step in tqdm(steps, desc=f"PPO {self.st.name}", unit="step"):
+        progress = Progress(f"PPO {self.st.name}", self.st.max_steps, start=self.state.global_step)
+        for step in steps:
             stats = self.step(step)
             self.state.global_step = step
             self.state.log_history.append({**stats, "step": step})
+            progress.set(step)
             log.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in stats.items()))
             if step % self.st.save_steps == 0 or step == self.st.max_steps or preemption.requested():
                 self._save(step)

@@ -116,6 +116,20 @@ class StopOnNonFinite(TrainerCallback):
         return control
 
 
+class ProgressLines(TrainerCallback):
+    """A line per step at most every few seconds (posttrain.core.progress) in place of the
+    Trainer's progress bar, labelled with the run's name (`sft`, `reward-helpful`)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from posttrain.core.progress import Progress
+
+        label = Path(args.output_dir).name.rsplit("-", 1)[0]
+        self.progress = Progress(label, state.max_steps, start=state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.progress.set(state.global_step)
+
+
 # --- trainer set-up shared by every trainer stage ----------------------------------------------
 
 
@@ -145,6 +159,7 @@ def training_kwargs(cfg, precision: dict, run_dir: Path) -> dict:
         activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         save_strategy="steps", save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps,
         logging_first_step=True, report_to="none", dataloader_num_workers=0,
+        disable_tqdm=True,   # ProgressLines writes lines a log keeps
     )
 
 
@@ -167,7 +182,7 @@ def callbacks(cfg) -> list:
     from posttrain.core.checkpoints import MarkComplete
 
     preemption.install()
-    out = [MarkComplete(), StopOnNonFinite(), preemption.SaveAndStopOnSignal()]
+    out = [MarkComplete(), StopOnNonFinite(), preemption.SaveAndStopOnSignal(), ProgressLines()]
     if getattr(cfg, "early_stopping_patience", None):
         out.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     return out
