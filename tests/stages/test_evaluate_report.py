@@ -129,6 +129,49 @@ def test_report_table_charts_and_partial_flag(tmp_path):
     assert manifest["rl_stages"]["safety"]["chosen_step"] == 4
 
 
+def _samples(folder: Path, correct: list[bool], refused: list[bool]) -> None:
+    with open(folder / "samples.jsonl", "w") as fh:
+        for i, c in enumerate(correct):
+            fh.write(json.dumps({"task": "posttrain_arithmetic", "id": f"a{i}", "correct": c}) + "\n")
+        for i, r in enumerate(refused):
+            fh.write(json.dumps({"task": "harmful", "id": f"h{i}", "refused": r}) + "\n")
+
+
+def test_report_tests_each_model_against_its_baseline_and_marks_a_kept_init(tmp_path):
+    from posttrain.core.manifest import write_json, write_manifest
+
+    sft = _fake_eval(tmp_path / "eval" / "sft", "sft", {"arithmetic_accuracy": 0.3, "harmful_refusal_rate": 0.2})
+    rl = _fake_eval(tmp_path / "eval" / "safety", "safety", {"arithmetic_accuracy": 0.25, "harmful_refusal_rate": 0.6})
+    _samples(sft, [i < 12 for i in range(40)], [i < 8 for i in range(40)])
+    _samples(rl, [i < 10 for i in range(40)], [i < 24 for i in range(40)])   # 16 more refusals, 2 fewer sums
+    stage = tmp_path / "rl" / "safety"
+    stage.mkdir(parents=True)
+    write_json(stage / "metrics.json", {"stage": "safety", "algorithm": "grpo", "init": "previous", "steps": 8,
+                                        "chosen_step": 0, "heldout_reward_start": 0.1, "heldout_reward_chosen": 0.1,
+                                        "kl_max": 0.01})
+    write_manifest(stage, stage="rl:safety", params={}, seed=0)
+    bench = tmp_path / "logs" / "benchmarks"
+    bench.mkdir(parents=True)
+    for rule, seconds in (("sft", 161.2), ("rl_safety", 300.0)):
+        (bench / f"{rule}.tsv").write_text(f"s\th:m:s\tmax_rss\n{seconds}\t0:00:00\t812.5\n")
+    out = tmp_path / "report"
+    report.main([sft, rl], [stage], out, compare=["safety=sft"], benchmarks=bench)
+    tests = {t["metric"]: t for t in json.loads((out / "significance.json").read_text())}
+    assert set(tests) == {"arithmetic_accuracy", "harmful_refusal_rate"}
+    refusals = tests["harmful_refusal_rate"]
+    assert (refusals["n"], refusals["informative"], refusals["test"]) == (40, 16, "McNemar exact")
+    assert refusals["p"] < 0.001 and refusals["verdict"] == "better"
+    assert tests["arithmetic_accuracy"]["verdict"] == "within noise"     # 2 discordant prompts
+    md = (out / "report.md").read_text()
+    assert "## Is it more than noise?" in md and "| safety | sft | harmful_refusal_rate | 40 |" in md
+    assert "**better**" in md and "| safety (init kept) |" in md and "Selection kept step 0" in md
+    assert md.splitlines()[2].startswith("Timing: 2 rules ran in") and "| rl_safety | 300 | 812.500 |" in md
+    page = (out / "report.html").read_text()
+    assert 'id="significance"' in page and '<tr class="better">' in page and 'id="timing"' in page
+    with pytest.raises(ValueError, match="--compare safety=dpo"):
+        report.main([sft, rl], [], tmp_path / "r2", compare=["safety=dpo"])
+
+
 def test_published_report_names_its_commit_and_machine_and_links_no_images(tmp_path):
     base = _fake_eval(tmp_path / "eval" / "base", "base", {"arithmetic_accuracy": 0.1, "perplexity": 9.0})
     report.main([base], [], tmp_path / "report")

@@ -164,6 +164,7 @@ def _rl(params: Params, table: list[Stage]) -> list[Stage]:
 
 
 DISTILL = RESULTS / "distill"
+BENCHMARKS = "logs/benchmarks"    # rules/pipeline.smk's benchmark files
 # The evaluated distillation models: report name -> folder.
 STUDENTS = {"student_sft": str(DISTILL / "student_sft"), "distilled": str(DISTILL / "student")}
 
@@ -319,6 +320,7 @@ def _evaluation(params: Params, table: list[Stage], sources: dict) -> list[Stage
     curves = [m for n, m in models.items() if n != "base"] + list(rms.values())  # every training stage
     args = ["report"] + [a for e in evals for a in ("--eval", e)] + [a for c in curves for a in ("--curves", c)]
     args += [a for pair in _comparisons(table, models, quantized) for a in ("--compare", pair)]
+    args += ["--benchmarks", BENCHMARKS]   # Snakemake's, when it ran the DAG: the report's timing
     stages.append(Stage("report", [*args, "--out", report], evals + curves, [report], [],
                         metrics=[f"{report}/metrics.json"], plots=[f"{report}/plots"]))
     return stages

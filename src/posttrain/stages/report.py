@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import csv
 import html
 import json
 import os
@@ -53,7 +54,8 @@ STAGE_TABLES = {
 }
 
 
-def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path, compare: list[str] | None = None) -> dict:
+def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path, compare: list[str] | None = None,
+         benchmarks: Path | None = None) -> dict:
     records, speed, folders = [], {}, {}
     for d in eval_dirs:
         require_manifest(d, "evaluate")
@@ -88,12 +90,13 @@ def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path, compare: list
             kept_init.append(d.name)   # an RL stage's model is named after its folder
 
     tests = _significance(folders, compare or [])
+    timing = _timing(benchmarks) if benchmarks else []
     write_json(out / "metrics.json", table)
     write_json(out / "significance.json", tests)
     (out / "report.md").write_text(_markdown(table, metrics, partial, charts, curves, stages, speed, tests,
-                                             kept_init))
+                                             kept_init, timing))
     (out / "report.html").write_text(_html(table, metrics, partial, charts, curves, stages, speed, tests,
-                                           kept_init))
+                                           kept_init, timing))
     write_manifest(out, stage="report", params={}, seed=None,
                    inputs={f"eval:{d.name}": d for d in eval_dirs} | {f"curves:{d.name}": d for d in curve_dirs},
                    extra={"models": list(table), "partial": partial,
@@ -131,6 +134,30 @@ SIGNIFICANCE_NOTE = (
     "difference rests on (discordant pairs, non-zero differences). No correction for the number of tests.")
 KEPT_INIT_NOTE = ("Selection kept step 0 (no checkpoint's held-out reward rose above the start, so the stage returned "
                   "its init model unchanged): ")
+
+
+def _timing(folder: Path) -> list[dict]:
+    """Each rule's wall seconds, peak memory and end, from Snakemake's benchmark files (their
+    last line; the file's modification time is when the rule ended), in the order they ended."""
+    rows = []
+    for path in sorted(Path(folder).glob("*.tsv")):
+        with path.open() as fh:
+            records = list(csv.DictReader(fh, delimiter="\t"))
+        if records:
+            last = records[-1]
+            rss = last.get("max_rss", "NA")
+            rows.append({"rule": path.stem, "seconds": float(last["s"]), "end": path.stat().st_mtime,
+                         "peak_rss_mb": float(rss) if rss != "NA" else None})
+    return sorted(rows, key=lambda r: r["end"])
+
+
+def _timing_summary(timing: list[dict]) -> str:
+    span = max(r["end"] for r in timing) - min(r["end"] - r["seconds"] for r in timing)
+    longest = sorted(timing, key=lambda r: -r["seconds"])[:3]
+    return (f"{len(timing)} rules ran in {span / 60:.1f} minutes of wall-clock (from the first one's start to the "
+            f"last one's end, by Snakemake's benchmark files; a rule not rerun keeps its earlier run) and "
+            f"{sum(r['seconds'] for r in timing) / 60:.1f} minutes one after the other; the longest: "
+            + ", ".join(f"{r['rule']} {r['seconds']:.0f} s" for r in longest) + ".")
 
 
 def _fmt(v) -> str:
@@ -173,8 +200,10 @@ RESULTS_MD = "benchmarks/RESULTS.md"
 RESULTS_LINK = "../../benchmarks/RESULTS.md"
 
 
-def _markdown(table, metrics, partial, charts, curves, stages, speed, tests, kept_init) -> str:
+def _markdown(table, metrics, partial, charts, curves, stages, speed, tests, kept_init, timing) -> str:
     lines = ["# posttrain report", ""]
+    if timing:
+        lines += [f"Timing: {_timing_summary(timing)} Per rule: Timing, below.", ""]
     if partial:
         lines += [f"**Partial evaluation** (a `limit` was set) for: {', '.join(partial)}.", ""]
     if kept_init:
@@ -202,6 +231,9 @@ def _markdown(table, metrics, partial, charts, curves, stages, speed, tests, kep
     lines += ["", "## Metrics", ""] + [f"![{p.stem}](plots/{p.name})" for p in charts]
     if curves:
         lines += ["", "## Training curves", ""] + [f"![{p.stem}](plots/{p.name})" for p in curves]
+    if timing:
+        lines += ["", "## Timing", "", "| rule | wall (s) | peak RSS (MB) |", "|---|---:|---:|"]
+        lines += [f"| {r['rule']} | {r['seconds']:.0f} | {_fmt(r['peak_rss_mb'])} |" for r in timing]
     lines += ["", "## Cost", "", f"{COST_NOTE} [{RESULTS_MD}]({RESULTS_LINK})."]
     return "\n".join(lines) + "\n"
 
@@ -226,7 +258,7 @@ def _img(path: Path, alt: str) -> str:
             f'<figcaption>{html.escape(alt)}</figcaption></figure>')
 
 
-def _html(table, metrics, partial, charts, curves, stages, speed, tests, kept_init) -> str:
+def _html(table, metrics, partial, charts, curves, stages, speed, tests, kept_init, timing) -> str:
     head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
     body = ""
     for model, values in table.items():
@@ -236,6 +268,8 @@ def _html(table, metrics, partial, charts, curves, stages, speed, tests, kept_in
             f"<td>{_fmt(values.get(m))}</td>" for m in metrics) + "</tr>"
     note = (f'<p class="partial">Partial evaluation (a limit was set) for: {html.escape(", ".join(partial))}</p>'
             if partial else "")
+    if timing:
+        note = f'<p id="timing">Timing: {html.escape(_timing_summary(timing))}</p>' + note
     if kept_init:
         note += f'<p class="partial">{html.escape(KEPT_INIT_NOTE + ", ".join(kept_init))}.</p>'
     stage_tables = ""
@@ -288,7 +322,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="test MODEL's metrics against BASELINE's on the same prompts; repeatable")
     p.add_argument("--out", type=Path, required=True)
     params_arg(p)
-    p.set_defaults(run=lambda params, a: main(a.eval, a.curves, a.out, a.compare))
+    p.add_argument("--benchmarks", type=Path, help="Snakemake's benchmark files (logs/benchmarks): the DAG's timing")
+    p.set_defaults(run=lambda params, a: main(a.eval, a.curves, a.out, a.compare, a.benchmarks))
 
     p = sub.add_parser("publish-report", help="a report's tables, with its commit and machine, as a docs page")
     p.add_argument("report", type=Path, help="a report output (results/report)")
