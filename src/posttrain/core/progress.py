@@ -52,8 +52,8 @@ class Progress:
         head = f"{self.label}: {self.unit} {self.done} of {self.total}"
         if self.total:
             head += f" ({100 * self.done / self.total:.0f}%)"
-        if counted <= 0 or elapsed <= 0:
-            return head
+        if counted <= 0 or elapsed <= 0 or (self.done < self.total and self.done < 0.05 * self.total):
+            return head   # too early to tell: decoding in batches finishes its first answers late
         per = elapsed / counted
         rate = f"{per:.1f} s/{self.unit}" if per >= 1 else f"{1 / per:.1f} {self.unit}s/s"
         if self.done >= self.total:
