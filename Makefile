@@ -1,6 +1,6 @@
 # Two entry points, both self-installing into .venv:
 #   make demo   set up, then run the whole DAG on the embedded CPU demo
-#   make demo-quick   the same without distillation and the GPTQ export (recipes/demo-quick.yaml)
+#   make demo-quick   one stage of each kind: SFT, reward models, PPO, a GGUF export (recipes/demo-quick.yaml)
 #   make rehearse RECIPE=recipes/NAME.yaml   a recipe's whole DAG on the CPU, and its pre-flight report
 #   make test   set up, then run the test suite
 PYTHON ?= python3
@@ -48,7 +48,7 @@ demo: setup
 
 demo-quick: setup
 	$(BIN)/snakemake --cores 2 --configfile recipes/demo-quick.yaml
-	@echo "Artifacts are under results/; the report is results/report/report.html; make demo adds distillation and GPTQ"
+	@echo "Artifacts are under results/; the report is results/report/report.html; make demo adds the safety and reasoning stages, the RL-first path, distillation and GPTQ"
 
 # A recipe's whole DAG on the CPU before a cluster run (tiny model, fixture data, 2 processes per
 # multi-GPU stage), and its pre-flight report: make rehearse RECIPE=recipes/NAME.yaml

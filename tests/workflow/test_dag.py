@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, bin_path, read_jsonl, run
+from posttrain.config import load_params
 
 
 def snakemake_jobs(cwd, *args):
@@ -62,23 +63,34 @@ def test_recipe_overlay_reaches_both_tools(project):
     assert {name: s["cmd"] for name, s in stages.items()} == jobs
 
 
-def test_quick_demo_leaves_out_distillation_and_gptq_and_changes_only_the_export(project):
-    """`make demo-quick` runs a subset of `make demo`'s jobs. An overlay reaches only the commands
-    of the stages that read a section it sets (here `export`): the others stay the same, so
-    Snakemake and DVC keep their results when a user goes from one demo to the other."""
+def test_quick_demo_keeps_one_rl_stage_and_one_export_and_changes_only_what_it_sets(project):
+    """`make demo-quick` runs a subset of `make demo`'s jobs: the first RL stage, its GGUF export and
+    no distillation. An overlay reaches only the commands of the stages that read a section it sets
+    (`rl`, `export`): the others stay the same, so Snakemake and DVC keep their results when a user
+    goes from one demo to the other."""
     recipe = "recipes/demo-quick.yaml"
     full, full_edges = snakemake_jobs(project)
     quick, quick_edges = snakemake_jobs(project, "--configfile", recipe)
     left_out = {"student_base", "distill_samples", "distill", "distill_baseline", "evaluate_distilled",
-                "evaluate_student_sft", "export_gptq", "evaluate_sft_gptq"}
-    assert set(full) - set(quick) == left_out and set(quick) <= set(full)
+                "evaluate_student_sft", "rl_safety", "rl_reasoning", "rl_zero", "evaluate_safety",
+                "evaluate_reasoning", "evaluate_rl_zero", "export_gptq", "evaluate_reasoning_gptq",
+                "evaluate_reasoning_gguf_lora"}
+    renamed = {"evaluate_helpfulness_gguf_lora"}    # the export is of the last RL stage the DAG has
+    assert set(full) - set(quick) == left_out and set(quick) - set(full) == renamed
     with_overlay = {name for name, cmd in quick.items() if cmd.endswith(f" --params {recipe}")}
-    assert with_overlay == {"export_merge", "export_gguf_lora"}
+    assert with_overlay == {"rl_helpfulness", "export_merge", "export_gguf_lora"}
+    # the quick demo's PPO stage is the full demo's first stage, to the letter
+    assert quick["rl_helpfulness"].removesuffix(f" --params params.yaml --params {recipe}") == full["rl_helpfulness"]
+    both = [load_params([project / "params.yaml", *extra]).rl.stages[0] for extra in ([], [project / recipe])]
+    assert both[0] == both[1]
     for name, cmd in quick.items():
         # the report and the export check list the models they compare
-        if name not in ("report", "export_check"):
-            assert cmd.removesuffix(f" --params params.yaml --params {recipe}") == full[name]
-    assert quick_edges == {(a, b) for a, b in full_edges if a not in left_out and b not in left_out}
+        if name not in with_overlay | renamed | {"report", "export_check"}:
+            assert cmd == full[name]
+    kept = {(a, b) for a, b in full_edges if a not in left_out and b not in left_out}
+    assert {(a, b) for a, b in quick_edges if renamed.isdisjoint((a, b))} - kept == {
+        ("rl_helpfulness", "export_merge"), ("rl_helpfulness", "export_gguf_lora"),
+        ("evaluate_helpfulness", "export_check")}
     # DVC tracks the overlay's params for those stages only
     run([bin_path("posttrain"), "dag", "--write", "--recipe", recipe], project)
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
