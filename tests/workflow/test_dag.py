@@ -259,7 +259,8 @@ def test_the_longest_chain_then_what_the_evaluations_wait_for_are_scheduled_firs
     from posttrain.dag import stages
 
     priority = {s.name: s.priority for s in stages(load_params([ROOT / "params.yaml"]))}
-    assert priority["reward_helpful"] == priority["reward_safety"] == priority["evaluate_sft"] > 0
+    rms = ("reward_helpful", "reward_safety", "reward_helpful_audit")
+    assert {priority[n] for n in rms} == {priority["evaluate_sft"]} and priority["evaluate_sft"] > 0
     # the longest chain (the student's layers and the teacher's samples, then distillation) goes first
     chain = ("student_base", "distill_samples", "distill")
     top = max(priority.values())
@@ -269,7 +270,7 @@ def test_the_longest_chain_then_what_the_evaluations_wait_for_are_scheduled_firs
     levels = {priority[n] for n in one}
     assert len(levels) == 1 and 0 < min(levels) < priority["evaluate_sft"]
     assert not [n for n, p in priority.items()
-                if p and n not in ("reward_helpful", "reward_safety", "evaluate_sft", *chain, *one)]
+                if p and n not in (*rms, "evaluate_sft", *chain, *one)]
     assert not [n for n in priority if n.startswith("evaluate_") and n != "evaluate_sft" and priority[n]]
 
 
@@ -286,7 +287,7 @@ def test_sft_takes_every_core_and_training_beside_other_work_half(project):
     for cores in (2, 8):
         threads = rule_threads(project, cores)
         assert threads["sft"] == cores
-        half = ("reward_helpful", "reward_safety", "distill", "distill_baseline", "export_gptq")
+        half = ("reward_helpful", "reward_safety", "reward_helpful_audit", "distill", "distill_baseline", "export_gptq")
         assert {threads[n] for n in half} == {cores // 2}
         assert {t for n, t in threads.items() if n.startswith("evaluate_")} == {1}
 

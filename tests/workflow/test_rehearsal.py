@@ -146,7 +146,8 @@ def test_a_launcher_config_clash_fails_the_rehearsal_naming_each_rule(monkeypatc
     assert launch.problems(params, ROOT) == []
     monkeypatch.setattr(trainers, "activation_checkpointing", lambda cfg: bool(cfg.gradient_checkpointing))
     found = launch.problems(params, ROOT)
-    assert {p.split(":")[0] for p in found} == {"sft", "reward_helpful", "reward_safety", "rl_reasoning",
+    assert {p.split(":")[0] for p in found} == {"sft", "reward_helpful", "reward_safety", "reward_helpful_audit",
+                                                 "rl_reasoning",
                                                  "distill_baseline", "distill"}, found
     assert all("transformers' Trainer refuses both at start-up" in p for p in found)
 

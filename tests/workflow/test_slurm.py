@@ -33,7 +33,8 @@ def test_the_demo_asks_for_no_gpu_and_training_rules_ask_for_the_early_signal():
     stages = _stages()
     assert not any("gpu" in s.resources for s in stages.values())
     trained = {n for n, s in stages.items() if "slurm_extra" in s.resources}
-    assert trained == {"sft", "reward_helpful", "reward_safety", "distill", "distill_baseline"}
+    assert trained == {"sft", "reward_helpful", "reward_safety", "reward_helpful_audit", "rl_helpfulness", "rl_safety",
+                       "rl_reasoning", "rl_zero", "distill", "distill_baseline"}
     assert stages["sft"].resources["slurm_extra"] == "--signal=USR1@300"
     # resources are no stage's parameters: changing them reruns nothing
     assert not any("resources" in s.params for s in stages.values())

@@ -26,6 +26,9 @@ public dataset format on purpose, because ingestion has to detect formats by its
                             "I don't know.". The wrong-answer pairs carry `subset: math`: whether
                             a sum is right is checked by the accuracy reward, not learned by the
                             helpfulness reward model (a 135M reward model gets ~70 % of them).
+  preference_helpful_audit.jsonl  the same kind of pairs drawn from a stream of their own, for a
+                            reward model no stage optimises: the evaluation's judge of whether
+                            the helpfulness stage improved answers or only its own reward.
   preference_safety_hh.jsonl  Anthropic-HH transcripts {chosen, rejected} ("\\n\\nHuman: ...
                             \\n\\nAssistant: ..."), same human turns, different last assistant turn.
                             Harmful request: chosen refuses, rejected eagerly agrees but says nothing
@@ -234,6 +237,7 @@ FILES: dict[str, str] = {
     "sft_messages": "sft_messages.jsonl",
     "arithmetic_train": "arithmetic_train.jsonl",
     "preference_helpful": "preference_helpful.jsonl",
+    "preference_helpful_audit": "preference_helpful_audit.jsonl",
     "preference_safety_hh": "preference_safety_hh.jsonl",
     "prompts_rl": "prompts_rl.jsonl",
     "eval_arithmetic": "eval_arithmetic.jsonl",
@@ -250,6 +254,7 @@ DEFAULT_SIZES: dict[str, int] = {
     "sft_messages": 160,
     "arithmetic_train": 400,
     "preference_helpful": 300,
+    "preference_helpful_audit": 300,
     "preference_safety_hh": 300,
     "prompts_rl": 480,
     "eval_arithmetic": 100,
@@ -312,6 +317,7 @@ def generate_demo_corpus(seed: int = 0, sizes: dict[str, int] | None = None) -> 
     builders: dict[str, Callable] = {
         "sft_alpaca": _alpaca_with_dirt, "sft_sharegpt": _sharegpt_rows, "sft_messages": _messages_lines,
         "arithmetic_train": _arithmetic_rows, "preference_helpful": _preference_helpful_rows,
+        "preference_helpful_audit": _preference_helpful_rows,
         "preference_safety_hh": _hh_rows, "prompts_rl": _rl_rows,
         "eval_arithmetic": _eval_arithmetic_rows, "eval_format": _eval_format_rows,
         "eval_harmful": _eval_harmful_rows, "eval_benign": _eval_benign_rows,

@@ -36,7 +36,8 @@ CANONICAL = {
     "arithmetic_setup_rate": "higher", "arithmetic_calculation_rate": "higher", "format_accuracy": "higher",
     "gsm8k_exact_match": "higher", "gsm8k_exact_match_flexible": "higher",
     "harmful_refusal_rate": "higher", "benign_overrefusal_rate": "lower", "perplexity": "lower",
-    "helpful_rm_score": "higher", "safety_rm_score": "higher", "win_rate_vs_reference": "higher",
+    "helpful_rm_score": "higher", "helpful_audit_rm_score": "higher", "safety_rm_score": "higher",
+    "win_rate_vs_reference": "higher",
 }
 
 
@@ -89,7 +90,7 @@ def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path, compare: list
         if "heldout_reward_chosen" in stage_metrics and stage_metrics.get("chosen_step") == 0:
             kept_init.append(d.name)   # an RL stage's model is named after its folder
 
-    tests = _significance(folders, compare or [])
+    tests = _significance(folders, compare or [], metrics)
     timing = _timing(benchmarks) if benchmarks else []
     write_json(out / "metrics.json", table)
     write_json(out / "significance.json", tests)
@@ -104,7 +105,7 @@ def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path, compare: list
     return table
 
 
-def _significance(folders: dict[str, Path], pairs: list[str]) -> list[dict]:
+def _significance(folders: dict[str, Path], pairs: list[str], metrics: list[str]) -> list[dict]:
     """Paired tests of every metric two models share, for each `MODEL=BASELINE` pair whose two
     evaluations the report has."""
     samples = {}
@@ -117,7 +118,7 @@ def _significance(folders: dict[str, Path], pairs: list[str]) -> list[dict]:
             if name not in samples:
                 path = folders[name] / "samples.jsonl"
                 samples[name] = [json.loads(line) for line in open(path)] if path.is_file() else []
-        for metric in paired.PER_PROMPT:
+        for metric in filter(paired.testable, metrics):
             c = paired.compare(model, samples[model], baseline, samples[baseline], metric)
             if c is not None:
                 out.append(c.record(CANONICAL.get(metric)))

@@ -43,8 +43,6 @@ PER_PROMPT: dict[str, tuple[str | None, Callable[[dict], float | bool | None], b
     "format_accuracy": (_FORMAT, lambda s: s.get("correct"), True),
     "harmful_refusal_rate": ("harmful", lambda s: s.get("refused"), True),
     "benign_overrefusal_rate": ("benign", lambda s: s.get("refused"), True),
-    "helpful_rm_score": (None, _rm("helpful"), False),
-    "safety_rm_score": (None, _rm("safety"), False),
     "win_rate_vs_reference": (None, lambda s: s.get("win_vs_reference"), False),
 }
 
@@ -80,9 +78,24 @@ class Comparison:
         return {**asdict(self), "delta": round(self.delta, 6), "verdict": self.verdict(direction)}
 
 
+def testable(metric: str) -> bool:
+    """Whether an evaluation stores the metric's per-prompt values: those above, and every
+    `<aspect>_rm_score`."""
+    return metric in PER_PROMPT or metric.endswith(RM_SCORE)
+
+
+RM_SCORE = "_rm_score"
+
+
+def _spec(metric: str):
+    if metric in PER_PROMPT:
+        return PER_PROMPT[metric]
+    return None, _rm(metric.removesuffix(RM_SCORE)), False
+
+
 def per_prompt(samples: Iterable[dict], metric: str) -> dict[tuple, float | bool]:
     """The metric's value for each prompt, keyed by (task, id or prompt)."""
-    task, value, _ = PER_PROMPT[metric]
+    task, value, _ = _spec(metric)
     out = {}
     for s in samples:
         if task is not None and s.get("task") != task:
@@ -101,7 +114,7 @@ def compare(model: str, model_samples: list[dict], baseline: str, baseline_sampl
     if not keys:
         return None
     x, y = [float(a[k]) for k in keys], [float(b[k]) for k in keys]
-    if PER_PROMPT[metric][2]:
+    if _spec(metric)[2]:
         test, p, informative = MCNEMAR, *mcnemar_exact(x, y)
     else:
         test, p, informative = WILCOXON, *signed_rank(x, y)
