@@ -149,8 +149,11 @@ def _tree_hashes(folder):
 
 
 def _untimed_report(folder):
-    """report.md without its Size and speed table (tokens/s is wall-clock)."""
-    return re.sub(r"## Size and speed\n.*?(?=\n## )", "", (Path(folder) / "report/report.md").read_text(), flags=re.S)
+    """report.md without its wall-clock parts: the Size and speed table (tokens/s), the timing line
+    and the Timing table."""
+    text = (Path(folder) / "report/report.md").read_text()
+    text = re.sub(r"^Timing: .*\n\n", "", text, flags=re.M)
+    return re.sub(r"## (Size and speed|Timing)\n.*?(?=\n## )", "", text, flags=re.S)
 
 
 def _all_untimed_metrics(folder):
@@ -172,7 +175,7 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     written = [p for d in ("results", "logs", ".snakemake/log") for p in (project / d).rglob("*") if p.is_file()]
     assert len(written) > 100 and not [p for p in written if planted.encode() in p.read_bytes()]
     for out in ("demo_data", "base", "data/eval", "data/sft", "data/preference", "data/prompts", "sft",
-                "reward/helpful", "reward/safety", "rl/helpfulness", "rl/reasoning", "rl_zero",
+                "reward/helpful", "reward/safety", "reward/helpful_audit", "rl/helpfulness", "rl/reasoning", "rl_zero",
                 "distill/student_base", "distill/samples", "distill/student", "distill/student_sft",
                 "export/reasoning/merged", "export/reasoning/gptq", "export/reasoning/gguf",
                 "export/reasoning/gguf_lora", "export/reasoning/check"):
@@ -180,6 +183,20 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     # the reasoning stage starts from the helpfulness stage's model
     rl_manifest = json.loads((results / "rl/reasoning/manifest.json").read_text())
     assert rl_manifest["inputs"]["init"]["path"].endswith("results/rl/helpfulness")
+    # the log says where each rule is, in whole lines (no progress bars' carriage returns)
+    log = first.stdout + first.stderr
+    assert re.search(r"^sft: step 6 of 6 \(100%\), [0-9.]+ (s/step|steps/s), done in ", log, re.M)
+    assert re.search(r"^reward-helpful_audit: step \d+ of \d+ ", log, re.M)
+    assert re.search(r"^safety: answer \d+ of \d+ ", log, re.M)
+    # the report tests each model against the one it was made from, with the audit reward model
+    tests = json.loads((results / "report/significance.json").read_text())
+    pairs = {(t["model"], t["baseline"]) for t in tests}
+    assert {("sft", "base"), ("helpfulness", "sft"), ("reasoning", "helpfulness"), ("rl_zero", "base"),
+            ("distilled", "student_sft"), ("reasoning_gguf_lora", "reasoning")} <= pairs
+    assert {"helpful_audit_rm_score", "harmful_refusal_rate"} <= {t["metric"] for t in tests}
+    assert all(0 <= t["p"] <= 1 and t["n"] > 0 for t in tests)
+    md = (results / "report/report.md").read_text()
+    assert "## Is it more than noise?" in md and md.splitlines()[2].startswith("Timing: ")
     for kind in ("sft", "preference", "prompts", "eval"):
         report = yaml.safe_load((results / "data" / kind / "report.json").read_text())
         assert report["rows_in"] == report["rows_out"] + sum(report["dropped"].values())
