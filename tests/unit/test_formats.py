@@ -138,6 +138,21 @@ def test_hub_source_path_with_a_local_dataset_folder(tmp_path):
         list(formats.read_records(f"hf:{folder}?splitt=test"))
 
 
+
+def test_an_edited_local_dataset_folder_gives_its_new_rows(tmp_path):
+    """datasets caches a folder with a card's `configs` by the folder: without reading it afresh, a
+    second read gave the first read's rows (or failed on the split sizes it recorded then)."""
+    folder = tmp_path / "cards"
+    (folder / "data").mkdir(parents=True)
+    (folder / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n"
+                                      "  - split: test_prefs\n    path: data/test_prefs-*\n---\n")
+    rows = [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(6)]
+    write_jsonl(folder / "data/test_prefs-00000-of-00001.jsonl", rows[:2])
+    assert len(list(formats.read_records(f"hf:{folder}?split=test_prefs"))) == 2
+    write_jsonl(folder / "data/test_prefs-00000-of-00001.jsonl", rows)
+    assert [r.data for r in formats.read_records(f"hf:{folder}?split=test_prefs")] == rows
+
+
 def test_real_gsm8k_rows_parse():
     path = SHARED_DATA / "gsm8k_train_1000.jsonl"
     recs = list(formats.read_records(str(path)))

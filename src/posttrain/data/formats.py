@@ -66,8 +66,13 @@ def _read_hub(spec: str) -> Iterator[Record]:
     snapshot = _cached_snapshot(name, revision)
     if snapshot is not None:          # offline: the repository as `huggingface-cli download` left it
         name, revision = snapshot, None
+    # datasets may key its cache of a local folder by the folder rather than by what its files
+    # hold: a folder edited since its last read gave the old rows, or failed against the split
+    # sizes recorded then. A local folder is read afresh (a hub snapshot is one revision, fixed).
+    local = snapshot is None and Path(name).is_dir()
+    fresh = {"download_mode": "force_redownload", "verification_mode": "no_checks"} if local else {}
     ds = load_dataset(name, opts.get("name"), split=opts.get("split", "train"), revision=revision,
-                      data_dir=opts.get("data_dir"))
+                      data_dir=opts.get("data_dir"), **fresh)
     for i, row in enumerate(ds):
         yield Record(f"{spec}#{i}", dict(row))
 
