@@ -74,11 +74,11 @@ def test_quick_demo_keeps_one_rl_stage_and_one_export_and_changes_only_what_it_s
     left_out = {"student_base", "distill_samples", "distill", "distill_baseline", "evaluate_distilled",
                 "evaluate_student_sft", "rl_safety", "rl_reasoning", "rl_zero", "evaluate_safety",
                 "evaluate_reasoning", "evaluate_rl_zero", "export_gptq", "evaluate_reasoning_gptq",
-                "evaluate_reasoning_gguf_lora"}
-    renamed = {"evaluate_helpfulness_gguf_lora"}    # the export is of the last RL stage the DAG has
+                "evaluate_reasoning_gguf"}
+    renamed = {"evaluate_helpfulness_gguf"}    # the export is of the last RL stage the DAG has
     assert set(full) - set(quick) == left_out and set(quick) - set(full) == renamed
     with_overlay = {name for name, cmd in quick.items() if cmd.endswith(f" --params {recipe}")}
-    assert with_overlay == {"rl_helpfulness", "export_merge", "export_gguf_lora"}
+    assert with_overlay == {"rl_helpfulness", "export_merge", "export_gguf"}
     # the quick demo's PPO stage is the full demo's first stage, to the letter
     assert quick["rl_helpfulness"].removesuffix(f" --params params.yaml --params {recipe}") == full["rl_helpfulness"]
     both = [load_params([project / "params.yaml", *extra]).rl.stages[0] for extra in ([], [project / recipe])]
@@ -89,7 +89,7 @@ def test_quick_demo_keeps_one_rl_stage_and_one_export_and_changes_only_what_it_s
             assert cmd == full[name]
     kept = {(a, b) for a, b in full_edges if a not in left_out and b not in left_out}
     assert {(a, b) for a, b in quick_edges if renamed.isdisjoint((a, b))} - kept == {
-        ("rl_helpfulness", "export_merge"), ("rl_helpfulness", "export_gguf_lora"),
+        ("rl_helpfulness", "export_merge"),
         ("evaluate_helpfulness", "export_check")}
     # DVC tracks the overlay's params for those stages only
     run([bin_path("posttrain"), "dag", "--write", "--recipe", recipe], project)
@@ -283,7 +283,7 @@ def test_the_longest_chain_then_what_the_evaluations_wait_for_are_scheduled_firs
     top = max(priority.values())
     assert {priority[n] for n in chain} == {top} and top > priority["evaluate_sft"]
     # then what one evaluation waits for (the exports, the plain-SFT student), then the evaluations
-    one = ("export_merge", "export_gptq", "export_gguf_lora", "distill_baseline")
+    one = ("export_merge", "export_gptq", "export_gguf", "distill_baseline")
     levels = {priority[n] for n in one}
     assert len(levels) == 1 and 0 < min(levels) < priority["evaluate_sft"]
     assert not [n for n, p in priority.items()
