@@ -126,7 +126,7 @@ def test_context_turns_keeps_the_system_message_and_the_last_turns(tiny_base):
 
 def test_reward_errors_name_what_to_fix(tmp_path, tiny_base, preference_data):
     params = _params(tmp_path)
-    with pytest.raises(ValueError, match="no aspect 'helpfull'.*'helpful', 'safety'"):
+    with pytest.raises(ValueError, match="no aspect 'helpfull'.*'helpful', 'helpful_audit', 'safety'"):
         reward.main(params, "helpfull", tiny_base, preference_data, tmp_path / "x")
     with pytest.raises(ValueError, match=r"0 training and 0 held-out pairs.*subsets present: \['helpful'\]"):
         reward.main(params, "safety", tiny_base, preference_data, tmp_path / "x")
