@@ -13,10 +13,11 @@ comparable next to the machine it was measured on (run it where the DAG ran).
 
 from __future__ import annotations
 
-import csv
 import os
 import platform
 from pathlib import Path
+
+from posttrain.core import benchmark_files
 
 
 def machine() -> str:
@@ -40,16 +41,7 @@ def machine() -> str:
 
 
 def read(folder: Path) -> list[dict]:
-    rows = []
-    for path in sorted(Path(folder).glob("*.tsv")):
-        with path.open() as fh:
-            records = list(csv.DictReader(fh, delimiter="\t"))
-        if records:
-            last = records[-1]
-            rows.append({"rule": path.stem, "s": float(last["s"]),
-                         "max_rss_mb": float(last["max_rss"]) if last.get("max_rss", "NA") != "NA" else None,
-                         "cpu_s": float(last["cpu_time"]) if last.get("cpu_time", "NA") != "NA" else None})
-    return rows
+    return benchmark_files.read(folder)
 
 
 def stage_table(folder: Path) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import csv
 import html
 import json
 import os
@@ -26,6 +25,7 @@ import re
 import shutil
 from pathlib import Path
 
+from posttrain.core import benchmark_files
 from posttrain.core.commands import params_arg
 from posttrain.core.manifest import require_manifest, write_json, write_manifest
 from posttrain.stats import paired
@@ -138,27 +138,18 @@ KEPT_INIT_NOTE = ("Selection kept step 0 (no checkpoint's held-out reward rose a
 
 
 def _timing(folder: Path) -> list[dict]:
-    """Each rule's wall seconds, peak memory and end, from Snakemake's benchmark files (their
-    last line; the file's modification time is when the rule ended), in the order they ended."""
-    rows = []
-    for path in sorted(Path(folder).glob("*.tsv")):
-        with path.open() as fh:
-            records = list(csv.DictReader(fh, delimiter="\t"))
-        if records:
-            last = records[-1]
-            rss = last.get("max_rss", "NA")
-            rows.append({"rule": path.stem, "seconds": float(last["s"]), "end": path.stat().st_mtime,
-                         "peak_rss_mb": float(rss) if rss != "NA" else None})
-    return sorted(rows, key=lambda r: r["end"])
+    """Each rule's wall seconds and peak memory from Snakemake's benchmark files, in the order the
+    rules ended."""
+    return sorted(benchmark_files.read(folder), key=lambda r: r["end"])
 
 
 def _timing_summary(timing: list[dict]) -> str:
-    span = max(r["end"] for r in timing) - min(r["end"] - r["seconds"] for r in timing)
-    longest = sorted(timing, key=lambda r: -r["seconds"])[:3]
+    span = max(r["end"] for r in timing) - min(r["end"] - r["s"] for r in timing)
+    longest = sorted(timing, key=lambda r: -r["s"])[:3]
     return (f"{len(timing)} rules ran in {span / 60:.1f} minutes of wall-clock (from the first one's start to the "
             f"last one's end, by Snakemake's benchmark files; a rule not rerun keeps its earlier run) and "
-            f"{sum(r['seconds'] for r in timing) / 60:.1f} minutes one after the other; the longest: "
-            + ", ".join(f"{r['rule']} {r['seconds']:.0f} s" for r in longest) + ".")
+            f"{sum(r['s'] for r in timing) / 60:.1f} minutes one after the other; the longest: "
+            + ", ".join(f"{r['rule']} {r['s']:.0f} s" for r in longest) + ".")
 
 
 def _fmt(v) -> str:
@@ -234,7 +225,7 @@ def _markdown(table, metrics, partial, charts, curves, stages, speed, tests, kep
         lines += ["", "## Training curves", ""] + [f"![{p.stem}](plots/{p.name})" for p in curves]
     if timing:
         lines += ["", "## Timing", "", "| rule | wall (s) | peak RSS (MB) |", "|---|---:|---:|"]
-        lines += [f"| {r['rule']} | {r['seconds']:.0f} | {_fmt(r['peak_rss_mb'])} |" for r in timing]
+        lines += [f"| {r['rule']} | {r['s']:.0f} | {_fmt(r['max_rss_mb'])} |" for r in timing]
     lines += ["", "## Cost", "", f"{COST_NOTE} [{RESULTS_MD}]({RESULTS_LINK})."]
     return "\n".join(lines) + "\n"
 
