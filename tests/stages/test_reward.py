@@ -248,3 +248,27 @@ def test_two_processes_train_one_reward_model(tmp_path, tiny_base, preference_da
     m = json.loads((out / "metrics.json").read_text())
     assert m["steps"] == 24 and m["heldout_accuracy"] >= 0.9
     assert (out / "adapter" / "adapter_config.json").is_file() and (out / "manifest.json").is_file()
+
+
+def test_reward_models_on_one_init_score_their_shared_layers_once(tmp_path, tiny_base, preference_data):
+    """Adapters on the top layer only: the evaluation runs the layers below once for every
+    reward model, and each model's scores are what it gives alone."""
+    from posttrain.models.reward_trunk import _shared_layers, score_aspects
+
+    folders = {}
+    for name, steps in (("first", 8), ("second", 16)):
+        folders[name], work = tmp_path / name, tmp_path / f"work-{name}"
+        work.mkdir()
+        params = _params(work, max_steps=steps, lora={"r": 8, "alpha": 16, "dropout": 0.0,
+                                                                         "layers": 1})
+        reward.main(params, "helpful", tiny_base, preference_data, folders[name])
+    layers = json.loads((folders["first"] / "adapter" / "adapter_config.json").read_text())["layers_to_transform"]
+    assert _shared_layers(list(folders.values())) == layers[0] > 0
+    prompt = [{"role": "user", "content": "What is 40 plus 3?"}]
+    responses = ["40 + 3 = 43. #### 43", "I do not know, sorry.", "43", "40 + 3 = 44. #### 44, and more words"]
+    requests = {"first": ([prompt] * 4, responses), "second": ([prompt] * 3, responses[1:])}
+    shared = score_aspects(folders, requests, batch_size=2)
+    for name, (prompts, answers) in requests.items():
+        alone = RewardModel.load(folders[name]).score(prompts, answers, batch_size=2)
+        assert shared[name] == pytest.approx(alone, abs=1e-4)
+    assert shared["first"][1:] != pytest.approx(shared["second"], abs=1e-3)   # two different models

@@ -208,6 +208,7 @@ def _reward_metrics(samples: list[dict], rows: list[dict], reward_dirs: dict[str
     """Scores every chosen response with each aspect's reward model (stored on the sample) and
     returns `<aspect>_rm_score` and `win_rate_vs_reference`."""
     from posttrain.models.reward_model import RewardModel
+    from posttrain.models.reward_trunk import score_aspects
 
     by_id = {r["id"]: r for r in rows}
     metrics: dict = {}
@@ -216,15 +217,18 @@ def _reward_metrics(samples: list[dict], rows: list[dict], reward_dirs: dict[str
         ref_inputs = require_manifest(reference, f"evaluate:{cfg.reference}").get("inputs", {})
         ref_samples = {(s["task"], s.get("id") or s["prompt"]): s
                        for s in map(json.loads, open(reference / "samples.jsonl"))}
-    for aspect, folder in sorted(reward_dirs.items()):
+    chosen = {}
+    for aspect in sorted(reward_dirs):
         subsets = cfg.rm_subsets.get(aspect)
         picked = [s for s in samples if s.get("response") is not None and
                   (_subset_of(s, by_id) in subsets if subsets else _subset_of(s, by_id) != "arithmetic")]
-        if not picked:
-            continue
-        rm = RewardModel.load(folder)
-        prompts = [_prompt_of(s, by_id) for s in picked]
-        scores = rm.score(prompts, [s["response"] for s in picked], batch_size=cfg.reward_batch_size)
+        if picked:
+            chosen[aspect] = picked
+    requests = {a: ([_prompt_of(s, by_id) for s in picked], [s["response"] for s in picked])
+                for a, picked in chosen.items()}
+    all_scores = score_aspects({a: reward_dirs[a] for a in chosen}, requests, batch_size=cfg.reward_batch_size)
+    for aspect, picked in chosen.items():
+        folder, scores = reward_dirs[aspect], all_scores[aspect]
         for s, v in zip(picked, scores):
             s.setdefault("rm_scores", {})[aspect] = round(v, 6)
         metrics[f"{aspect}_rm_score"] = sum(scores) / len(scores)
@@ -246,8 +250,9 @@ def _reward_metrics(samples: list[dict], rows: list[dict], reward_dirs: dict[str
         if same_rm and all(v is not None for v in stored):
             ref_scores = stored
         else:
-            ref_scores = rm.score([_prompt_of(r, by_id) for _, r in pairs], [r["response"] for _, r in pairs],
-                                  batch_size=cfg.reward_batch_size)
+            ref_scores = RewardModel.load(folder).score([_prompt_of(r, by_id) for _, r in pairs],
+                                                        [r["response"] for _, r in pairs],
+                                                        batch_size=cfg.reward_batch_size)
         wins = [_win(s["response"], s["rm_scores"][aspect], r["response"], round(v, 6))
                 for (s, r), v in zip(pairs, ref_scores)]
         for (s, _), w in zip(pairs, wins):   # per prompt, for the report's paired tests
