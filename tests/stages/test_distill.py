@@ -2,10 +2,11 @@
 models."""
 
 import json
+import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import ROOT, TINY_OVERLAY, read_jsonl, write_jsonl
 from posttrain import dag
@@ -195,8 +196,6 @@ def test_the_dag_gets_the_distillation_stages_from_the_last_rl_stage(params):
 
 
 def test_a_configured_student_must_share_the_tokenizer(tmp_path, tiny_base, params):
-    from transformers import AutoTokenizer
-
     local = params.model_copy(deep=True)
     local.distill.student.model = str(tiny_base)          # a local model folder as the student
     manifest = distill.student_base(local, tiny_base, tmp_path / "ok")
@@ -226,6 +225,16 @@ def test_the_least_important_layers_are_dropped(tmp_path, tiny_base, data, param
     measured = manifest["source"]["perplexity_without_layer"]
     assert len(measured) == 2 and manifest["source"]["layers_kept"] == [max(range(2), key=lambda i: measured[i])]
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "student").config.num_hidden_layers == 1
+    # the ranking takes each layer out in place: what a pruned copy of the model measures
+    from posttrain.inference.generation import assistant_nll
+    from posttrain.models.pruning import layer_importance
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_base), AutoTokenizer.from_pretrained(tiny_base)
+    rows = [json.loads(line)["messages"] for line in open(data / "sft" / "val.jsonl")][:4]
+    copies = [math.exp(nll / count) for nll, count in (assistant_nll(depth_pruned(model, [1 - i]), tokenizer, rows)
+                                                       for i in range(2))]
+    assert layer_importance(model, tokenizer, rows) == pytest.approx(copies, rel=1e-6)
+    assert len(model.model.layers) == 2                        # every layer back in place
     # ranked on one subset's rows only: other numbers, and a subset with no rows is an error
     val_subsets = [json.loads(line)["subset"] for line in open(data / "sft" / "val.jsonl")]
     assert {"arithmetic", "sums"} <= set(val_subsets)

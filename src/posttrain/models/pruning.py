@@ -7,9 +7,11 @@ shape, and distillation heals the gap.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 
+import torch
 from transformers import AutoModelForCausalLM
 from transformers.initialization import no_init_weights
 
@@ -38,9 +40,30 @@ def layer_importance(model, tokenizer, conversations: list[list[dict]]) -> list[
     n = model.config.get_text_config().num_hidden_layers
     out = []
     for i in tqdm(range(n), desc="layer importance", unit="layer"):
-        nll, count = assistant_nll(depth_pruned(model, [j for j in range(n) if j != i]), tokenizer, conversations)
+        with _without_layer(model, i) as pruned:
+            nll, count = assistant_nll(pruned, tokenizer, conversations)
         out.append(math.exp(nll / count) if count else float("inf"))
     return out
+
+
+@contextlib.contextmanager
+def _without_layer(model, i: int):
+    """`model` with its layer `i` taken out of the layer list for the duration: the same forward
+    pass as `depth_pruned` without it, but no copy of the weights (a copy per layer was most of
+    the ranking's time). Architectures whose layer list is not one `layers` module get the copy."""
+    n = model.config.get_text_config().num_hidden_layers
+    owners = [(parent, name) for parent in model.modules() for name, child in parent.named_children()
+              if name == "layers" and isinstance(child, torch.nn.ModuleList) and len(child) == n]
+    if len(owners) != 1:
+        yield depth_pruned(model, [j for j in range(n) if j != i])
+        return
+    parent, name = owners[0]
+    layers = getattr(parent, name)
+    setattr(parent, name, torch.nn.ModuleList([layer for j, layer in enumerate(layers) if j != i]))
+    try:
+        yield model
+    finally:
+        setattr(parent, name, layers)
 
 
 def least_important_dropped(importance: list[float], n_drop: int) -> list[int]:
