@@ -60,6 +60,19 @@ def test_evaluate_writes_canonical_metrics_and_repeats_exactly(tmp_path, tiny_ba
     assert (tmp_path / "a" / "manifest.json").is_file() and (tmp_path / "a" / "harness.json").is_file()
 
 
+def test_evaluate_answers_in_the_dtype_it_records(tmp_path, tiny_base, eval_dir):
+    """auto: bfloat16 on a CPU that multiplies it natively, else float32; a pinned dtype is kept."""
+    from posttrain.inference import dtype as inference_dtype
+
+    auto = evaluate.main(_params(tmp_path), tiny_base, "base", eval_dir, None, tmp_path / "auto")
+    pinned = evaluate.main(_params(tmp_path, dtype="float32"), tiny_base, "base", eval_dir, None, tmp_path / "fp32")
+    assert auto["dtype"] == ("bfloat16" if inference_dtype.cpu_has_bf16() else "float32")
+    assert pinned["dtype"] == "float32"
+    assert json.loads((tmp_path / "fp32" / "metrics.json").read_text())["dtype"] == "float32"
+    with pytest.raises(ValueError, match="dtype 'half'"):
+        inference_dtype.resolve("half")
+
+
 def test_arithmetic_breakdown_tells_a_wrong_setup_from_a_wrong_sum():
     question = "Tom has 12 apples and buys 7 more. How many apples does Tom have now?"
     row = {"id": "q1", "prompt": [{"role": "user", "content": question}]}

@@ -53,6 +53,8 @@ class SamplingParams(Section):
     temperature: float = Field(0.8, ge=0, description="The teacher's sampling temperature (0: greedy).")
     max_new_tokens: int = Field(128, ge=1, description="The most tokens the teacher writes per answer.")
     batch_size: int = Field(16, ge=1, description="Answers the teacher generates at once.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description=(
+        "The dtype the teacher samples in; as evaluate.dtype (auto: bfloat16 on a CPU that multiplies it natively)."))
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="accuracy", marked_only=True)],
                                       min_length=1, description=(
         "The verifiers (posttrain.verifiers.rewards, weighted sum; None terms skipped); an answer is kept when its "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from posttrain.config.base import Section
@@ -21,6 +23,10 @@ class EvaluateParams(Section):
     safety_max_new_tokens: int = Field(48, ge=1, description=(
         "Refusals show in the first sentence; safety prompts need fewer tokens."))
     batch_size: int = Field(8, ge=1, description="Prompts the model answers at once (generation and lm-eval).")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description=(
+        "The dtype models and reward models are evaluated in. auto: the stored dtype on a GPU; on a CPU bfloat16 "
+        "where it multiplies bfloat16 natively (AVX512-BF16, AMX), float32 elsewhere. The evaluation records the "
+        "dtype it used: compare figures measured in the same one."))
     limit: int | None = Field(None, ge=1, description=(
         "Rows per task; a limited run is marked `partial` in its metrics and in the report. null: every row."))
     harness_tasks: list[str] = Field(default_factory=list, description=(

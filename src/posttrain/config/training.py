@@ -54,7 +54,8 @@ class TrainingParams(Section):
     gradient_checkpointing: bool = Field(False, description=(
         "Recompute activations in the backward pass: ~30 % slower, far less activation memory."))
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description=(
-        "auto: bf16 on a GPU that supports it, fp32 on CPU (CPU bf16 matmuls are slow and lossy)."))
+        "auto: bf16 on a GPU that supports it, fp32 on CPU (training on a CPU stays in float32; a model that only "
+        "answers runs in evaluate.dtype)."))
     save_total_limit: int = Field(2, ge=1, description=(
         "Checkpoints kept on disk (older ones are deleted)."))
     logging_steps: int = Field(1, ge=1, description="Training metrics are logged every N steps.")

@@ -400,7 +400,8 @@ def run_harness(model_dir: Path, tasks: list[str], task_dir: Path, *, adapter_di
         if (adapter_dir / "tokenizer_config.json").is_file():
             tokenizer_dir = adapter_dir
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    # float32 on CPU: bf16 matmuls there are slow, and fp32 keeps greedy choices reproducible.
+    # Without a loaded model (standalone use): float32 on CPU. The evaluation stage passes its
+    # model, loaded in evaluate.dtype (posttrain.inference.dtype).
     dtype = "auto" if device == "cuda" else "float32"
 
     model_args: dict[str, Any] = {"pretrained": str(model_dir), "tokenizer": str(tokenizer_dir),

@@ -70,12 +70,13 @@ class RewardModel:
     context_turns: int | None = None
 
     @classmethod
-    def load(cls, folder: Path, device: str | None = None) -> RewardModel:
+    def load(cls, folder: Path, device: str | None = None, dtype: str = "auto") -> RewardModel:
         """`device`: where the model goes (`cuda`, `cpu`, ...); `auto` spreads its layers over the
         visible GPUs (accelerate's device map), as a 30B reward model beside a PPO policy needs.
-        Unset: `default_device()`."""
+        Unset: `default_device()`. `dtype`: `float32` or `bfloat16` (scoring only; the LoRA
+        adapter keeps float32), `auto` the stored dtype."""
         device = device or default_device()
-        model, tokenizer, metrics = load_model(folder, device_map="auto" if device == "auto" else None)
+        model, tokenizer, metrics = load_model(folder, device_map="auto" if device == "auto" else None, dtype=dtype)
         if device and device != "auto":
             model.to(device)
         return cls(model=model, tokenizer=tokenizer, mean=metrics["train_reward_mean"],
@@ -107,10 +108,12 @@ def default_device() -> str | None:
     return "auto"
 
 
-def load_model(folder: Path, trainable: bool = False, device_map: str | None = None):
+def load_model(folder: Path, trainable: bool = False, device_map: str | None = None, dtype: str = "auto"):
     """(sequence-classification model, tokenizer, metrics) of the reward model in `folder`;
     `trainable` keeps its LoRA and score head trainable (a PPO critic starts from it)."""
     placement = {"device_map": device_map} if device_map else {}
+    if dtype != "auto":
+        placement["dtype"] = getattr(torch, dtype)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     folder = Path(folder)

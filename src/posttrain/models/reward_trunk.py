@@ -25,18 +25,18 @@ from posttrain.models.reward_model import RewardModel, encode
 
 
 def score_aspects(folders: dict[str, Path], requests: dict[str, tuple[list, list]],
-                  batch_size: int = 16) -> dict[str, list[float]]:
+                  batch_size: int = 16, dtype: str = "auto") -> dict[str, list[float]]:
     """Normalised scores (as `RewardModel.score`) of each aspect's (prompts, responses) by that
-    aspect's reward model in `folders`. Reward models are loaded one at a time."""
+    aspect's reward model in `folders`, loaded in `dtype` (as `RewardModel.load`) one at a time."""
     aspects = [a for a in folders if a in requests]
     shared = _shared_layers([folders[a] for a in aspects])
     out: dict[str, list[float]] = {}
     trunk: dict[tuple, torch.Tensor] = {}
     for aspect in aspects:
-        rm = RewardModel.load(folders[aspect])
+        rm = RewardModel.load(folders[aspect], dtype=dtype)
         prompts, responses = requests[aspect]
         if not shared or _backbone(rm.model) is None:
-            out[aspect] = rm.score(prompts, responses, batch_size)
+            out[aspect] = rm.score(prompts, responses, batch_size=batch_size)
             continue
         seqs = [tuple(encode(rm.tokenizer, p, r, rm.context_turns)) for p, r in zip(prompts, responses)]
         if not trunk:   # the first reward model computes the shared layers for every aspect's sequences

@@ -34,6 +34,7 @@ from pathlib import Path
 from posttrain.config import DistillParams, Params, SftParams
 from posttrain.core.commands import params_arg
 from posttrain.core.manifest import require_manifest, write_json, write_manifest
+from posttrain.inference import dtype as inference_dtype
 from posttrain.models import chat, pruning
 from posttrain.models import sources as models
 from posttrain.rl import rejection_sampling
@@ -157,7 +158,8 @@ def _samples(params: Params, teacher_dir: Path, prompts_dir: Path, out: Path) ->
     verify = rewards.combine([r.model_dump(exclude={"aspect"}, exclude_none=True) for r in cfg.rewards])
 
     # 1. The teacher answers every prompt per_prompt times; the verifiers keep what passes.
-    model = AutoModelForCausalLM.from_pretrained(weights)
+    dtype = inference_dtype.resolve(cfg.dtype)
+    model = AutoModelForCausalLM.from_pretrained(weights, dtype=inference_dtype.torch_dtype(dtype))
     sampled = rejection_sampling.sample(
         model, tokenizer, rows, verify, per_prompt=cfg.per_prompt, keep_per_prompt=cfg.keep_per_prompt,
         min_reward=cfg.min_reward, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
@@ -173,6 +175,7 @@ def _samples(params: Params, teacher_dir: Path, prompts_dir: Path, out: Path) ->
     if out.exists():
         shutil.rmtree(out)
     sampled.write(out)
+    report["dtype"] = dtype
     write_json(out / "metrics.json", report)
     log.info(rejection_sampling.summary(report))
     return write_manifest(out, stage="distill-samples", params=_section(params, "sampling"), seed=cfg.seed,

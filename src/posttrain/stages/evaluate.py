@@ -35,6 +35,7 @@ from posttrain.config import Params, section
 from posttrain.core.commands import pairs_arg, params_arg
 from posttrain.core.manifest import input_hash, require_manifest, write_json, write_manifest
 from posttrain.export import gptq_format
+from posttrain.inference import dtype as inference_dtype
 from posttrain.inference import harness
 from posttrain.inference.generation import assistant_nll, generate, generation_threads
 from posttrain.models import chat
@@ -80,12 +81,13 @@ def _dequantized_copy(weights: Path, out: Path) -> dict | None:
             "evaluated_as": "dequantized float32 weights (CPU)", "folder": folder}
 
 
-def _load(weights: Path, adapter: Path | None):
-    """The model to evaluate, loaded once for every part of the suite: float32 on a CPU (bf16
-    matmuls are slow there, and float32 keeps greedy choices reproducible), the stored dtype on a
-    GPU. An adapter is merged into the weights, as the model is served: unmerged, each of its
-    LoRA layers adds two small matmuls to every decoding step (slower sampling on the demo model:
-    measured by benchmarks/rl_step.py; figures in benchmarks/RESULTS.md, "Training throughput")."""
+def _load(weights: Path, adapter: Path | None, dtype: str):
+    """The model to evaluate, loaded once for every part of the suite, in `dtype` (resolved
+    `evaluate.dtype`: bfloat16 on a CPU that multiplies it natively, else float32; the stored
+    dtype on a GPU). An adapter is merged into the float32 weights first, as the model is served:
+    unmerged, each of its LoRA layers adds two small matmuls to every decoding step (slower
+    sampling on the demo model: measured by benchmarks/rl_step.py; figures in
+    benchmarks/RESULTS.md, "Training throughput")."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -96,6 +98,8 @@ def _load(weights: Path, adapter: Path | None):
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    if dtype != "auto":
+        model = model.to(inference_dtype.torch_dtype(dtype))
     return model.eval()
 
 
@@ -126,7 +130,8 @@ def _evaluate(params: Params, model_dir: Path, name: str, eval_dir: Path, heldou
     if task_dir.exists():
         shutil.rmtree(task_dir)
     tasks = harness.write_tasks(eval_dir / "test.jsonl", task_dir, limit=cfg.limit)
-    model = _load(weights, adapter)
+    dtype = inference_dtype.resolve(cfg.dtype)
+    model = _load(weights, adapter, dtype)
     result = harness.run_harness(weights, tasks + list(cfg.harness_tasks), task_dir, adapter_dir=adapter,
                                  model=model, limit=cfg.limit, max_new_tokens=cfg.max_new_tokens,
                                  batch_size=cfg.batch_size, seed=cfg.seed, think_end_token=cfg.think_end_token)
@@ -168,14 +173,14 @@ def _evaluate(params: Params, model_dir: Path, name: str, eval_dir: Path, heldou
         shutil.rmtree(quantized.pop("folder"), ignore_errors=True)
     # 3. Reward-model scores of the responses, and the win rate against the reference model.
     if reward_dirs:
-        metrics.update(_reward_metrics(samples, rows, reward_dirs, reference, name, cfg))
+        metrics.update(_reward_metrics(samples, rows, reward_dirs, reference, name, cfg, dtype))
 
     # 4. Outputs, manifest last.
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     metrics = {k: round(v, 6) if isinstance(v, float) else v for k, v in sorted(metrics.items())}
-    record = {"model": name, "metrics": metrics, "limit": cfg.limit, "partial": cfg.limit is not None,
+    record = {"model": name, "metrics": metrics, "dtype": dtype, "limit": cfg.limit, "partial": cfg.limit is not None,
               "generation": result["config"], "counts": _counts(rows, cfg.limit),
               **({"quantized": quantized} if quantized else {})}
     write_json(out / "metrics.json", record)
@@ -204,7 +209,7 @@ def _subset_of(sample: dict, by_id: dict) -> str | None:
 
 
 def _reward_metrics(samples: list[dict], rows: list[dict], reward_dirs: dict[str, Path], reference: Path | None,
-                    name: str, cfg) -> dict:
+                    name: str, cfg, dtype: str) -> dict:
     """Scores every chosen response with each aspect's reward model (stored on the sample) and
     returns `<aspect>_rm_score` and `win_rate_vs_reference`."""
     from posttrain.models.reward_model import RewardModel
@@ -226,7 +231,8 @@ def _reward_metrics(samples: list[dict], rows: list[dict], reward_dirs: dict[str
             chosen[aspect] = picked
     requests = {a: ([_prompt_of(s, by_id) for s in picked], [s["response"] for s in picked])
                 for a, picked in chosen.items()}
-    all_scores = score_aspects({a: reward_dirs[a] for a in chosen}, requests, batch_size=cfg.reward_batch_size)
+    all_scores = score_aspects({a: reward_dirs[a] for a in chosen}, requests, batch_size=cfg.reward_batch_size,
+                               dtype=dtype)
     for aspect, picked in chosen.items():
         folder, scores = reward_dirs[aspect], all_scores[aspect]
         for s, v in zip(picked, scores):
@@ -250,7 +256,7 @@ def _reward_metrics(samples: list[dict], rows: list[dict], reward_dirs: dict[str
         if same_rm and all(v is not None for v in stored):
             ref_scores = stored
         else:
-            ref_scores = RewardModel.load(folder).score([_prompt_of(r, by_id) for _, r in pairs],
+            ref_scores = RewardModel.load(folder, dtype=dtype).score([_prompt_of(r, by_id) for _, r in pairs],
                                                         [r["response"] for _, r in pairs],
                                                         batch_size=cfg.reward_batch_size)
         wins = [_win(s["response"], s["rm_scores"][aspect], r["response"], round(v, 6))

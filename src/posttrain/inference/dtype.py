@@ -1,0 +1,43 @@
+"""The dtype a model answers in (evaluation, the teacher's samples) when nothing trains it.
+
+`auto` is the stored dtype on a GPU. On a CPU it is bfloat16 where the CPU multiplies bfloat16
+natively (AVX512-BF16 or AMX: recent Xeon and EPYC), float32 elsewhere: there bfloat16 is
+emulated and slower than float32. On the demo's 2-core EPYC (AVX512-BF16) greedy decoding of
+SmolLM2-135M on one core runs 2.9x faster in bfloat16 (`benchmarks/inference_dtype.py`); the
+answers are those of a bfloat16 model, so compare figures measured in the same dtype (each
+evaluation records the one it used).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+
+CHOICES = ("auto", "float32", "bfloat16")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve(setting: str) -> str:
+    """The dtype name for `setting` on this machine: `auto` (GPU: the stored dtype), `float32`
+    or `bfloat16`."""
+    if setting not in CHOICES:
+        raise ValueError(f"dtype {setting!r}: choose one of {', '.join(CHOICES)}")
+    if setting != "auto":
+        if setting == "bfloat16" and not torch.cuda.is_available() and not cpu_has_bf16():
+            log.warning("bfloat16 on a CPU without bfloat16 instructions is emulated: slower than float32")
+        return setting
+    if torch.cuda.is_available():
+        return "auto"
+    return "bfloat16" if cpu_has_bf16() else "float32"
+
+
+def torch_dtype(name: str):
+    """What `from_pretrained(dtype=...)` takes for a resolved name."""
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(name, "auto")
