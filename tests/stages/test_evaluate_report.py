@@ -96,19 +96,20 @@ def test_evaluate_refuses_a_model_whose_template_changed(tmp_path, tiny_base, ev
         evaluate.main(_params(tmp_path), copy, "tampered", eval_dir, None, tmp_path / "out")
 
 
-def _fake_eval(folder: Path, model: str, metrics: dict, partial=False):
+def _fake_eval(folder: Path, model: str, metrics: dict, partial=False, dtype="float32"):
     """An evaluate output as the report reads it (metrics.json + manifest)."""
     from posttrain.core.manifest import write_json, write_manifest
 
     folder.mkdir(parents=True)
-    write_json(folder / "metrics.json", {"model": model, "metrics": metrics, "partial": partial})
+    write_json(folder / "metrics.json", {"model": model, "metrics": metrics, "partial": partial, "dtype": dtype})
     write_manifest(folder, stage=f"evaluate:{model}", params={}, seed=0)
     return folder
 
 
 def test_report_table_charts_and_partial_flag(tmp_path):
     base = _fake_eval(tmp_path / "eval" / "base", "base", {"arithmetic_accuracy": 0.1, "perplexity": 9.0})
-    sft = _fake_eval(tmp_path / "eval" / "sft", "sft", {"arithmetic_accuracy": 0.4, "perplexity": 3.0}, partial=True)
+    sft = _fake_eval(tmp_path / "eval" / "sft", "sft", {"arithmetic_accuracy": 0.4, "perplexity": 3.0}, partial=True,
+                     dtype="bfloat16")
     rm = tmp_path / "reward" / "helpful"
     rm.mkdir(parents=True)
     from posttrain.core.manifest import write_json, write_manifest
@@ -130,6 +131,7 @@ def test_report_table_charts_and_partial_flag(tmp_path):
     assert sorted(p.name for p in (out / "plots").iterdir()) == ["arithmetic_accuracy.png", "perplexity.png"]
     md = (out / "report.md").read_text()
     assert "| sft (partial) | 0.400 | 3.000 |" in md and "Partial evaluation" in md
+    assert "different dtypes (bfloat16: sft; float32: base): compare figures within one dtype" in md
     assert "## Reward models" in md and "| helpful | 0.930 | 2.500 | 30 | 268 |" in md
     assert "## RL stages" in md and "| safety | grpo | previous | 8 | 4 | 0.125 | 0.316 | 0.002 |" in md
     page = (out / "report.html").read_text()
@@ -177,6 +179,7 @@ def test_report_tests_each_model_against_its_baseline_and_marks_a_kept_init(tmp_
     assert tests["arithmetic_accuracy"]["verdict"] == "within noise"     # 2 discordant prompts
     md = (out / "report.md").read_text()
     assert "## Is it more than noise?" in md and "| safety | sft | harmful_refusal_rate | 40 |" in md
+    assert "The models answered in float32 (`evaluate.dtype`)." in md
     assert "**better**" in md and "| safety (init kept) |" in md and "Selection kept step 0" in md
     assert md.splitlines()[2].startswith("Timing: 2 rules ran in") and "| rl_safety | 300 | 812.500 |" in md
     page = (out / "report.html").read_text()

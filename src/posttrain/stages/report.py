@@ -68,6 +68,7 @@ def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path, compare: list
                                        "tokens_per_second": timings.get("generation_tokens_per_second")}
     table = {r["model"]: r["metrics"] for r in records}
     partial = sorted(r["model"] for r in records if r.get("partial"))
+    dtypes = _dtype_note({r["model"]: r["dtype"] for r in records if r.get("dtype")})
     metrics = [m for m in CANONICAL if any(m in v for v in table.values())]
     metrics += sorted({m for v in table.values() for m in v} - set(metrics))
 
@@ -95,9 +96,9 @@ def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path, compare: list
     write_json(out / "metrics.json", table)
     write_json(out / "significance.json", tests)
     (out / "report.md").write_text(_markdown(table, metrics, partial, charts, curves, stages, speed, tests,
-                                             kept_init, timing))
+                                             kept_init, timing, dtypes))
     (out / "report.html").write_text(_html(table, metrics, partial, charts, curves, stages, speed, tests,
-                                           kept_init, timing))
+                                           kept_init, timing, dtypes))
     write_manifest(out, stage="report", params={}, seed=None,
                    inputs={f"eval:{d.name}": d for d in eval_dirs} | {f"curves:{d.name}": d for d in curve_dirs},
                    extra={"models": list(table), "partial": partial,
@@ -192,10 +193,23 @@ RESULTS_MD = "benchmarks/RESULTS.md"
 RESULTS_LINK = "../../benchmarks/RESULTS.md"
 
 
-def _markdown(table, metrics, partial, charts, curves, stages, speed, tests, kept_init, timing) -> str:
+def _dtype_note(dtypes: dict[str, str]) -> str:
+    """Which dtype the models answered in (evaluate.dtype); a warning when they differ."""
+    by_dtype: dict[str, list[str]] = {}
+    for model, dtype in dtypes.items():
+        by_dtype.setdefault(dtype, []).append(model)
+    if len(by_dtype) == 1:
+        return f"The models answered in {next(iter(by_dtype))} (`evaluate.dtype`)."
+    listed = "; ".join(f"{dtype}: {', '.join(models)}" for dtype, models in sorted(by_dtype.items()))
+    return f"The models answered in different dtypes ({listed}): compare figures within one dtype." if listed else ""
+
+
+def _markdown(table, metrics, partial, charts, curves, stages, speed, tests, kept_init, timing, dtypes="") -> str:
     lines = ["# posttrain report", ""]
     if timing:
         lines += [f"Timing: {_timing_summary(timing)} Per rule: Timing, below.", ""]
+    if dtypes:
+        lines += [dtypes, ""]
     if partial:
         lines += [f"**Partial evaluation** (a `limit` was set) for: {', '.join(partial)}.", ""]
     if kept_init:
@@ -250,7 +264,7 @@ def _img(path: Path, alt: str) -> str:
             f'<figcaption>{html.escape(alt)}</figcaption></figure>')
 
 
-def _html(table, metrics, partial, charts, curves, stages, speed, tests, kept_init, timing) -> str:
+def _html(table, metrics, partial, charts, curves, stages, speed, tests, kept_init, timing, dtypes="") -> str:
     head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
     body = ""
     for model, values in table.items():
@@ -260,6 +274,8 @@ def _html(table, metrics, partial, charts, curves, stages, speed, tests, kept_in
             f"<td>{_fmt(values.get(m))}</td>" for m in metrics) + "</tr>"
     note = (f'<p class="partial">Partial evaluation (a limit was set) for: {html.escape(", ".join(partial))}</p>'
             if partial else "")
+    if dtypes:
+        note = f'<p id="dtype">{html.escape(dtypes)}</p>' + note
     if timing:
         note = f'<p id="timing">Timing: {html.escape(_timing_summary(timing))}</p>' + note
     if kept_init:
