@@ -49,8 +49,9 @@ def layer_importance(model, tokenizer, conversations: list[list[dict]]) -> list[
 @contextlib.contextmanager
 def _without_layer(model, i: int):
     """`model` with its layer `i` taken out of the layer list for the duration: the same forward
-    pass as `depth_pruned` without it, but no copy of the weights (a copy per layer was most of
-    the ranking's time). Architectures whose layer list is not one `layers` module get the copy."""
+    pass as `depth_pruned` without it, but no copy of the weights per layer (for a 30B teacher,
+    a second copy in memory). Architectures whose layer list is not one `layers` module get the
+    copy."""
     n = model.config.get_text_config().num_hidden_layers
     owners = [(parent, name) for parent in model.modules() for name, child in parent.named_children()
               if name == "layers" and isinstance(child, torch.nn.ModuleList) and len(child) == n]
