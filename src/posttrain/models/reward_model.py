@@ -36,14 +36,10 @@ def encode(tokenizer, prompt: list[dict], response: str | list[dict], context_tu
     return tokenizer.apply_chat_template(prompt + response, tokenize=True, return_dict=True)["input_ids"]
 
 
-@torch.no_grad()
-def score_ids(model, pad_token_id: int, sequences: list[list[int]], batch_size: int = 16) -> list[float]:
-    """Raw reward per token sequence. Sequences are sorted by length and right-padded, so a
-    batch wastes little compute on padding; results come back in the input order."""
-    model.eval()
+def padded_batches(sequences: list, pad_token_id: int, batch_size: int):
+    """(indices, ids, mask) of right-padded batches, the sequences sorted by length so that a
+    batch wastes little compute on padding."""
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    out = [0.0] * len(sequences)
-    device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         width = max(len(sequences[i]) for i in idx)
@@ -52,6 +48,17 @@ def score_ids(model, pad_token_id: int, sequences: list[list[int]], batch_size: 
         for row, i in enumerate(idx):
             ids[row, :len(sequences[i])] = torch.tensor(sequences[i])
             mask[row, :len(sequences[i])] = 1
+        yield idx, ids, mask
+
+
+@torch.no_grad()
+def score_ids(model, pad_token_id: int, sequences: list[list[int]], batch_size: int = 16) -> list[float]:
+    """Raw reward per token sequence, in batches of similar length (`padded_batches`); results
+    come back in the input order."""
+    model.eval()
+    out = [0.0] * len(sequences)
+    device = next(model.parameters()).device
+    for idx, ids, mask in padded_batches(sequences, pad_token_id, batch_size):
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         for row, i in enumerate(idx):
             out[i] = float(logits[row, 0])

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from posttrain.core.manifest import require_manifest
-from posttrain.models.reward_model import RewardModel, encode
+from posttrain.models.reward_model import RewardModel, encode, padded_batches
 
 
 def score_aspects(folders: dict[str, Path], requests: dict[str, tuple[list, list]],
@@ -94,20 +94,6 @@ def _only_layers(backbone, keep: slice, norm: bool):
         backbone.layers, backbone.norm = layers, final
 
 
-def _batches(seqs: list[tuple], pad_token_id: int, batch_size: int):
-    """(indices, ids, mask) of right-padded batches of similar length."""
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        width = max(len(seqs[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, :len(seqs[i])] = torch.tensor(seqs[i])
-            mask[row, :len(seqs[i])] = 1
-        yield idx, ids, mask
-
-
 @torch.no_grad()
 def _trunk_states(model, pad_token_id: int, seqs: list[tuple], layers: int, batch_size: int) -> dict:
     """Each sequence's hidden states after the first `layers` layers, on the CPU."""
@@ -115,7 +101,7 @@ def _trunk_states(model, pad_token_id: int, seqs: list[tuple], layers: int, batc
     device = next(model.parameters()).device
     states = {}
     with _only_layers(_backbone(model), slice(0, layers), norm=False) as trunk:
-        for idx, ids, mask in _batches(seqs, pad_token_id, batch_size):
+        for idx, ids, mask in padded_batches(seqs, pad_token_id, batch_size):
             hidden = trunk(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state.cpu()
             for row, i in enumerate(idx):
                 states[seqs[i]] = hidden[row, :len(seqs[i])]
@@ -133,7 +119,7 @@ def _upper_scores(model, pad_token_id: int, seqs: list[tuple], trunk: dict, laye
     head = (model.get_base_model() if hasattr(model, "get_base_model") else model).score
     out = [0.0] * len(seqs)
     with _only_layers(_backbone(model), slice(layers, None), norm=True) as upper:
-        for idx, ids, mask in _batches(seqs, pad_token_id, batch_size):
+        for idx, ids, mask in padded_batches(seqs, pad_token_id, batch_size):
             hidden = torch.zeros(len(idx), ids.shape[1], trunk[seqs[idx[0]]].shape[-1], dtype=trunk[seqs[idx[0]]].dtype)
             for row, i in enumerate(idx):
                 hidden[row, :len(seqs[i])] = trunk[seqs[i]]
