@@ -9,6 +9,15 @@ times): the chain of stages that no number of cores would shorten, a lower bound
 wall time next to the CPU seconds divided by the cores. The first line names this machine's CPU:
 the same DAG takes twice as long on one 2-core machine as on another, so a figure is only
 comparable next to the machine it was measured on (run it where the DAG ran).
+
+With `--params`, it also replays the DAG on `--cores` cores as Snakemake schedules it (ready
+rules by priority, each holding its threads for its wall time) and prints the finish time:
+on the demo it lands within a minute of Snakemake's `Elapsed time`. `--what-if RULE=SECONDS`
+(repeatable) replays it with a rule's wall time changed, to see what shortening a stage would
+save before spending a run on it:
+
+    .venv/bin/python benchmarks/stage_costs.py logs/benchmarks --params params.yaml \
+        --what-if distill=180 --what-if distill_baseline=125
 """
 
 from __future__ import annotations
@@ -78,8 +87,33 @@ def critical_path(walls: dict[str, float], table) -> tuple[list[str], float]:
     return path[::-1], max(finish.values())
 
 
-def path_summary(rows: list[dict], table, cores: int) -> str:
+def scheduled(walls: dict[str, float], table, cores: int) -> float:
+    """When the last rule ends if `cores` cores run the DAG as Snakemake does: whenever cores
+    free up, the ready rules of highest priority that fit start (no core is kept for a later
+    rule), each holding its threads for its wall time."""
+    produced = {out: s.name for s in table for out in s.outs}
+    needs = {s.name: {produced[d] for d in s.deps if d in produced} for s in table}
+    threads = {s.name: min(cores, s.rule_threads(cores)) for s in table}
+    priority = {s.name: s.priority for s in table}
+    waiting, running, done, free, now = [s.name for s in table], [], set(), cores, 0.0
+    while waiting or running:
+        for name in sorted((n for n in waiting if needs[n] <= done), key=lambda n: -priority[n]):
+            if threads[name] <= free:
+                free -= threads[name]
+                waiting.remove(name)
+                running.append((now + walls.get(name, 0.0), name))
+        if not running:
+            raise ValueError(f"rules that can never start: {sorted(waiting)}")
+        running.sort()
+        now, name = running.pop(0)
+        free += threads[name]
+        done.add(name)
+    return now
+
+
+def path_summary(rows: list[dict], table, cores: int, what_if: dict[str, float] | None = None) -> str:
     walls = {r["rule"]: r["s"] for r in rows}
+    replay = scheduled(walls, table, cores)
     path, length = critical_path(walls, table)
     cpu = sum(r["cpu_s"] or r["s"] for r in rows)
     # A rule holds its threads' cores for its whole wall time, used or not (loading, saving, a
@@ -89,7 +123,18 @@ def path_summary(rows: list[dict], table, cores: int) -> str:
     return (f"critical path: {length:.0f} s ({length / 60:.1f} min): {chain}\n"
             f"CPU seconds / {cores} cores: {cpu / cores:.0f} s ({cpu / cores / 60:.1f} min)\n"
             f"core-seconds held (wall x the rule's threads) / {cores} cores: {held / cores:.0f} s "
-            f"({held / cores / 60:.1f} min); the run cannot take less than the largest of the three")
+            f"({held / cores / 60:.1f} min); the run cannot take less than the largest of the three\n"
+            f"replayed on {cores} cores as Snakemake schedules it: {replay:.0f} s ({replay / 60:.1f} min)"
+            + (_what_if_line(walls, what_if, table, cores) if what_if else ""))
+
+
+def _what_if_line(walls: dict[str, float], what_if: dict[str, float], table, cores: int) -> str:
+    unknown = sorted(set(what_if) - {s.name for s in table})
+    if unknown:
+        raise ValueError(f"--what-if: no rule {unknown} in this DAG")
+    replay = scheduled({**walls, **what_if}, table, cores)
+    changed = ", ".join(f"{rule} {walls.get(rule, 0):.0f} -> {sec:.0f} s" for rule, sec in what_if.items())
+    return f"\nwhat if {changed}: {replay:.0f} s ({replay / 60:.1f} min)"
 
 
 if __name__ == "__main__":
@@ -100,7 +145,10 @@ if __name__ == "__main__":
     ap.add_argument("--params", action="extend", nargs="+",
                     help="params.yaml and overlays (repeat or list them): adds the DAG's critical path")
     ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--what-if", action="append", default=[], metavar="RULE=SECONDS",
+                    help="replay the DAG with this rule's wall time (with --params; repeatable)")
     args = ap.parse_args()
+    what_if = {rule: float(sec) for rule, _, sec in (w.partition("=") for w in args.what_if)}
     table = stage_table(args.folder)
     print(machine())
     print()
@@ -110,4 +158,4 @@ if __name__ == "__main__":
         from posttrain.dag import stages
 
         print()
-        print(path_summary(read(args.folder), stages(load_params(args.params), args.params), args.cores))
+        print(path_summary(read(args.folder), stages(load_params(args.params), args.params), args.cores, what_if))
