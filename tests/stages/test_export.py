@@ -379,9 +379,13 @@ def test_an_adapter_is_evaluated_merged_into_its_base_as_it_is_served(sft_model,
 
     from posttrain.stages import evaluate
 
-    model = evaluate._load(tiny_base, sft_model[0] / "adapter")
+    model = evaluate._load(tiny_base, sft_model[0] / "adapter", "float32")
     assert not any("lora" in name for name, _ in model.named_parameters())   # folded in, not beside
     assert next(model.parameters()).dtype == torch.float32 and not model.training
+    # evaluate.dtype bfloat16: folded into the float32 weights first, then cast
+    half = evaluate._load(tiny_base, sft_model[0] / "adapter", "bfloat16")
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert not any("lora" in name for name, _ in half.named_parameters())
     served = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
     ids = torch.tensor([[1, 5, 9, 14, 3]])
     with torch.no_grad():
@@ -474,8 +478,8 @@ def test_gguf_lora_in_float32_computes_what_the_merged_model_computes(gguf_lora_
     # the evaluation loads the pair as llama.cpp serves it: the adapter applied to the base
     info = evaluate._dequantized_copy(folder, folder.parent / "eval")
     assert info["file"] == "model-f32.gguf" and info["adapter"] == "adapter-f32.gguf"
-    served = evaluate._load(info["folder"], None)
-    source = evaluate._load(*resolve_model(sft_model[0])[:2])
+    served = evaluate._load(info["folder"], None, "float32")
+    source = evaluate._load(*resolve_model(sft_model[0])[:2], "float32")
     ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
     with torch.no_grad():
         torch.testing.assert_close(served(input_ids=ids).logits, source(input_ids=ids).logits, atol=1e-4, rtol=0)
