@@ -32,17 +32,17 @@ def score_aspects(folders: dict[str, Path], requests: dict[str, tuple[list, list
     shared = _shared_layers([folders[a] for a in aspects])
     out: dict[str, list[float]] = {}
     trunk: dict[tuple, torch.Tensor] = {}
+    encoded: dict[str, list[tuple]] = {}
     for aspect in aspects:
         rm = RewardModel.load(folders[aspect], dtype=dtype)
-        prompts, responses = requests[aspect]
         if not shared or _backbone(rm.model) is None:
-            out[aspect] = rm.score(prompts, responses, batch_size=batch_size)
+            out[aspect] = rm.score(*requests[aspect], batch_size=batch_size)
             continue
-        seqs = [tuple(encode(rm.tokenizer, p, r, rm.context_turns)) for p, r in zip(prompts, responses)]
         if not trunk:   # the first reward model computes the shared layers for every aspect's sequences
-            every = {s for a in aspects for s in _encoded(rm.tokenizer, folders[a], *requests[a])}
+            encoded = {a: _encoded(rm.tokenizer, folders[a], *requests[a]) for a in aspects}
+            every = {s for seqs in encoded.values() for s in seqs}
             trunk = _trunk_states(rm.model, rm.tokenizer.pad_token_id, sorted(every, key=len), shared, batch_size)
-        raw = _upper_scores(rm.model, rm.tokenizer.pad_token_id, seqs, trunk, shared, batch_size)
+        raw = _upper_scores(rm.model, rm.tokenizer.pad_token_id, encoded[aspect], trunk, shared, batch_size)
         out[aspect] = [(r - rm.mean) / rm.std for r in raw]
         del rm
     return out

@@ -198,10 +198,12 @@ def _dtype_note(dtypes: dict[str, str]) -> str:
     by_dtype: dict[str, list[str]] = {}
     for model, dtype in dtypes.items():
         by_dtype.setdefault(dtype, []).append(model)
+    if not by_dtype:   # evaluations from before the dtype was recorded
+        return ""
     if len(by_dtype) == 1:
         return f"The models answered in {next(iter(by_dtype))} (`evaluate.dtype`)."
     listed = "; ".join(f"{dtype}: {', '.join(models)}" for dtype, models in sorted(by_dtype.items()))
-    return f"The models answered in different dtypes ({listed}): compare figures within one dtype." if listed else ""
+    return f"The models answered in different dtypes ({listed}): compare figures within one dtype."
 
 
 def _markdown(table, metrics, partial, charts, curves, stages, speed, tests, kept_init, timing, dtypes="") -> str:
