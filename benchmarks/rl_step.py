@@ -102,15 +102,16 @@ def _clocked(fn, spent: dict, key: str, inside: dict | None = None, flag: str | 
 
 
 def _run_stage(st: dict, lora_layers: int | None, model_dir: Path, prompts_dir: Path,
-               reward_dirs: dict[str, Path]) -> tuple[float, int]:
-    """Runs the RL stage `st` (merged into the demo params) and returns (seconds, steps)."""
+               reward_dirs: dict[str, Path], precision: str = "auto") -> tuple[float, int]:
+    """Runs the RL stage `st` (merged into the demo params, rl.precision `precision`) and returns
+    (seconds, steps)."""
     from posttrain.config import load_params
     from posttrain.stages import rl
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "overlay.json"
         path.write_text(json.dumps({"rl": {"stages": [st], "selection_prompts": 1, "checkpoint_dir": tmp,
-                                           "lora": {"layers": lora_layers}}}))
+                                           "lora": {"layers": lora_layers}, "precision": precision}}))
         params = load_params([ROOT / "params.yaml", path])
         start = time.perf_counter()
         rl.main(params, st["name"], model_dir, prompts_dir, reward_dirs, Path(tmp) / "out")

@@ -59,23 +59,25 @@ def _tiny_inputs(tmp: Path) -> tuple[Path, Path]:
     return tmp / "base", tmp / "sft"
 
 
-def _trainer(base: Path, data: Path, tmp: Path, steps: int, packing: bool, name: str):
+def _trainer(base: Path, data: Path, tmp: Path, steps: int, packing: bool, name: str, precision: str | None = None):
+    """The SFT stage's trainer; `precision` overrides sft.precision (auto, fp32, bf16)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
     from posttrain.training import sft
     from posttrain.training import trainers as training
 
     params = _params({"sft": {"max_steps": steps, "packing": packing, "eval_steps": 10**6, "save_steps": 10**6,
-                              "logging_steps": 10**6, "checkpoint_dir": str(tmp / "ckpt")}}, tmp)
+                              "logging_steps": 10**6, "checkpoint_dir": str(tmp / "ckpt"),
+                              **({"precision": precision} if precision else {})}}, tmp)
     set_seed(params.sft.seed)
-    model = AutoModelForCausalLM.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=training.resolve_precision(params.sft.precision)["dtype"])
     tok = AutoTokenizer.from_pretrained(base)
     return sft._build_trainer(model, tok, [data / "train.jsonl"], data / "val.jsonl", tmp / name, params.sft,
                               training.resolve_precision(params.sft.precision), None, "sft"), params.sft
 
 
-def stage_tokens_per_second(base, data, tmp, steps) -> tuple[float, list[dict]]:
-    trainer, _ = _trainer(base, data, tmp, steps, packing=True, name="stage")
+def stage_tokens_per_second(base, data, tmp, steps, precision: str | None = None) -> tuple[float, list[dict]]:
+    trainer, _ = _trainer(base, data, tmp, steps, packing=True, name=f"stage-{precision}", precision=precision)
     batches = [{k: v.clone() if torch.is_tensor(v) else v for k, v in b.items()}
                for _, b in zip(range(steps), trainer.get_train_dataloader())]
     clock = StepClock()
@@ -85,16 +87,20 @@ def stage_tokens_per_second(base, data, tmp, steps) -> tuple[float, list[dict]]:
 
 
 def bare_tokens_per_second(base, data, tmp, steps, batches) -> float:
-    """The same LoRA model, batches and AdamW settings in a plain loop."""
+    """The same LoRA model, batches, AdamW settings and precision in a plain loop."""
+    from posttrain.training import trainers as training
+
     trainer, cfg = _trainer(base, data, tmp, steps, packing=True, name="bare")
+    precision = training.resolve_precision(cfg.precision)
     model = trainer.model  # the identical PEFT-wrapped model, before any trainer step
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
                             weight_decay=cfg.weight_decay)
     ends, tokens, seen = [], [], 0
     for batch in batches:
-        loss = model(**batch).loss
-        loss.backward()
+        with training.autocast(precision):
+            loss = model(**batch).loss
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -288,12 +288,14 @@ def test_rerun_of_a_finished_stage_restores_instead_of_training_on(tmp_path, tin
 
 def test_generation_on_merged_lora_weights_matches_the_adapter_and_restores_it(tiny_base):
     """The policy generates on merged weights (faster); what it generates is what the unmerged
-    adapter generates, and afterwards the base weights and the adapter are as before."""
+    adapter generates, and afterwards the base weights and the adapter are as before. Sampling in
+    bfloat16 (mixed precision on a CPU) uses bfloat16 copies and puts the float32 weights back
+    bit for bit."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer
 
-    from posttrain.inference.generation import generate
+    from posttrain.inference.generation import generate, merged_adapter, sampling_weights
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
@@ -302,14 +304,21 @@ def test_generation_on_merged_lora_weights_matches_the_adapter_and_restores_it(t
     before = {k: v.clone() for k, v in model.state_dict().items()}
     chats = [[{"role": "user", "content": f"What is {a} plus 3?"}] for a in range(4)]
     plain = generate(model, tokenizer, chats, max_new_tokens=8)
-    with rl.merged_adapter(model):
+    with sampling_weights(model):
         assert all(m.merged for m in model.modules() if hasattr(m, "merged") and hasattr(m, "lora_A"))
         merged = generate(model, tokenizer, chats, max_new_tokens=8)
     assert merged == plain
     after = model.state_dict()
     assert not any(m.merged for m in model.modules() if hasattr(m, "merged") and hasattr(m, "lora_A"))
     assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
-    with rl.merged_adapter(AutoModelForCausalLM.from_pretrained(tiny_base)) as plain_model:   # no adapter: a no-op
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    weights = {k: v.clone() for k, v in base.state_dict().items()}
+    with sampling_weights(base, torch.bfloat16):
+        assert {p.dtype for p in base.parameters()} == {torch.bfloat16}
+        generate(base, tokenizer, chats, max_new_tokens=8)
+    assert all(torch.equal(weights[k], v) and v.dtype == torch.float32 for k, v in base.state_dict().items())
+    with merged_adapter(AutoModelForCausalLM.from_pretrained(tiny_base)) as plain_model:   # no adapter: a no-op
         assert not hasattr(plain_model, "peft_config")
 
 

@@ -11,6 +11,7 @@ from conftest import sft_overrides as _sft_overrides
 from conftest import write_overlay as _overlay
 from posttrain.config import load_params
 from posttrain.core import checkpoints
+from posttrain.inference.dtype import cpu_has_bf16
 from posttrain.stages import base_model, sft
 
 
@@ -24,7 +25,8 @@ def test_lora_sft_outputs_load_and_agree(tmp_path, tiny_base, sft_data):
     manifest = sft.main(_params(tmp_path, _sft_overrides(tmp_path)), tiny_base, sft_data, out)
     m = json.loads((out / "metrics.json").read_text())
     assert m["steps"] == 8 and m["method"] == "lora"
-    assert m["precision"] == ("bf16" if torch.cuda.is_available() else "fp32")     # precision: auto
+    # precision: auto (bf16 on a GPU, bf16 mixed precision on a CPU with bfloat16 instructions)
+    assert m["precision"] == ("bf16" if torch.cuda.is_available() or cpu_has_bf16() else "fp32")
     assert m["val_loss_last"] < m["val_loss_first"]          # it learned
     assert 0 < m["trainable_params"] < m["total_params"]
     assert m["tokens_per_second"] > 0 and m["tokens_seen"] > 0
@@ -40,6 +42,7 @@ def test_lora_sft_outputs_load_and_agree(tmp_path, tiny_base, sft_data):
     ids = tok.apply_chat_template([{"role": "user", "content": "What is 3 plus 4?"}], add_generation_prompt=True,
                                   return_tensors="pt", return_dict=True)["input_ids"]
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    assert torch.cuda.is_available() or merged.dtype == torch.float32   # a CPU's mixed precision keeps float32 weights
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), out / "adapter")
     base = AutoModelForCausalLM.from_pretrained(tiny_base)
     with torch.no_grad():
@@ -89,6 +92,23 @@ def test_full_finetune_writes_merged_only(tmp_path, tiny_base, sft_data):
     assert (out / "merged" / "model.safetensors").is_file() and not (out / "adapter").exists()
     m = json.loads((out / "metrics.json").read_text())
     assert m["trainable_params"] == m["total_params"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what precision means on a CPU")
+def test_bf16_on_a_cpu_is_mixed_precision_and_fp16_is_refused():
+    from posttrain.training import trainers as training
+
+    bf16 = training.resolve_precision("bf16")
+    assert bf16["bf16"] and bf16["dtype"] == torch.float32 and bf16["sampling_dtype"] == torch.bfloat16
+    with training.autocast(bf16):
+        assert torch.is_autocast_enabled("cpu")
+    fp32 = training.resolve_precision("fp32")
+    assert not fp32["bf16"] and fp32["sampling_dtype"] is None
+    with training.autocast(fp32):
+        assert not torch.is_autocast_enabled("cpu")
+    assert training.resolve_precision("auto")["name"] == ("bf16" if cpu_has_bf16() else "fp32")
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+        training.resolve_precision("fp16")
 
 
 def test_clear_errors_for_qlora_on_cpu_and_template_without_markers(tmp_path, tiny_base, sft_data):
@@ -168,6 +188,7 @@ def test_two_processes_train_together_and_one_writes_the_outputs(tmp_path, tiny_
     assert m["steps"] == 8 and m["val_loss_last"] < m["val_loss_first"]
     assert json.loads((out / "manifest.json").read_text())["stage"] == "sft"
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    assert torch.cuda.is_available() or merged.dtype == torch.float32   # a CPU's mixed precision keeps float32 weights
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), out / "adapter")
     name, weight = next((n, p) for n, p in merged.named_parameters() if "q_proj" in n)
     assert torch.allclose(weight, adapted.merge_and_unload().get_parameter(name), atol=1e-6)

@@ -54,8 +54,9 @@ class TrainingParams(Section):
     gradient_checkpointing: bool = Field(False, description=(
         "Recompute activations in the backward pass: ~30 % slower, far less activation memory."))
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description=(
-        "auto: bf16 on a GPU that supports it, fp32 on CPU (training on a CPU stays in float32; a model that only "
-        "answers runs in evaluate.dtype)."))
+        "auto: bf16 on a GPU that supports it and on a CPU with bfloat16 instructions (AVX512-BF16, AMX), fp32 "
+        "elsewhere. On a CPU bf16 is mixed precision: float32 weights, passes under autocast, RL rollouts sampled "
+        "from a bfloat16 copy."))
     save_total_limit: int = Field(2, ge=1, description=(
         "Checkpoints kept on disk (older ones are deleted)."))
     logging_steps: int = Field(1, ge=1, description="Training metrics are logged every N steps.")

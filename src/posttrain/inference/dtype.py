@@ -11,6 +11,7 @@ evaluation records the one it used).
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 import torch
 
@@ -41,3 +42,22 @@ def resolve(setting: str) -> str:
 def torch_dtype(name: str):
     """What `from_pretrained(dtype=...)` takes for a resolved name."""
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(name, "auto")
+
+
+@contextmanager
+def weights_in(model, dtype):
+    """The model's floating-point parameters replaced by `dtype` copies for the duration, the
+    originals put back untouched afterwards (a cast there and back would round float32 weights
+    for good). For sampling from a model that trains in float32 on a CPU: bfloat16 decoding is
+    ~3x faster there. None leaves the model as it is."""
+    swapped = []
+    if dtype is not None:
+        for param in model.parameters():
+            if param.is_floating_point() and param.dtype != dtype:
+                swapped.append((param, param.data))
+                param.data = param.data.to(dtype)
+    try:
+        yield model
+    finally:
+        for param, data in swapped:
+            param.data = data

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import torch
 
 from posttrain.core.progress import Progress, track
+from posttrain.inference.dtype import weights_in
 
 # The stages that mostly generate (evaluation, the distillation teacher's sampling) compute on
 # this many CPU threads whichever tool starts them: Snakemake sets OMP_NUM_THREADS to a rule's
@@ -269,3 +270,12 @@ def merged_adapter(model):
         yield model
     finally:
         model.unmerge_adapter()
+
+
+@contextmanager
+def sampling_weights(model, dtype=None):
+    """What a training loop samples from: the adapter merged in (`merged_adapter`), then the weights
+    as `dtype` copies (posttrain.inference.dtype.weights_in; the training precision's
+    `sampling_dtype`, None to sample in the weights' own dtype)."""
+    with merged_adapter(model), weights_in(model, dtype):
+        yield model

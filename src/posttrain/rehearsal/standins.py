@@ -160,7 +160,8 @@ def _devices(section: str, cfg: dict, swap, device: str) -> dict:
              "stage runs replicated under the DDP launcher (ZeRO-3 sharding is not rehearsed)")
     if cfg.get("precision") in ("bf16", "fp16") and device == "cpu":
         out["precision"] = "auto"
-        swap(f"{section}.precision", cfg["precision"], "fp32", "mixed precision needs a GPU")
+        swap(f"{section}.precision", cfg["precision"], "auto", "weights in bf16/fp16 need a GPU; a CPU trains float32 "
+             "weights, in bf16 mixed precision where it has bfloat16 instructions")
     if cfg.get("lora") and cfg["lora"].get("layers"):
         out["lora"] = {"layers": None}
     return out

@@ -29,9 +29,10 @@ import torch
 
 from posttrain.core import checkpoints, preemption
 from posttrain.core.progress import Progress
-from posttrain.inference.generation import merged_adapter, stop_ids
+from posttrain.inference.generation import sampling_weights, stop_ids
 from posttrain.rl import ppo_math
 from posttrain.rl.ppo_critic import position_ids
+from posttrain.training import trainers as training
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +54,16 @@ def response_mask(new_tokens: torch.Tensor, stops: list[int]) -> torch.Tensor:
 
 class PpoTrainer:
     def __init__(self, policy, critic, tokenizer, prompts: list[dict], reward_fn, run_dir: Path, st, cfg,
-                 on_save=None):
-        """`critic`: a posttrain.rl.ppo_critic critic (a reward-model copy, or an adapter on the policy)."""
+                 precision: dict | None = None, on_save=None):
+        """`critic`: a posttrain.rl.ppo_critic critic (a reward-model copy, or an adapter on the policy).
+        `precision`: posttrain.training.trainers.resolve_precision's (None: fp32 throughout)."""
         from transformers import TrainerState
 
         self.model, self.critic, self.tokenizer = policy, critic, tokenizer
         self.prompts, self.reward_fn, self.run_dir, self.st, self.cfg = prompts, reward_fn, Path(run_dir), st, cfg
         self.ppo = st.ppo
         self.on_save = on_save
+        self.precision = precision or training.resolve_precision("fp32")
         self.kl = (ppo_math.AdaptiveKL(st.beta, st.ppo.kl_target, st.ppo.kl_horizon) if st.ppo.kl_target
                    else ppo_math.FixedKL(st.beta))
         critic_params = {id(p) for p in critic.parameters()}    # a shared critic's adapter lives in the policy
@@ -97,7 +100,12 @@ class PpoTrainer:
         rows = random.Random(f"{self.st.seed}-{step}").sample(self.prompts, min(self.st.prompts_per_step,
                                                                                   len(self.prompts)))
         rows = [r for r in rows for _ in range(self.st.num_generations)]
-        roll = self._rollout(rows, step)
+        with training.autocast(self.precision):
+            roll = self._rollout(rows, step)
+            return self._update(roll, step)
+
+    def _update(self, roll: dict, step: int) -> dict:
+        """The PPO epochs over one rollout's mini-batches; the step's statistics."""
         n = roll["ids"].shape[0]
         gen = torch.Generator().manual_seed(self.st.seed * 100_003 + step)
         size = math.ceil(n / self.ppo.mini_batches)
@@ -153,7 +161,7 @@ class PpoTrainer:
             tok.padding_side = side
         model.eval()
         torch.manual_seed(self.st.seed * 100_003 + step)
-        with merged_adapter(model):
+        with sampling_weights(model, self.precision["sampling_dtype"]):
             out = model.generate(**enc, do_sample=True, temperature=self.st.temperature, top_k=0, top_p=1.0,
                                  max_new_tokens=self.st.max_completion_length, eos_token_id=self.stops,
                                  pad_token_id=tok.pad_token_id)

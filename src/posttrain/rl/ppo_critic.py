@@ -30,6 +30,13 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def head_values(head, hidden: torch.Tensor) -> torch.Tensor:
+    """The score head on hidden states in its own dtype, outside any autocast: values are
+    regression targets whose small differences (the advantages) matter."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        return head(hidden.to(head.weight.dtype)).squeeze(-1).float()
+
+
 class RewardModelCritic:
     kind = "copy"          # recorded in the stage's metrics as critic_base
 
@@ -40,7 +47,7 @@ class RewardModelCritic:
         """The value of each response position (read where that token is predicted)."""
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True)
         head = self.model.get_base_model().score
-        return head(out.hidden_states[-1][:, width - 1:-1]).squeeze(-1).float()
+        return head_values(head, out.hidden_states[-1][:, width - 1:-1])
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -107,7 +114,7 @@ class AdapterCritic:
         decoder = self.policy.get_base_model().base_model       # no LM head: only hidden states are needed
         with self._active():
             hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
-        return self.head(hidden[:, width - 1:-1].float()).squeeze(-1)
+        return head_values(self.head, hidden[:, width - 1:-1])
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [*self._adapter_params, self.head.weight]

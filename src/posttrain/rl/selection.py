@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from transformers import TrainerCallback
 
 from posttrain.core.manifest import write_json
-from posttrain.inference.generation import merged_adapter
+from posttrain.inference.generation import sampling_weights
 from posttrain.rl.reward_terms import combined
 from posttrain.training import trainers as training
 
@@ -28,9 +28,11 @@ class Selection(TrainerCallback):
     deletes old checkpoints; the best must survive). Scores persist in the run directory, so a
     resumed run keeps the ones it made before."""
 
-    def __init__(self, run_dir: Path, heldout: list[dict], funcs, weights, tokenizer, st: RlStageParams):
+    def __init__(self, run_dir: Path, heldout: list[dict], funcs, weights, tokenizer, st: RlStageParams,
+                 sampling_dtype=None):
+        """`sampling_dtype`: the training precision's (the policy answers as its rollouts sample)."""
         self.run_dir, self.heldout, self.funcs, self.weights = run_dir, heldout, funcs, weights
-        self.tokenizer, self.st = tokenizer, st
+        self.tokenizer, self.st, self.sampling_dtype = tokenizer, st, sampling_dtype
         self.path = run_dir / "selection.json"
         self.scores: dict[int, float] = {int(k): v for k, v in json.loads(self.path.read_text()).items()} \
             if self.path.is_file() else {}
@@ -39,7 +41,7 @@ class Selection(TrainerCallback):
         from posttrain.inference.generation import generate
 
         was_training = model.training
-        with merged_adapter(model):
+        with sampling_weights(model, self.sampling_dtype):
             responses = generate(model, self.tokenizer, [r["prompt"] for r in self.heldout],
                                  max_new_tokens=self.st.max_completion_length, batch_size=16, seed=self.st.seed)
         if was_training:

@@ -63,7 +63,7 @@ def main(params: Params, aspect: str, init_dir: Path, data_dir: Path, out: Path)
     # 3. Model (the head is random: seed first), trainer, training.
     set_seed(cfg.seed)
     model = AutoModelForSequenceClassification.from_pretrained(weights, num_labels=1,
-                                                               dtype=training.torch_dtype(precision["name"]))
+                                                               dtype=precision["dtype"])
     model.config.pad_token_id = tokenizer.pad_token_id
     trainer = _build_trainer(model, tokenizer, train, val, run_dir, cfg, precision)
     training.check_router_frozen(trainer.model, cfg.method, "reward")
@@ -72,8 +72,11 @@ def main(params: Params, aspect: str, init_dir: Path, data_dir: Path, out: Path)
 
     # 4. Held-out accuracy and margin, and the training-set score statistics, with the final model.
     scored = trainer.model
-    val_scores = _score_pairs(scored, tokenizer, val, cfg.batch_size)
-    stats_scores = _score_pairs(scored, tokenizer, train[: cfg.stats_pairs], cfg.batch_size)
+    # In the training precision whether the model was trained here or restored from its last
+    # checkpoint (a trainer that trained in mixed precision leaves its forward under autocast)
+    with training.autocast(precision):
+        val_scores = _score_pairs(scored, tokenizer, val, cfg.batch_size)
+        stats_scores = _score_pairs(scored, tokenizer, train[: cfg.stats_pairs], cfg.batch_size)
     margins = [c - r for c, r in val_scores]
     flat = [s for pair in stats_scores for s in pair]
     metrics = {

@@ -33,7 +33,7 @@ from posttrain.config import Params, RlStageParams
 from posttrain.core import checkpoints
 from posttrain.core.commands import pairs_arg, params_arg
 from posttrain.core.manifest import input_hash, require_manifest, write_json, write_manifest
-from posttrain.inference.generation import merged_adapter
+from posttrain.inference.generation import sampling_weights
 from posttrain.models import chat
 from posttrain.rl import rejection_sampling, reward_terms, selection
 from posttrain.rl.prompts import prompt_rows
@@ -102,12 +102,12 @@ def main(params: Params, stage: str, init_dir: Path, prompts_dir: Path, reward_d
     # PPO runs in this one process: on a GPU node its model is spread over the visible GPUs
     # (accelerate's device map); GRPO's trainer places the model itself.
     placement = {"device_map": "auto"} if st.algorithm == "ppo" and torch.cuda.is_available() else {}
-    model = AutoModelForCausalLM.from_pretrained(weights, dtype=training.torch_dtype(precision["name"]), **placement)
-    selector = Selection(run_dir, heldout, scoring_funcs, weights_, tokenizer, st)
+    model = AutoModelForCausalLM.from_pretrained(weights, dtype=precision["dtype"], **placement)
+    selector = Selection(run_dir, heldout, scoring_funcs, weights_, tokenizer, st, precision["sampling_dtype"])
     sampled = None
     if st.algorithm == "ppo":
-        trainer = _build_ppo_trainer(model, tokenizer, train, funcs, weights_, run_dir, cfg, st, selector, reward_dirs,
-                                     init_dir)
+        trainer = _build_ppo_trainer(model, tokenizer, train, funcs, weights_, run_dir, cfg, st, precision, selector,
+                                     reward_dirs, init_dir)
     elif st.algorithm == "rejection_sampling":
         sampled = _rejection_samples(model, tokenizer, train, funcs, weights_, run_dir / "samples", st)
         trainer = _build_rft_trainer(model, tokenizer, sampled, run_dir, cfg, st, precision, selector)
@@ -150,13 +150,15 @@ def _grpo_trainer_class():
     from trl import GRPOTrainer
 
     class MergedGenerationGRPOTrainer(GRPOTrainer):
-        """GRPOTrainer whose transformers generation runs on merged LoRA weights (one process;
-        vLLM has its own weight sync)."""
+        """GRPOTrainer whose transformers generation runs on merged LoRA weights, in the training
+        precision's sampling dtype (one process; vLLM has its own weight sync)."""
+
+        sampling_dtype = None
 
         def _generate_single_turn(self, *args, **kwargs):
             if self.use_vllm or self.accelerator.num_processes > 1:
                 return super()._generate_single_turn(*args, **kwargs)
-            with merged_adapter(self.accelerator.unwrap_model(self.model)):
+            with sampling_weights(self.accelerator.unwrap_model(self.model), self.sampling_dtype):
                 return super()._generate_single_turn(*args, **kwargs)
 
     return MergedGenerationGRPOTrainer
@@ -180,15 +182,16 @@ def _build_trainer(model, tokenizer, train: list[dict], funcs, weights, run_dir:
         vllm_tensor_parallel_size=cfg.vllm_tensor_parallel_size, vllm_enable_sleep_mode=cfg.vllm_enable_sleep_mode,
         eval_strategy="no", log_completions=False,
     )
-    trainer_class = _grpo_trainer_class()
-    return trainer_class(model=model, reward_funcs=funcs, args=args, train_dataset=Dataset.from_list(train),
-                         processing_class=tokenizer, callbacks=[*training.callbacks(cfg), selector],
-                         peft_config=training.lora_config(model, cfg.lora_for(st), "CAUSAL_LM", "rl")
-                         if cfg.method != "full" else None)
+    trainer = _grpo_trainer_class()(model=model, reward_funcs=funcs, args=args, train_dataset=Dataset.from_list(train),
+                                    processing_class=tokenizer, callbacks=[*training.callbacks(cfg), selector],
+                                    peft_config=training.lora_config(model, cfg.lora_for(st), "CAUSAL_LM", "rl")
+                                    if cfg.method != "full" else None)
+    trainer.sampling_dtype = precision["sampling_dtype"]
+    return trainer
 
 
 def _build_ppo_trainer(model, tokenizer, train: list[dict], funcs, weights, run_dir: Path, cfg, st: RlStageParams,
-                       selector: Selection, reward_dirs: dict[str, Path], init_dir: Path):
+                       precision: dict, selector: Selection, reward_dirs: dict[str, Path], init_dir: Path):
     """The policy (a fresh LoRA on the init model) and the critic (the stage's reward model, its
     LoRA and score head trainable; on the policy's own weights when `ppo.critic_base` allows) for
     posttrain.rl.ppo."""
@@ -230,7 +233,8 @@ def _build_ppo_trainer(model, tokenizer, train: list[dict], funcs, weights, run_
     run_dir.mkdir(parents=True, exist_ok=True)
     return PpoTrainer(policy, critic, tokenizer, train,
                       lambda prompts, completions, columns: combined(funcs, weights, prompts, completions, columns),
-                      run_dir, st, cfg, on_save=lambda state, m: selector.on_save(None, state, None, model=m))
+                      run_dir, st, cfg, precision,
+                      on_save=lambda state, m: selector.on_save(None, state, None, model=m))
 
 
 def _rejection_samples(model, tokenizer, train: list[dict], funcs, weights, folder: Path, st: RlStageParams) -> dict:

@@ -53,7 +53,7 @@ def train(cfg: SftParams, stage: str, params_section: dict, base_dir: Path, data
 
     # 2. Model, adapters and trainer.
     set_seed(cfg.seed)
-    model = _load_model(base_dir, cfg, precision["name"])
+    model = _load_model(base_dir, cfg, precision)
     train_files = [*([data_dir / "train.jsonl"] if use_data_rows else []), *extra_train]
     trainer = _build_trainer(model, tokenizer, train_files, data_dir / "val.jsonl", run_dir, cfg, precision, teacher,
                              stage)
@@ -100,16 +100,16 @@ def _check_template(tokenizer, base_manifest: dict, cfg: SftParams) -> None:
                          "model.chat_template to chatml or qwen3 (or a .jinja with markers), or turn it off")
 
 
-def _load_model(base_dir: Path, cfg: SftParams, precision: str):
+def _load_model(base_dir: Path, cfg: SftParams, precision: dict):
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"dtype": training.torch_dtype(precision)}
+    kwargs = {"dtype": precision["dtype"]}
     if cfg.method == "qlora":
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=training.torch_dtype(precision))
+            bnb_4bit_compute_dtype=training.torch_dtype(precision["name"]))
     return AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
 
 
