@@ -82,6 +82,14 @@ def test_reward_model_learns_saves_and_loads(tmp_path, tiny_base, preference_dat
                                    "I do not know, sorry."])
     assert scored == pytest.approx([(r - m["train_reward_mean"]) / m["train_reward_std"] for r in raw], abs=1e-3)
     assert fn.__name__ == "rm_rm"
+    # An RL stage that samples in bfloat16 scores in it too: the same order, close scores.
+    from posttrain.config import RewardSpec
+    from posttrain.rl.reward_terms import reward_spec
+
+    spec = reward_spec(RewardSpec(name="reward_model", aspect="helpful"), {"helpful": out}, "bfloat16")
+    assert spec["dtype"] == "bfloat16"
+    in_bf16 = rewards.build(spec)([prompt, prompt], ["40 + 3 = 43. #### 43", "I do not know, sorry."])
+    assert in_bf16 != scored and in_bf16 == pytest.approx(scored, abs=0.1) and in_bf16[0] > in_bf16[1]
     # device: auto places the layers with accelerate's device map (here: all on the CPU)
     spread = RewardModel.load(out, device="auto")
     assert spread.raw([prompt, prompt], ["40 + 3 = 43. #### 43", "I do not know, sorry."]) == \

@@ -35,6 +35,9 @@ class StudentParams(Section):
     calibration_subsets: list[str] | None = Field(None, min_length=1, description=(
         "drop_least_important: rank on the SFT validation rows of these subsets only (null: all): the skill the "
         "student must keep decides which layers matter (general text hides the layers that do arithmetic)."))
+    ranking_dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description=(
+        "drop_least_important: the dtype of the ranking's forward passes; as evaluate.dtype (auto: bfloat16 on a "
+        "CPU that multiplies it natively). The student keeps the weights' own dtype."))
 
     @model_validator(mode="after")
     def _one_rule(self) -> StudentParams:

@@ -39,9 +39,10 @@ def resolve(setting: str) -> str:
     return "bfloat16" if cpu_has_bf16() else "float32"
 
 
-def torch_dtype(name: str):
-    """What `from_pretrained(dtype=...)` takes for a resolved name."""
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(name, "auto")
+def torch_dtype(name: str, default="auto"):
+    """What `from_pretrained(dtype=...)` takes for a resolved name; `default` for `auto` (the
+    stored dtype; None for `weights_in`)."""
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(name, default)
 
 
 @contextmanager

@@ -15,9 +15,12 @@ class RewardFunctionError(RuntimeError):
     """A reward function failed; the stage stops without promoting a checkpoint."""
 
 
-def reward_spec(term, reward_dirs: dict[str, Path]) -> dict:
+def reward_spec(term, reward_dirs: dict[str, Path], scoring_dtype: str = "auto") -> dict:
+    """What posttrain.verifiers.rewards.build takes for a stage's reward term; a reward model
+    scores in `scoring_dtype`."""
     spec = term.model_dump(exclude={"weight", "aspect"}, exclude_none=True)
     if term.name == "reward_model":
+        spec["dtype"] = scoring_dtype
         if term.aspect not in reward_dirs:
             raise ValueError(f"a reward term uses the {term.aspect!r} reward model, but none was given "
                              f"(--reward {term.aspect}=results/reward/{term.aspect}); given: {sorted(reward_dirs)}")

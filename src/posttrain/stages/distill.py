@@ -87,7 +87,10 @@ def student_base(params: Params, base_dir: Path, out: Path, calibration_dir: Pat
             if not rows:
                 raise ValueError(f"distill.student.calibration_subsets {cfg.calibration_subsets}: no validation rows "
                                  f"of those subsets in {calibration_dir / 'val.jsonl'}")
-            importance = pruning.layer_importance(base, tokenizer, rows[: cfg.calibration_rows])
+            ranking_dtype = inference_dtype.resolve(cfg.ranking_dtype)
+            with inference_dtype.weights_in(base, inference_dtype.torch_dtype(ranking_dtype, default=None)):
+                importance = pruning.layer_importance(base, tokenizer, rows[: cfg.calibration_rows])
+            source["ranked_in"] = ranking_dtype
             keep = pruning.least_important_dropped(importance, cfg.drop_least_important)
             source["perplexity_without_layer"] = [round(v, 4) for v in importance]
         else:

@@ -83,7 +83,9 @@ def main(params: Params, stage: str, init_dir: Path, prompts_dir: Path, reward_d
         raise ValueError(f"rl stage {stage!r}: {len(train)} training and {len(heldout)} held-out prompts with subset "
                          f"in {st.subsets} under {prompts_dir}")
     none_batches: Counter = Counter()  # training batches only; held-out scoring counts apart
-    built = [rewards.build(reward_spec(r, reward_dirs)) for r in st.rewards]
+    # reward models score in the dtype the policy samples in (bfloat16 on a CPU with bf16 instructions)
+    scoring_dtype = "bfloat16" if precision["sampling_dtype"] == torch.bfloat16 else "auto"
+    built = [rewards.build(reward_spec(r, reward_dirs, scoring_dtype)) for r in st.rewards]
     funcs = [guarded(f, none_batches) for f in built]
     scoring_funcs = [guarded(f, Counter()) for f in built]
     weights_ = [r.weight for r in st.rewards]

@@ -249,9 +249,10 @@ def repetition(ngram: int = 3, max_penalty: float = 1.0) -> RewardFn:
 
 
 @register("reward_model")
-def reward_model(path: str, batch_size: int = 16, device: str | None = None) -> RewardFn:
+def reward_model(path: str, batch_size: int = 16, device: str | None = None, dtype: str = "auto") -> RewardFn:
     """A trained reward model's score (posttrain reward), normalised with its training mean and
-    std; loaded on first use."""
+    std; loaded on first use, in `dtype` (`auto`: as stored; the RL stages pass bfloat16 where
+    their policy samples in it)."""
     from pathlib import Path
 
     loaded: dict = {}
@@ -260,7 +261,7 @@ def reward_model(path: str, batch_size: int = 16, device: str | None = None) -> 
         if "rm" not in loaded:
             from posttrain.models.reward_model import RewardModel
 
-            loaded["rm"] = RewardModel.load(Path(path), device=device)
+            loaded["rm"] = RewardModel.load(Path(path), device=device, dtype=dtype)
         rm = loaded["rm"]
         responses = [c if isinstance(c, str) else [m for m in c if m.get("role") == "assistant"] or text_of(c)
                      for c in completions]
