@@ -29,3 +29,11 @@ def test_rl_micro_batches_prints_its_ratios():
 def test_reward_batching_prints_its_ratios():
     res = run([bin_path("python"), "benchmarks/reward_batching.py"], ROOT)
     assert re.search(r"ratios random / grouped: batch tokens [\d.]+, stage time [\d.]+", res.stdout), res.stdout
+
+
+def test_training_precision_prints_its_ratios():
+    res = run([bin_path("python"), "benchmarks/training_precision.py", "--steps", "1", "--tokens", "8"], ROOT)
+    assert re.search(r"SFT tokens/s: fp32 [\d.]+, bf16 [\d.]+, bf16/fp32 [\d.]+x", res.stdout), res.stdout
+    for stage in ("GRPO", "PPO"):
+        assert re.search(rf"{stage} stage, 1 steps: fp32 [\d.]+ s, bf16 [\d.]+ s, speed-up [\d.]+x", res.stdout), \
+            res.stdout
