@@ -46,8 +46,7 @@ demo: setup
 	$(BIN)/posttrain publish-report results/report docs/results/demo.md
 	@echo "Artifacts are under results/; the report is results/report/report.html (its tables: docs/results/demo.md)"
 
-# The quick demo exports no GPTQ model: it needs the main environment only.
-demo-quick: $(STAMP)
+demo-quick: setup
 	$(BIN)/snakemake --cores 2 --configfile recipes/demo-quick.yaml
 	@echo "Artifacts are under results/; the report is results/report/report.html; make demo adds the safety and reasoning stages, the RL-first path, distillation and GPTQ"
 
