@@ -94,21 +94,24 @@ def test_full_finetune_writes_merged_only(tmp_path, tiny_base, sft_data):
     assert m["trainable_params"] == m["total_params"]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="what precision means on a CPU")
-def test_bf16_on_a_cpu_is_mixed_precision_and_fp16_is_refused():
+def test_bf16_is_mixed_precision_on_a_cpu_and_bf16_weights_on_a_gpu():
     from posttrain.training import trainers as training
 
-    bf16 = training.resolve_precision("bf16")
+    bf16 = training.resolve_precision("bf16", cuda=False)
     assert bf16["bf16"] and bf16["dtype"] == torch.float32 and bf16["sampling_dtype"] == torch.bfloat16
     with training.autocast(bf16):
         assert torch.is_autocast_enabled("cpu")
-    fp32 = training.resolve_precision("fp32")
+    fp32 = training.resolve_precision("fp32", cuda=False)
     assert not fp32["bf16"] and fp32["sampling_dtype"] is None
     with training.autocast(fp32):
         assert not torch.is_autocast_enabled("cpu")
-    assert training.resolve_precision("auto")["name"] == ("bf16" if cpu_has_bf16() else "fp32")
+    assert training.resolve_precision("auto", cuda=False)["name"] == ("bf16" if cpu_has_bf16() else "fp32")
     with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
-        training.resolve_precision("fp16")
+        training.resolve_precision("fp16", cuda=False)
+    on_gpu = training.resolve_precision("bf16", cuda=True)   # the weights themselves in bfloat16, no autocast
+    assert on_gpu["dtype"] == torch.bfloat16 and on_gpu["sampling_dtype"] is None
+    with training.autocast(on_gpu):
+        assert not torch.is_autocast_enabled("cpu")
 
 
 def test_clear_errors_for_qlora_on_cpu_and_template_without_markers(tmp_path, tiny_base, sft_data):

@@ -47,7 +47,7 @@ def fresh_output_dir(out: Path) -> bool:
     return main
 
 
-def resolve_precision(precision: str) -> dict:
+def resolve_precision(precision: str, cuda: bool | None = None) -> dict:
     """TrainingArguments flags for `precision`, and the dtypes that follow from it.
 
     auto: bf16 on a capable GPU; on a CPU, bf16 where it multiplies bfloat16 natively
@@ -55,24 +55,25 @@ def resolve_precision(precision: str) -> dict:
     float32). On a GPU, bf16 loads the weights in bfloat16; on a CPU it is mixed precision: float32
     weights and optimiser, the forward and backward passes under autocast (LoRA steps of the demo
     model 1.8x faster), and a model that samples (RL rollouts) does so from a bfloat16 copy of its
-    weights (`sampling_dtype`)."""
+    weights (`sampling_dtype`). `cuda`: whether the stage trains on a GPU (unset: whether one is
+    visible)."""
     from posttrain.inference.dtype import cpu_has_bf16
 
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() if cuda is None else cuda
     if precision == "auto":
         precision = "bf16" if (torch.cuda.is_bf16_supported() if cuda else cpu_has_bf16()) else "fp32"
     if precision == "fp16" and not cuda:
         raise ValueError("precision: fp16 needs a CUDA GPU; use auto, bf16 or fp32 on a CPU")
     mixed_on_cpu = precision == "bf16" and not cuda
     return {"bf16": precision == "bf16", "fp16": precision == "fp16", "name": precision,
-            "dtype": torch.float32 if mixed_on_cpu else torch_dtype(precision),
+            "dtype": torch.float32 if mixed_on_cpu else torch_dtype(precision), "autocast": mixed_on_cpu,
             "sampling_dtype": torch.bfloat16 if mixed_on_cpu else None}
 
 
 def autocast(precision: dict):
     """The forward and backward passes' autocast for a loop of our own (PPO): on for bf16 on a
     CPU (the weights stay float32), off elsewhere (a GPU's bf16 weights need none)."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision["sampling_dtype"] is not None)
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision["autocast"])
 
 
 def torch_dtype(precision_name: str) -> torch.dtype:
