@@ -46,7 +46,9 @@ demo: setup
 	$(BIN)/posttrain publish-report results/report docs/results/demo.md
 	@echo "Artifacts are under results/; the report is results/report/report.html (its tables: docs/results/demo.md)"
 
-demo-quick: setup
+# The quick demo exports no GPTQ model (its GGUF export is made and evaluated in the main
+# environment): it needs no export environment.
+demo-quick: $(STAMP)
 	$(BIN)/snakemake --cores 2 --configfile recipes/demo-quick.yaml
 	@echo "Artifacts are under results/; the report is results/report/report.html; make demo adds the safety and reasoning stages, the RL-first path, distillation and GPTQ"
 

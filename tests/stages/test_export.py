@@ -593,3 +593,6 @@ def test_the_dag_quantizes_awq_in_the_export_environment_and_evaluates_it(tmp_pa
     assert awq.args[0] == "export-awq" and awq.env == dag.EXPORT_ENV and awq.outs == ["results/export/sft/awq"]
     assert table["evaluate_sft_awq"].env == dag.EXPORT_ENV
     assert "awq=results/export/sft/awq" in table["export_check"].args
+    params, _ = _params(tmp_path, model="sft", formats=["gguf"])
+    gguf = {s.name: s for s in dag.stages(params)}
+    assert gguf["export_gguf"].env == gguf["evaluate_sft_gguf"].env == ""   # GGUF loads in the main environment

@@ -87,6 +87,9 @@ def test_quick_demo_keeps_one_rl_stage_and_one_export_and_changes_only_what_it_s
         # the report and the export check list the models they compare
         if name not in with_overlay | renamed | {"report", "export_check"}:
             assert cmd == full[name]
+    # no GPTQ model: every job runs in the main environment (`make demo-quick` sets up no other)
+    assert [name for name, cmd in quick.items() if cmd.startswith(".venv-export/")] == []
+    assert full["evaluate_reasoning_gptq"].startswith(".venv-export/bin/posttrain evaluate")
     kept = {(a, b) for a, b in full_edges if a not in left_out and b not in left_out}
     assert {(a, b) for a, b in quick_edges if renamed.isdisjoint((a, b))} - kept == {
         ("rl_helpfulness", "export_merge"),

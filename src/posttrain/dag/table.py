@@ -261,10 +261,15 @@ def _export(params: Params, table: list[Stage], sources: dict) -> list[Stage]:
     return out
 
 
+def _export_stages(table: list[Stage]) -> dict[str, Stage]:
+    """The stages that make quantized exports, by the report name of their model (<model>_<format>)."""
+    return {f"{Path(s.outs[0]).parent.name}_{s.name.removeprefix('export_')}": s
+            for s in table if s.name.startswith("export_") and s.name != "export_merge"}
+
+
 def _exported_models(table: list[Stage]) -> dict[str, str]:
     """Quantized exports to evaluate, by report name (<model>_<format>)."""
-    return {f"{Path(s.outs[0]).parent.name}_{s.name.removeprefix('export_')}": s.outs[0]
-            for s in table if s.name.startswith("export_") and s.name != "export_merge"}
+    return {name: s.outs[0] for name, s in _export_stages(table).items()}
 
 
 def _export_check(exported: list[Stage]) -> Stage:
@@ -292,6 +297,10 @@ def _evaluation(params: Params, table: list[Stage], sources: dict) -> list[Stage
     models = _model_folders(table)
     quantized = _exported_models(table)
     models |= quantized
+    # An export is evaluated in the environment that made it: GPTQ/AWQ models load only where
+    # GPTQModel is installed; a GGUF file loads in the main environment (transformers + gguf), so
+    # a DAG without GPTQ needs no export environment.
+    envs = {name: s.env for name, s in _export_stages(table).items()}
     rms = {s.name.removeprefix("reward_"): s.outs[0] for s in table if s.name.startswith("reward_")}
     reference = params.evaluate.reference if rms and params.evaluate.reference in models else None
     stages = []
@@ -313,7 +322,7 @@ def _evaluation(params: Params, table: list[Stage], sources: dict) -> list[Stage
         # tokens on one core and on two), so on a small machine two evaluations side by side finish
         # sooner than one after the other (figures in benchmarks/RESULTS.md, "Threads").
         stages.append(Stage(f"evaluate_{name}", [*args, "--out", out], deps, [out], ["evaluate"],
-                            metrics=[f"{out}/metrics.json"], env=EXPORT_ENV if name in quantized else "",
+                            metrics=[f"{out}/metrics.json"], env=envs.get(name, ""),
                             priority=GATES_EVALUATIONS if name == reference else 0))
     evals = [str(RESULTS / "eval" / name) for name in models]  # the report lists models in DAG order
     report = str(RESULTS / "report")
