@@ -25,11 +25,15 @@ GPTQMODEL_PKG := gptqmodel==7.7.0
 setup: $(STAMP) $(EXPORT_STAMP)
 
 # A virtual environment: $(1) its folder, $(2) its pinned requirements, $(3) packages installed
-# without their dependencies; posttrain itself goes in last (editable).
+# without their dependencies; posttrain itself goes in last (editable). pip byte-compiles the
+# ~19,000 modules one at a time (about 65 of the main environment's 95 seconds here); compileall
+# does it on every core. Like pip, it leaves a file that does not compile (torch ships one in
+# Python 3.12 syntax) for Python to report if anything imports it.
 define make-venv
 	$(PYTHON) -m venv $(1)
 	$(1)/bin/pip install --quiet --upgrade pip==26.3
-	$(1)/bin/pip install --quiet -r $(2)
+	$(1)/bin/pip install --quiet --no-compile -r $(2)
+	$(1)/bin/python -m compileall -q -j0 $(1)/lib > /dev/null || true
 	$(1)/bin/pip install --quiet --no-deps $(3)
 	$(1)/bin/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
