@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from posttrain.config.base import Section
+from posttrain.stats.directions import BETTER
 
 GgufType = Literal["f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
 
@@ -91,4 +92,23 @@ class ExportParams(Section):
         "Sampling temperature written into generation_config.json and the model card (0: greedy)."))
     top_p: float = Field(0.9, gt=0, le=1, description=(
         "Nucleus sampling threshold written into generation_config.json and the model card."))
+    max_loss: dict[str, float] = Field(default_factory=dict, description=(
+        "The release gate: the most each evaluation metric may lose from the unquantized model to a quantized "
+        "export (a fall where higher is better, a rise where lower is better; perplexity as a relative change, "
+        "0.1 = 10 %). export_check records pass or fail per format in its metrics and card, and the report marks "
+        "an export that fails. Empty: no gate."))
+    gate: Literal["record", "fail"] = Field("record", description=(
+        "record: a failing export is recorded and reported; fail: export_check also fails (exits non-zero, naming "
+        "the format and the metric), so nothing downstream of it runs."))
     seed: int = Field(0, description="Recorded in the export manifests.")
+
+    @field_validator("max_loss")
+    @classmethod
+    def _gated_metrics(cls, max_loss: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(max_loss) - set(BETTER))
+        if unknown:
+            raise ValueError(f"no direction is known for {', '.join(unknown)}; gate one of {', '.join(BETTER)}")
+        negative = sorted(k for k, v in max_loss.items() if v < 0)
+        if negative:
+            raise ValueError(f"{', '.join(negative)}: a loss limit is >= 0 (0: no loss at all)")
+        return max_loss

@@ -104,6 +104,11 @@ class RlStageParams(Section):
     learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate.")
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = Field("dapo", description=(
         "TRL loss types: grpo (per-sequence mean), dapo (token-level), dr_grpo (no length bias), bnpo."))
+    scale_rewards: Literal["group", "batch", "none"] = Field("group", description=(
+        "GRPO: what a completion's reward minus its group's mean is divided by: the group's standard deviation "
+        "(group), the whole batch's (batch: a group whose completions differ only a little on one reward keeps "
+        "a small advantage instead of one scaled up to a unit, so a rare verifier signal is not drowned by "
+        "reward-model noise in the other groups), or nothing (none, Dr. GRPO)."))
     mask_truncated_completions: bool = Field(False, description=(
         "Completions cut off at max_completion_length teach nothing (DAPO's overlong filtering): a model that never "
         "stops cannot learn that rambling pays."))

@@ -80,9 +80,10 @@ def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
         table += exported
 
     if sources["eval"]:
-        table += _evaluation(params, table, sources)
-        if exported:
-            table.append(_export_check(exported))
+        check = _export_check(exported) if exported else None
+        table += _evaluation(params, table, sources, check.outs if check else [])
+        if check:
+            table.append(check)
 
     check_resource_keys(params, table)
     check_recipe(params)
@@ -285,10 +286,10 @@ def _export_check(exported: list[Stage]) -> Stage:
         evaluated = str(RESULTS / "eval" / f"{name}_{fmt}")
         args += ["--quantized", f"{fmt}={s.outs[0]}", "--quantized-eval", f"{fmt}={evaluated}"]
         deps += [s.outs[0], evaluated]
-    return Stage("export_check", [*args, "--out", out], deps, [out], [], metrics=[f"{out}/metrics.json"])
+    return Stage("export_check", [*args, "--out", out], deps, [out], ["export"], metrics=[f"{out}/metrics.json"])
 
 
-def _evaluation(params: Params, table: list[Stage], sources: dict) -> list[Stage]:
+def _evaluation(params: Params, table: list[Stage], sources: dict, export_checks: list[str]) -> list[Stage]:
     """An evaluate stage per model the DAG makes, and the report over all of them. With reward
     models, every evaluation is scored by them and compared with the reference model's, so the
     reference is evaluated first."""
@@ -329,8 +330,9 @@ def _evaluation(params: Params, table: list[Stage], sources: dict) -> list[Stage
     curves = [m for n, m in models.items() if n != "base"] + list(rms.values())  # every training stage
     args = ["report"] + [a for e in evals for a in ("--eval", e)] + [a for c in curves for a in ("--curves", c)]
     args += [a for pair in _comparisons(table, models, quantized) for a in ("--compare", pair)]
+    args += [a for c in export_checks for a in ("--export-check", c)]   # exports failing their release gate
     args += ["--benchmarks", BENCHMARKS]   # Snakemake's, when it ran the DAG: the report's timing
-    stages.append(Stage("report", [*args, "--out", report], evals + curves, [report], [],
+    stages.append(Stage("report", [*args, "--out", report], evals + curves + export_checks, [report], [],
                         metrics=[f"{report}/metrics.json"], plots=[f"{report}/plots"]))
     return stages
 

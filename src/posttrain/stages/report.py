@@ -29,17 +29,7 @@ from posttrain.core import benchmark_files
 from posttrain.core.commands import params_arg
 from posttrain.core.manifest import require_manifest, write_json, write_manifest
 from posttrain.stats import paired
-
-# Canonical metrics in report order, with the direction that is better.
-CANONICAL = {
-    "arithmetic_accuracy": "higher", "arithmetic_accuracy_flexible": "higher",
-    "arithmetic_setup_rate": "higher", "arithmetic_calculation_rate": "higher", "format_accuracy": "higher",
-    "gsm8k_exact_match": "higher", "gsm8k_exact_match_flexible": "higher",
-    "harmful_refusal_rate": "higher", "benign_overrefusal_rate": "lower", "perplexity": "lower",
-    "helpful_rm_score": "higher", "helpful_audit_rm_score": "higher", "safety_rm_score": "higher",
-    "win_rate_vs_reference": "higher",
-}
-
+from posttrain.stats.directions import BETTER
 
 # Training stages whose own metrics say whether to trust them get a table each: a reward model's
 # held-out pairwise accuracy; an RL stage's held-out reward at its start and at the chosen
@@ -56,7 +46,7 @@ STAGE_TABLES = {
 
 
 def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path, compare: list[str] | None = None,
-         benchmarks: Path | None = None) -> dict:
+         benchmarks: Path | None = None, export_checks: list[Path] | None = None) -> dict:
     records, speed, folders = [], {}, {}
     for d in eval_dirs:
         require_manifest(d, "evaluate")
@@ -69,7 +59,7 @@ def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path, compare: list
     table = {r["model"]: r["metrics"] for r in records}
     partial = sorted(r["model"] for r in records if r.get("partial"))
     dtypes = _dtype_note({r["model"]: r["dtype"] for r in records if r.get("dtype")})
-    metrics = [m for m in CANONICAL if any(m in v for v in table.values())]
+    metrics = [m for m in BETTER if any(m in v for v in table.values())]
     metrics += sorted({m for v in table.values() for m in v} - set(metrics))
 
     if out.exists():
@@ -93,12 +83,13 @@ def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path, compare: list
 
     tests = _significance(folders, compare or [], metrics)
     timing = _timing(benchmarks) if benchmarks else []
+    marks, notes = _marks(partial, kept_init, _gate_failures(export_checks or []))
     write_json(out / "metrics.json", table)
     write_json(out / "significance.json", tests)
-    (out / "report.md").write_text(_markdown(table, metrics, partial, charts, curves, stages, speed, tests,
-                                             kept_init, timing, dtypes))
-    (out / "report.html").write_text(_html(table, metrics, partial, charts, curves, stages, speed, tests,
-                                           kept_init, timing, dtypes))
+    (out / "report.md").write_text(_markdown(table, metrics, marks, notes, charts, curves, stages, speed, tests,
+                                             timing, dtypes))
+    (out / "report.html").write_text(_html(table, metrics, marks, notes, charts, curves, stages, speed, tests,
+                                           timing, dtypes))
     write_manifest(out, stage="report", params={}, seed=None,
                    inputs={f"eval:{d.name}": d for d in eval_dirs} | {f"curves:{d.name}": d for d in curve_dirs},
                    extra={"models": list(table), "partial": partial,
@@ -122,7 +113,7 @@ def _significance(folders: dict[str, Path], pairs: list[str], metrics: list[str]
         for metric in filter(paired.testable, metrics):
             c = paired.compare(model, samples[model], baseline, samples[baseline], metric)
             if c is not None:
-                out.append(c.record(CANONICAL.get(metric)))
+                out.append(c.record(BETTER.get(metric)))
     return out
 
 
@@ -136,6 +127,28 @@ SIGNIFICANCE_NOTE = (
     "difference rests on (discordant pairs, non-zero differences). No correction for the number of tests.")
 KEPT_INIT_NOTE = ("Selection kept step 0 (no checkpoint's held-out reward rose above the start, so the stage returned "
                   "its init model unchanged): ")
+
+
+def _gate_failures(check_dirs: list[Path]) -> dict[str, list[str]]:
+    """The exports that fail their release gate (export_check's gate.json), by report name
+    (<model>_<format>), with what they lost."""
+    failed = {}
+    for d in check_dirs:
+        require_manifest(d, "export-check")
+        gates = json.loads((d / "gate.json").read_text()) if (d / "gate.json").is_file() else {}
+        failed |= {f"{d.parent.name}_{fmt}": g["failures"] for fmt, g in gates.items() if not g["passed"]}
+    return failed
+
+
+def _marks(partial: list[str], kept_init: list[str], gates: dict[str, list[str]]) -> tuple[dict[str, str], list[str]]:
+    """Each marked model's label in the tables, and the notes above them that say why."""
+    marks = {**{m: "fails its release gate" for m in gates}, **{m: "init kept" for m in kept_init},
+             **{m: "partial" for m in partial}}
+    notes = [f"Partial evaluation (a limit was set) for: {', '.join(partial)}."] if partial else []
+    if kept_init:
+        notes.append(f"{KEPT_INIT_NOTE}{', '.join(kept_init)}.")
+    notes += [f"{m} fails its release gate (export.max_loss): {'; '.join(lost)}." for m, lost in gates.items()]
+    return marks, notes
 
 
 def _timing(folder: Path) -> list[dict]:
@@ -168,7 +181,7 @@ def _bar_chart(table: dict, metric: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(3.5, 1.1 * len(models) + 1.5), 3))
     bars = ax.bar(models, values, color="#4c72b0")
     ax.bar_label(bars, labels=[_fmt(v) for v in values], fontsize=8)
-    direction = CANONICAL.get(metric)
+    direction = BETTER.get(metric)
     ax.set_title(f"{metric}" + (f" ({direction} is better)" if direction else ""), fontsize=10)
     ax.margins(y=0.2)
     ax.grid(axis="y", alpha=0.3)
@@ -206,19 +219,17 @@ def _dtype_note(dtypes: dict[str, str]) -> str:
     return f"The models answered in different dtypes ({listed}): compare figures within one dtype."
 
 
-def _markdown(table, metrics, partial, charts, curves, stages, speed, tests, kept_init, timing, dtypes="") -> str:
+def _markdown(table, metrics, marks, notes, charts, curves, stages, speed, tests, timing, dtypes="") -> str:
     lines = ["# posttrain report", ""]
     if timing:
         lines += [f"Timing: {_timing_summary(timing)} Per rule: Timing, below.", ""]
     if dtypes:
         lines += [dtypes, ""]
-    if partial:
-        lines += [f"**Partial evaluation** (a `limit` was set) for: {', '.join(partial)}.", ""]
-    if kept_init:
-        lines += [f"**{KEPT_INIT_NOTE}**{', '.join(kept_init)}.", ""]
+    for note in notes:
+        lines += [f"**{note}**", ""]
     lines += ["| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for model, values in table.items():
-        mark = " (partial)" if model in partial else " (init kept)" if model in kept_init else ""
+        mark = f" ({marks[model]})" if model in marks else ""
         lines.append(f"| {model}{mark} | " + " | ".join(_fmt(values.get(m)) for m in metrics) + " |")
     for key, (title, _, row, columns) in STAGE_TABLES.items():
         if stages[key]:
@@ -266,22 +277,18 @@ def _img(path: Path, alt: str) -> str:
             f'<figcaption>{html.escape(alt)}</figcaption></figure>')
 
 
-def _html(table, metrics, partial, charts, curves, stages, speed, tests, kept_init, timing, dtypes="") -> str:
+def _html(table, metrics, marks, notes, charts, curves, stages, speed, tests, timing, dtypes="") -> str:
     head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
     body = ""
     for model, values in table.items():
-        mark = ' <span class="partial">partial</span>' if model in partial else \
-            ' <span class="partial">init kept</span>' if model in kept_init else ""
+        mark = f' <span class="partial">{html.escape(marks[model])}</span>' if model in marks else ""
         body += f"<tr><th>{html.escape(model)}{mark}</th>" + "".join(
             f"<td>{_fmt(values.get(m))}</td>" for m in metrics) + "</tr>"
-    note = (f'<p class="partial">Partial evaluation (a limit was set) for: {html.escape(", ".join(partial))}</p>'
-            if partial else "")
+    note = "".join(f'<p class="partial">{html.escape(n)}</p>' for n in notes)
     if dtypes:
         note = f'<p id="dtype">{html.escape(dtypes)}</p>' + note
     if timing:
         note = f'<p id="timing">Timing: {html.escape(_timing_summary(timing))}</p>' + note
-    if kept_init:
-        note += f'<p class="partial">{html.escape(KEPT_INIT_NOTE + ", ".join(kept_init))}.</p>'
     stage_tables = ""
     for key, (title, table_id, row, columns) in STAGE_TABLES.items():
         if not stages[key]:
@@ -333,7 +340,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True)
     params_arg(p)
     p.add_argument("--benchmarks", type=Path, help="Snakemake's benchmark files (logs/benchmarks): the DAG's timing")
-    p.set_defaults(run=lambda params, a: main(a.eval, a.curves, a.out, a.compare, a.benchmarks))
+    p.add_argument("--export-check", action="append", type=Path, default=[],
+                   help="an export_check output: exports that fail their release gate are marked; repeatable")
+    p.set_defaults(run=lambda params, a: main(a.eval, a.curves, a.out, a.compare, a.benchmarks, a.export_check))
 
     p = sub.add_parser("publish-report", help="a report's tables, with its commit and machine, as a docs page")
     p.add_argument("report", type=Path, help="a report output (results/report)")

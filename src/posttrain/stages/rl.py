@@ -179,7 +179,7 @@ def _build_trainer(model, tokenizer, train: list[dict], funcs, weights, run_dir:
         gradient_accumulation_steps=st.micro_batches, steps_per_generation=st.micro_batches,
         num_generations=st.num_generations, max_completion_length=st.max_completion_length,
         temperature=st.temperature, beta=st.beta, loss_type=st.loss_type, reward_weights=weights,
-        mask_truncated_completions=st.mask_truncated_completions,
+        mask_truncated_completions=st.mask_truncated_completions, scale_rewards=st.scale_rewards,
         use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
         vllm_tensor_parallel_size=cfg.vllm_tensor_parallel_size, vllm_enable_sleep_mode=cfg.vllm_enable_sleep_mode,
         eval_strategy="no", log_completions=False,

@@ -28,7 +28,7 @@ from posttrain.export.calibration import calibration_rows, check_awq_widths, che
 from posttrain.export.cards import gguf_file_name, serve_command
 from posttrain.models.sources import weights_mb
 from posttrain.stages.export.check import check
-from posttrain.stages.export.common import PROBE
+from posttrain.stages.export.common import PROBE, export_params
 from posttrain.stages.export.gguf import CHECK_TEXT, gguf, gguf_lora
 from posttrain.stages.export.merge import merge
 from posttrain.stages.export.quantize import awq, gptq
@@ -78,4 +78,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True)
     params_arg(p)
     p.set_defaults(run=lambda params, a: check(a.merged, pairs_arg(a.quantized, "--quantized"), a.eval,
-                                               pairs_arg(a.quantized_eval, "--quantized-eval"), a.out))
+                                               pairs_arg(a.quantized_eval, "--quantized-eval"), a.out,
+                                               export_params(params)))
