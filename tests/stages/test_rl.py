@@ -194,6 +194,16 @@ def test_micro_batches_train_one_generation_batch_per_step(tmp_path, tiny_base, 
     assert all(n in (6, 4) for n in sizes)  # training batches, and the 4 held-out prompts at selection
 
 
+def test_a_stage_scales_its_advantages_as_it_asks(tmp_path, tiny_base, prompts):
+    """rl.stages[].scale_rewards reaches TRL's GRPO (read back from the checkpoint's arguments)."""
+    import torch
+
+    rl.main(_params(tmp_path, max_steps=1, save_steps=1, scale_rewards="batch"), "reasoning", tiny_base, prompts, {},
+            tmp_path / "rl")
+    (saved,) = (tmp_path / "ckpt").glob("rl-reasoning-*/checkpoint-1/training_args.bin")
+    assert torch.load(saved, weights_only=False).scale_rewards == "batch"
+
+
 def _epoch_at(ckpt_dir, step):
     (state,) = ckpt_dir.glob(f"rl-reasoning-*/checkpoint-{step}/trainer_state.json")
     return json.loads(state.read_text())["epoch"]
