@@ -80,10 +80,9 @@ def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
         table += exported
 
     if sources["eval"]:
-        check = _export_check(exported) if exported else None
-        table += _evaluation(params, table, sources, check.outs if check else [])
-        if check:
-            table.append(check)
+        check = [_export_check(exported)] if exported else []
+        *evaluations, report = _evaluation(params, table, sources, [c.outs[0] for c in check])
+        table += [*evaluations, *check, report]   # in dependency order: the report reads the check
 
     check_resource_keys(params, table)
     check_recipe(params)
