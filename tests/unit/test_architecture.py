@@ -103,6 +103,19 @@ def test_the_readme_diagram_is_the_stage_table():
         "README.md's DAG diagram is stale: paste the output of `posttrain dag --mermaid`"
 
 
+@pytest.mark.parametrize("recipe", [[], ["recipes/demo-quick.yaml"], ["recipes/qwen3-30b-a3b.yaml"]])
+def test_the_stage_table_is_in_dependency_order(recipe):
+    """Each stage comes after the stages whose outputs it reads (benchmarks/stage_costs.py walks
+    the table in order to find the critical path)."""
+    files = [str(ROOT / "params.yaml"), *(str(ROOT / r) for r in recipe)]
+    made = set()
+    for s in dag.stages(load_params(files), files):
+        producers = {d for d in s.deps if any(d == o or d.startswith(o + "/") for o in made)}
+        later = [d for d in s.deps if d.startswith("results/") and d not in producers]
+        assert not later, f"{s.name} reads {later} before the stage that writes it"
+        made.update(s.outs)
+
+
 @pytest.mark.parametrize("kind", sorted(code.KINDS))
 def test_code_inputs_are_the_modules_a_stage_imports(kind):
     paths = code.code_inputs(kind)
