@@ -281,12 +281,13 @@ def test_the_longest_chain_then_what_the_evaluations_wait_for_are_scheduled_firs
     priority = {s.name: s.priority for s in stages(load_params([ROOT / "params.yaml"]))}
     rms = ("reward_helpful", "reward_safety", "reward_helpful_audit")
     assert {priority[n] for n in rms} == {priority["evaluate_sft"]} and priority["evaluate_sft"] > 0
-    # the longest chain (the student's layers and the teacher's samples, then distillation) goes first
-    chain = ("student_base", "distill_samples", "distill")
+    # the longest chain (the RL stages, the student's layers and the teacher's samples, then
+    # distillation) goes first
+    chain = ("rl_helpfulness", "rl_safety", "rl_reasoning", "student_base", "distill_samples", "distill")
     top = max(priority.values())
     assert {priority[n] for n in chain} == {top} and top > priority["evaluate_sft"]
     # then what one evaluation waits for (the exports, the plain-SFT student), then the evaluations
-    one = ("export_merge", "export_gptq", "export_gguf", "distill_baseline")
+    one = ("export_merge", "export_gptq", "export_gguf", "distill_baseline", "rl_zero")
     levels = {priority[n] for n in one}
     assert len(levels) == 1 and 0 < min(levels) < priority["evaluate_sft"]
     assert not [n for n, p in priority.items()

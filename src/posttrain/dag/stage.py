@@ -20,11 +20,13 @@ GATES_EVALUATIONS = 10   # Stage.priority of the stages every evaluation but one
 # GPTQ export and its evaluation alone on one core, the other idle (seen in a demo run's job log;
 # figures in benchmarks/RESULTS.md, "The demo under 20 minutes").
 GATES_AN_EVALUATION = 5
-# Stage.priority of the distillation chain (the student's layers, the teacher's samples, the
-# distillation): the demo's longest chain of dependent stages (`benchmarks/stage_costs.py
-# --params` prints it). Among ready jobs of one priority Snakemake's scheduler only fills the
-# cores, in no particular order; it once put the teacher's sampling last, and the demo took longer
-# (Snakemake's `Elapsed time`; figures in benchmarks/RESULTS.md, "Cores per stage and the longest chain first").
+# Stage.priority of the RL stages and the distillation chain after them (the student's layers,
+# the teacher's samples, the distillation): the demo's longest chain of dependent stages
+# (`benchmarks/stage_costs.py --params` prints it). Among ready jobs of one priority Snakemake's
+# scheduler only fills the cores, in no particular order; it once put the teacher's sampling last,
+# and the demo took longer (figures in benchmarks/RESULTS.md, "Cores per stage and the longest
+# chain first"); with the RL stages below the evaluations, a two-core RL stage waited for a lone
+# evaluation while the other core idled ("The safety stage retuned, 2026-12-07").
 LONGEST_CHAIN = 20
 
 

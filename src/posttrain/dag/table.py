@@ -157,7 +157,9 @@ def _rl(params: Params, table: list[Stage]) -> list[Stage]:
                          # PPO is one process whose model spans the node's GPUs (device map)
                          launcher=accelerate_launcher(1 if st.algorithm == "ppo" else params.rl.gpus,
                                                       params.rl.strategy),
-                         cores_share=ALL_CORES))
+                         # the RL chain leads to distillation and the exports: the demo's longest
+                         # chain; the RL-first path gates one evaluation
+                         cores_share=ALL_CORES, priority=GATES_AN_EVALUATION if is_zero else LONGEST_CHAIN))
         if not is_zero:
             previous = folder
     return out

@@ -92,8 +92,8 @@ def gate(reference: dict, got: dict, max_loss: dict[str, float]) -> dict:
         checks[metric] = {"loss": lost, "max_loss": limit, "passed": lost <= limit}
         if lost > limit:
             unit = " (relative)" if metric in RELATIVE else ""
-            failures.append(f"{metric} lost {lost:g}{unit}, at most {limit:g} allowed "
-                            f"({reference[metric]:g} -> {got[metric]:g})")
+            failures.append(f"{metric} lost {lost:.3g}{unit}, at most {limit:g} allowed "
+                            f"({reference[metric]:.3g} -> {got[metric]:.3g})")
     return {"passed": not failures, "failures": failures, "metrics": checks}
 
 
