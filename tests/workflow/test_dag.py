@@ -78,7 +78,7 @@ def test_quick_demo_keeps_one_rl_stage_and_one_export_and_changes_only_what_it_s
     renamed = {"evaluate_helpfulness_gguf"}    # the export is of the last RL stage the DAG has
     assert set(full) - set(quick) == left_out and set(quick) - set(full) == renamed
     with_overlay = {name for name, cmd in quick.items() if cmd.endswith(f" --params {recipe}")}
-    assert with_overlay == {"rl_helpfulness", "export_merge", "export_gguf"}
+    assert with_overlay == {"rl_helpfulness", "export_merge", "export_gguf", "export_check"}   # + its release gate
     # the quick demo's PPO stage is the full demo's first stage, to the letter
     assert quick["rl_helpfulness"].removesuffix(f" --params params.yaml --params {recipe}") == full["rl_helpfulness"]
     both = [load_params([project / "params.yaml", *extra]).rl.stages[0] for extra in ([], [project / recipe])]
@@ -94,6 +94,7 @@ def test_quick_demo_keeps_one_rl_stage_and_one_export_and_changes_only_what_it_s
     assert {(a, b) for a, b in quick_edges if renamed.isdisjoint((a, b))} - kept == {
         ("rl_helpfulness", "export_merge"),
         ("evaluate_helpfulness", "export_check")}
+    assert ("export_check", "report") in quick_edges   # the report marks exports failing their release gate
     # DVC tracks the overlay's params for those stages only
     run([bin_path("posttrain"), "dag", "--write", "--recipe", recipe], project)
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
