@@ -91,7 +91,8 @@ def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path, compare: list
     (out / "report.html").write_text(_html(table, metrics, marks, notes, charts, curves, stages, speed, tests,
                                            timing, dtypes))
     write_manifest(out, stage="report", params={}, seed=None,
-                   inputs={f"eval:{d.name}": d for d in eval_dirs} | {f"curves:{d.name}": d for d in curve_dirs},
+                   inputs={f"eval:{d.name}": d for d in eval_dirs} | {f"curves:{d.name}": d for d in curve_dirs}
+                   | {f"export_check:{d.parent.name}": d for d in export_checks or []},
                    extra={"models": list(table), "partial": partial,
                           "reward_models": stages["heldout_accuracy"], "rl_stages": stages["heldout_reward_chosen"]})
     return table
