@@ -95,6 +95,26 @@ def test_models_with_logits_processing_are_not_refilled(tiny_base):
     assert not refillable(model)
 
 
+def test_a_frozen_head_gets_its_input_contiguous_with_the_same_logits(chatty_model):
+    """A sliced hidden state into a frozen head makes PyTorch multiply by a copy of the head per
+    row (posttrain.models.head); the evaluation's and the RL stages' models get it contiguous."""
+    from posttrain.models.head import contiguous_head_input
+    from posttrain.stages.evaluate import _load
+
+    model = AutoModelForCausalLM.from_pretrained(chatty_model).eval().requires_grad_(False)
+    seen = []
+    model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(0, 100, (3, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(input_ids=ids, logits_to_keep=2).logits
+        contiguous_head_input(contiguous_head_input(model))     # a second call adds nothing
+        after = model(input_ids=ids, logits_to_keep=2).logits
+    assert seen == [False, True]
+    torch.testing.assert_close(before, after, rtol=1e-5, atol=1e-5)   # a product's rounding follows its shape
+    assert len(model.get_output_embeddings()._forward_pre_hooks) == 1
+    assert len(_load(chatty_model, None, "float32").get_output_embeddings()._forward_pre_hooks) == 1
+
+
 def test_assistant_nll_counts_only_assistant_tokens(tiny_base):
     tok = AutoTokenizer.from_pretrained(tiny_base)
     model = AutoModelForCausalLM.from_pretrained(tiny_base)

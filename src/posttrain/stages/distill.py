@@ -37,6 +37,7 @@ from posttrain.core.manifest import require_manifest, write_json, write_manifest
 from posttrain.inference import dtype as inference_dtype
 from posttrain.models import chat, pruning
 from posttrain.models import sources as models
+from posttrain.models.head import contiguous_head_input
 from posttrain.rl import rejection_sampling
 from posttrain.verifiers import rewards
 
@@ -163,6 +164,7 @@ def _samples(params: Params, teacher_dir: Path, prompts_dir: Path, out: Path) ->
     # 1. The teacher answers every prompt per_prompt times; the verifiers keep what passes.
     dtype = inference_dtype.resolve(cfg.dtype)
     model = AutoModelForCausalLM.from_pretrained(weights, dtype=inference_dtype.torch_dtype(dtype))
+    contiguous_head_input(model.requires_grad_(False))   # sampling only: no gradients, one product per head call
     sampled = rejection_sampling.sample(
         model, tokenizer, rows, verify, per_prompt=cfg.per_prompt, keep_per_prompt=cfg.keep_per_prompt,
         min_reward=cfg.min_reward, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,

@@ -41,6 +41,7 @@ from posttrain.inference.generation import assistant_nll, generate, generation_t
 from posttrain.models import chat
 from posttrain.models import sources as models
 from posttrain.models.artifacts import resolve_model
+from posttrain.models.head import contiguous_head_input
 from posttrain.verifiers import rewards
 from posttrain.verifiers.refusal import is_refusal
 
@@ -100,7 +101,7 @@ def _load(weights: Path, adapter: Path | None, dtype: str):
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     if dtype != "auto":
         model = model.to(inference_dtype.torch_dtype(dtype))
-    return model.eval()
+    return contiguous_head_input(model.eval())
 
 
 def main(params: Params, model_dir: Path, name: str, eval_dir: Path, heldout_dir: Path | None, out: Path,

@@ -35,6 +35,7 @@ from posttrain.core.commands import pairs_arg, params_arg
 from posttrain.core.manifest import input_hash, require_manifest, write_json, write_manifest
 from posttrain.inference.generation import sampling_weights
 from posttrain.models import chat
+from posttrain.models.head import contiguous_head_input
 from posttrain.rl import rejection_sampling, reward_terms, selection
 from posttrain.rl.prompts import prompt_rows
 from posttrain.rl.reward_terms import combined, guarded, reward_spec
@@ -104,7 +105,9 @@ def main(params: Params, stage: str, init_dir: Path, prompts_dir: Path, reward_d
     # PPO runs in this one process: on a GPU node its model is spread over the visible GPUs
     # (accelerate's device map); GRPO's trainer places the model itself.
     placement = {"device_map": "auto"} if st.algorithm == "ppo" and torch.cuda.is_available() else {}
-    model = AutoModelForCausalLM.from_pretrained(weights, dtype=precision["dtype"], **placement)
+    # the head's input made contiguous: a frozen LM head otherwise multiplies by a copy per row
+    # (posttrain.models.head), in the rollouts' first token and in every log-probability pass
+    model = contiguous_head_input(AutoModelForCausalLM.from_pretrained(weights, dtype=precision["dtype"], **placement))
     selector = Selection(run_dir, heldout, scoring_funcs, weights_, tokenizer, st, precision["sampling_dtype"])
     sampled = None
     if st.algorithm == "ppo":
