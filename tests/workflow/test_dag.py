@@ -273,6 +273,17 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     diff = json.loads(run([bin_path("dvc"), "metrics", "diff", "HEAD", "--json"], other).stdout)
     changed = diff["results/report/metrics.json"]
     assert "base.perplexity" in changed and changed["base.perplexity"]["old"] != changed["base.perplexity"]["new"]
+    # posttrain compare: the committed run (checked out of DVC's cache) against the one in the work tree
+    run([bin_path("posttrain"), "compare", "HEAD", ".", "--out", "cmp"], other)
+    page = json.loads((other / "cmp/compare.json").read_text())
+    rows = {(r["model"], r["metric"]): r for r in page["metrics"]}
+    assert rows[("base", "perplexity")]["delta"] != 0 and rows[("base", "arithmetic_accuracy")]["delta"] == 0
+    assert rows[("base", "arithmetic_accuracy")]["test"] == "McNemar exact"
+    artifacts = {r["artifact"]: r for r in page["artifacts"]}
+    assert artifacts["sft"]["status"] == "same manifest"
+    assert {"key": "perplexity_rows", "a": 4, "b": 2} in artifacts["eval/base"]["params"]
+    assert "report" in artifacts and (other / "cmp/compare.html").read_text().count("data:image/png") >= 3
+    assert run(["git", "worktree", "list"], other).stdout.count("\n") == 1   # the scratch checkout is gone
 
 
 def test_the_longest_chain_then_what_the_evaluations_wait_for_are_scheduled_first():
