@@ -37,6 +37,9 @@ except ConfigError as err:
     raise SystemExit(1)
 
 STAGES = dag.stages(PARAMS, PARAM_FILES)
+# The experiment tracker (params' tracking:) reaches every rule through the environment: it is no
+# stage's parameter, so setting it in an overlay changes no command and reruns nothing.
+os.environ["POSTTRAIN_TRACKING"] = PARAMS.tracking.model_dump_json()
 TARGETS = dag.final_targets(STAGES)
 
 

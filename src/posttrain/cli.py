@@ -11,8 +11,11 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
 
 from posttrain.config import ConfigError, load_params
+from posttrain.core import tracking
+from posttrain.core.manifest import git_commit
 
 # Each command and the module that registers it, in the order `posttrain --help` lists them (the
 # DAG's order, then the tools). A command imports only its own module: stage modules import torch
@@ -51,7 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "params_free", False):
             return args.run(args) or 0
         params = load_params(args.params)
-        result = args.run(params, args)
+        if COMMANDS[args.command].startswith("stages.") and getattr(args, "out", None) is not None:
+            # a stage: the artifact it makes is one run of the experiment tracker
+            tracking.configure(params.tracking, _artifact_name(args.out), git_commit())
+        try:
+            result = args.run(params, args)
+        finally:
+            tracking.abandon()     # a stage that stopped before its manifest: its run failed
         return result if isinstance(result, int) else 0
     except ConfigError as err:
         print(f"posttrain {args.command}: {err}", file=sys.stderr)
@@ -59,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, OSError, RuntimeError, ArithmeticError) as err:
         print(f"posttrain {args.command}: error: {err}", file=sys.stderr)
         return 1
+
+
+def _artifact_name(out) -> str:
+    """`results/rl/helpfulness` -> `rl/helpfulness`: the artifact a run is about."""
+    parts = Path(out).parts
+    return "/".join(parts[parts.index("results") + 1:] if "results" in parts else parts[-2:])
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from posttrain.config.resources import ResourcesParams
 from posttrain.config.reward import RewardParams
 from posttrain.config.rl import RlParams
 from posttrain.config.sft import SftParams
+from posttrain.config.tracking import TrackingParams
 
 
 class Params(Section):
@@ -33,6 +34,8 @@ class Params(Section):
     export: ExportParams | None = Field(None, description=(
         "Merged and quantized serving artifacts. null: no export stages in the DAG."))
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams, description="Evaluation of every model.")
+    tracking: TrackingParams = Field(default_factory=TrackingParams, description=(
+        "An experiment tracker the stages also report to (MLflow, TensorBoard); changing it reruns nothing."))
     resources: ResourcesParams = Field(default_factory=ResourcesParams, description=(
         "What each rule asks a cluster scheduler for (`snakemake --profile slurm`)."))
     draft: bool = Field(False, description=(

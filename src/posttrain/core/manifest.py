@@ -18,6 +18,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from posttrain.core import tracking
+
 MANIFEST = "manifest.json"
 # Libraries whose versions change results; recorded in every manifest.
 TRACKED_LIBRARIES = (
@@ -119,6 +121,7 @@ def write_manifest(out_dir: str | Path, *, stage: str, params: dict, seed: int |
     if extra:
         manifest.update(extra)
     write_json(out_dir / MANIFEST, manifest)
+    tracking.finish(manifest)
     return manifest
 
 

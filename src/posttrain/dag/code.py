@@ -44,7 +44,8 @@ EXTRA = {
 }
 # Plumbing every stage runs; a change to it is a change to all of them, which its own tests
 # cover (a parameter that changes meaning changes the params Snakemake and DVC track).
-PLUMBING = ("config", "core.manifest", "core.commands", "cli", "tools")
+# Experiment tracking (core.tracking) only reports what a stage makes: editing it reruns nothing.
+PLUMBING = ("config", "core.manifest", "core.commands", "core.tracking", "cli", "tools")
 
 
 def code_inputs(kind: str) -> list[str]:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from posttrain.core import checkpoints, preemption
+from posttrain.core import checkpoints, preemption, tracking
 from posttrain.core.progress import Progress
 from posttrain.inference.generation import sampling_weights, stop_ids
 from posttrain.rl import ppo_math
@@ -87,6 +87,7 @@ class PpoTrainer:
             stats = self.step(step)
             self.state.global_step = step
             self.state.log_history.append({**stats, "step": step})
+            tracking.log(stats, step)
             progress.set(step)
             log.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in stats.items()))
             if step % self.st.save_steps == 0 or step == self.st.max_steps or preemption.requested():

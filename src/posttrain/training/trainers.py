@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from posttrain.core import tracking
 from posttrain.core.manifest import write_json
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,8 @@ def training_kwargs(cfg, precision: dict, run_dir: Path) -> dict:
         activation_checkpointing=checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         save_strategy="steps", save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps,
-        logging_first_step=True, report_to="none", dataloader_num_workers=0,
+        logging_first_step=True, report_to=tracking.report_to(), run_name=tracking.run_name(),
+        dataloader_num_workers=0,
         disable_tqdm=True,   # ProgressLines writes lines a log keeps
     )
 

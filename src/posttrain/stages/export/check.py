@@ -56,7 +56,8 @@ def check(merged_dir: Path, quantized: dict[str, Path], eval_dir: Path, quantize
     (tmp / "README.md").write_text(card(merged_dir, formats, gates))
     write_manifest(tmp, stage="export-check", params={}, seed=None,
                    inputs={"merged": merged_dir, "eval": eval_dir, **{f"export:{k}": v for k, v in quantized.items()},
-                           **{f"eval:{k}": v for k, v in quantized_evals.items()}})
+                           **{f"eval:{k}": v for k, v in quantized_evals.items()}},
+                   extra={"metrics": metrics})
     publish(tmp, out)
     log.info("export check: %s", metrics)
     failed = {fmt: g for fmt, g in gates.items() if not g["passed"]}

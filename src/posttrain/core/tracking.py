@@ -1,0 +1,144 @@
+"""Experiment tracking beside the artifacts (params' `tracking:` section): each stage process is
+one run, named `<artifact>@<commit>`, that its trainer's curves, its final metrics and its
+manifest's input hashes (as tags) go to. MLflow or TensorBoard; `none` does nothing.
+
+The command configures it once, before the stage starts (`configure`). Trainers built on
+transformers' Trainer report through its own callbacks (`report_to()`): for MLflow the run is
+created here and its id handed to the callback (`MLFLOW_RUN_ID`), so the curves and what this
+module logs land in one run; for TensorBoard the callback and this module write to the same
+folder. `write_manifest` ends the run (`finish`) with the manifest's metrics and input hashes.
+Only the main process of a multi-process job reports.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+DEFAULT_TENSORBOARD_DIR = "logs/tensorboard"
+_active: _Run | None = None
+
+
+class _Run:
+    def __init__(self, backend: str, uri: str | None, experiment: str, name: str, commit: str | None):
+        self.backend, self.name = backend, name
+        self.run_name = f"{name}@{commit[:10]}" if commit else name
+        if backend == "mlflow":
+            from mlflow.tracking import MlflowClient
+
+            if uri:
+                os.environ["MLFLOW_TRACKING_URI"] = uri
+            os.environ["MLFLOW_EXPERIMENT_NAME"] = experiment
+            self.client = MlflowClient(uri)
+            found = self.client.get_experiment_by_name(experiment)
+            experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+            tags = {"posttrain.artifact": name, **({"posttrain.git_commit": commit} if commit else {})}
+            self.run_id = self.client.create_run(experiment_id, run_name=self.run_name, tags=tags).info.run_id
+            os.environ["MLFLOW_RUN_ID"] = self.run_id      # the Trainer's MLflow callback resumes this run
+        else:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.folder = Path(uri or DEFAULT_TENSORBOARD_DIR) / name
+            os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.folder)   # the Trainer's TensorBoard callback
+            self.writer = SummaryWriter(log_dir=str(self.folder))
+
+    def log(self, metrics: dict, step: int) -> None:
+        values = _numbers(metrics)
+        if self.backend == "mlflow":
+            for key, value in values.items():
+                self.client.log_metric(self.run_id, key, value, step=step)
+        else:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+
+    def finish(self, manifest: dict) -> None:
+        tags = {f"input.{k}": v.get("sha256") for k, v in (manifest.get("inputs") or {}).items()
+                if isinstance(v, dict)}
+        tags["posttrain.stage"] = manifest.get("stage")
+        metrics = manifest.get("metrics") if isinstance(manifest.get("metrics"), dict) else {}
+        if self.backend == "mlflow":
+            for key, value in _numbers(metrics).items():
+                self.client.log_metric(self.run_id, key, value)
+            for key, value in tags.items():
+                self.client.set_tag(self.run_id, key, str(value))
+            self.client.set_terminated(self.run_id)
+        else:
+            for key, value in _numbers(metrics).items():
+                self.writer.add_scalar(key, value, 0)
+            self.writer.add_text("inputs", json.dumps(tags, indent=1, sort_keys=True))
+            self.writer.close()
+
+
+    def abandon(self) -> None:
+        if self.backend == "mlflow":
+            self.client.set_terminated(self.run_id, status="FAILED")
+        else:
+            self.writer.close()
+
+
+def _numbers(metrics: dict) -> dict[str, float]:
+    """The values a tracker can plot (a release gate's pass as 1, its failure as 0)."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+# Snakemake hands a run's tracker to every rule in the environment (rules/common.smk): the
+# section is no stage's parameter, so an overlay that sets it changes no command and reruns nothing.
+ENVIRONMENT = "POSTTRAIN_TRACKING"
+
+
+def configure(cfg, name: str, commit: str | None = None) -> None:
+    """Start the run of the artifact `name` (e.g. `rl/helpfulness`) when `cfg` (params.tracking),
+    or else the POSTTRAIN_TRACKING environment variable, names a backend; on the main process only."""
+    global _active
+    _active = None
+    settings = cfg.model_dump() if cfg is not None and cfg.backend != "none" else json.loads(
+        os.environ.get(ENVIRONMENT) or '{"backend": "none"}')
+    if settings["backend"] == "none" or int(os.environ.get("RANK", "0")) != 0:
+        return
+    backend = settings["backend"]
+    try:
+        _active = _Run(backend, settings.get("uri"), settings.get("experiment") or "posttrain", name, commit)
+    except ImportError as err:     # an environment of its own (.venv-export) may lack the tracker
+        logger.warning("tracking: %s is not installed in this environment (%s); %s is not tracked",
+                       backend, err, name)
+        return
+    logger.info("tracking %s in %s as run %s", name, backend, _active.run_name)
+
+
+def report_to() -> list[str] | str:
+    """TrainingArguments' `report_to`: the configured backend, or none."""
+    return [_active.backend] if _active else "none"
+
+
+def run_name() -> str | None:
+    return _active.run_name if _active else None
+
+
+def log(metrics: dict, step: int) -> None:
+    """A loop of our own (PPO) reports a step's statistics; nothing without a tracker."""
+    if _active:
+        _active.log(metrics, step)
+
+
+def abandon() -> None:
+    """The run of a stage that ends without its manifest (an error, a preempted job) marked failed."""
+    global _active
+    if _active:
+        try:
+            _active.abandon()
+        finally:
+            _active = None
+
+
+def finish(manifest: dict) -> None:
+    """The run's final metrics and input hashes, and its end (write_manifest calls it)."""
+    global _active
+    if _active:
+        try:
+            _active.finish(manifest)
+        finally:
+            _active = None
