@@ -50,7 +50,7 @@ def test_two_run_folders_side_by_side_with_paired_tests_params_inputs_and_curves
 def test_a_run_that_is_neither_a_folder_nor_a_commit_is_named(tmp_path, capsys):
     a = _run(tmp_path / "a", correct=20, lr=1e-4, perplexity=3.0, init_hash="x")
     assert cli.main(["compare", str(a), "no-such-run", "--project", str(tmp_path), "--out", str(tmp_path / "c")]) == 1
-    assert "'no-such-run' is neither a folder nor a commit" in capsys.readouterr().err
+    assert "'no-such-run' is neither a folder, a commit nor a DVC experiment" in capsys.readouterr().err
 
 
 def test_a_folder_without_artifacts_is_refused(tmp_path, capsys):
@@ -85,3 +85,37 @@ def test_a_commit_is_compared_from_the_artifacts_dvc_cached_for_it(tmp_path, cap
     shutil.rmtree(project / ".dvc/cache")    # a commit whose artifacts this machine never had
     assert cli.main(["compare", "HEAD", "results", "--project", str(project), "--out", str(project / "c2")]) == 1
     assert "`dvc pull` them, or `dvc repro` at that commit" in capsys.readouterr().err
+
+
+def test_a_dvc_experiment_is_compared_by_its_name(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bin_dir = Path(sys.executable).parent
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "params.yaml").write_text("correct: 20\n")
+    (project / "make_run.py").write_text(
+        "import json, os, yaml\n"
+        "n = yaml.safe_load(open('params.yaml'))['correct']\n"
+        "os.makedirs('results/eval/sft', exist_ok=True)\n"
+        "rows = [{'task': 'posttrain_arithmetic', 'id': f'q{i}', 'correct': i < n} for i in range(100)]\n"
+        "open('results/eval/sft/samples.jsonl', 'w').write(''.join(json.dumps(r) + '\\n' for r in rows))\n"
+        "json.dump({'model': 'sft', 'metrics': {'arithmetic_accuracy': n / 100}}, "
+        "open('results/eval/sft/metrics.json', 'w'))\n"
+        "json.dump({'stage': 'evaluate:sft', 'params': {'correct': n}}, open('results/eval/sft/manifest.json', 'w'))\n")
+    (project / "dvc.yaml").write_text("stages:\n  make:\n    cmd: python make_run.py\n    deps: [make_run.py]\n"
+                                      "    params: [correct]\n    outs: [results]\n"
+                                      "metrics: [results/eval/sft/metrics.json]\n")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
+                ["git", "config", "user.name", "CI"], ["dvc", "init", "-q"], ["dvc", "repro", "-q"],
+                ["git", "add", "-A"], ["git", "commit", "-qm", "baseline"],
+                ["dvc", "exp", "run", "-q", "-S", "correct=45", "-n", "more-right"]):
+        subprocess.run(cmd, cwd=project, check=True, capture_output=True, env=env)
+    assert cli.main(["compare", "HEAD", "more-right", "--project", str(project), "--out", str(tmp_path / "c")]) == 0
+    page = json.loads((tmp_path / "c/compare.json").read_text())
+    (acc,) = page["metrics"]
+    assert (acc["a"], acc["b"], acc["verdict"]) == (0.2, 0.45, "better")
+    assert {r["artifact"]: r for r in page["artifacts"]}["eval/sft"]["params"] == [{"key": "correct", "a": 20, "b": 45}]

@@ -301,6 +301,16 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     assert {"key": "perplexity_rows", "a": 4, "b": 2} in artifacts["eval/base"]["params"]
     assert "report" in artifacts and (other / "cmp/compare.html").read_text().count("data:image/png") >= 3
     assert run(["git", "worktree", "list"], other).stdout.count("\n") == 1   # the scratch checkout is gone
+    # a DVC experiment on our params (dvc exp run -S), listed with its metrics and compared by name
+    run([bin_path("dvc"), "exp", "run", "-S", "tiny.yaml:evaluate.perplexity_rows=3", "-n", "three-rows"], other)
+    shown = json.loads(run([bin_path("dvc"), "exp", "show", "--json"], other).stdout)
+    experiments = [e for row in shown for e in (row.get("experiments") or [])]
+    three = next(r for e in experiments for r in e["revs"] if r["name"] == "three-rows")
+    assert "results/report/metrics.json" in three["data"]["metrics"]
+    run([bin_path("posttrain"), "compare", "HEAD", "three-rows", "--out", "cmp3"], other)
+    page = json.loads((other / "cmp3/compare.json").read_text())
+    evaluation = {r["artifact"]: r for r in page["artifacts"]}["eval/sft"]
+    assert {"key": "perplexity_rows", "a": 4, "b": 3} in evaluation["params"]
 
 
 def test_the_longest_chain_then_what_the_evaluations_wait_for_are_scheduled_first():

@@ -61,10 +61,7 @@ def resolve(spec: str, project: Path, scratch: Path) -> Run:
 
 
 def _checkout(commit: str, project: Path, scratch: Path) -> Path:
-    rev = _git(project, "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}", check=False)
-    if rev.returncode != 0:
-        raise FileNotFoundError(f"{commit!r} is neither a folder nor a commit of {project}")
-    sha = rev.stdout.strip()
+    sha = _commit_of(commit, project)
     tree = scratch / sha[:12]
     if tree.exists():
         _git(project, "worktree", "remove", "--force", str(tree), check=False)
@@ -81,6 +78,21 @@ def _checkout(commit: str, project: Path, scratch: Path) -> Path:
         raise FileNotFoundError(f"{commit}'s artifacts are not in {cache} ({done.stderr.strip()[-300:]}); "
                                 f"`dvc pull` them, or `dvc repro` at that commit")
     return tree / "results"
+
+
+def _commit_of(spec: str, project: Path) -> str:
+    """The commit `spec` names: a git revision, or a DVC experiment's name (`dvc exp run -n NAME`,
+    kept under refs/exps/)."""
+    rev = _git(project, "rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}", check=False)
+    if rev.returncode == 0:
+        return rev.stdout.strip()
+    refs = _git(project, "for-each-ref", "refs/exps", "--format=%(refname) %(objectname)", check=False).stdout
+    found = [sha for ref, sha in (line.split() for line in refs.splitlines())
+             if ref.rsplit("/", 1)[-1] == spec and "/exec/" not in ref]
+    if len(found) == 1:
+        return found[0]
+    what = "names several DVC experiments" if found else "is neither a folder, a commit nor a DVC experiment"
+    raise FileNotFoundError(f"{spec!r} {what} of {project}")
 
 
 def _git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
