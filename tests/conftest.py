@@ -191,3 +191,46 @@ def train_tiny_reward_model(tmp, base, rows, aspect="helpful"):
     overlay = write_overlay(tmp, "rm", {"reward": {"init": "base", "checkpoint_dir": str(tmp / "rm-ckpt")}})
     reward.main(load_params([ROOT / "params.yaml", TINY_OVERLAY, overlay]), aspect, base, tmp / "pref", tmp / "rm")
     return tmp / "rm"
+
+
+def headless_chromium(page, tmp_path, *, screenshot=None) -> str:
+    """The DOM Debian's Chromium builds from `page` (a local HTML file), headless; with
+    `screenshot`, a 1200x900 PNG of it there too."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium is missing: `make test` installs it as root (apt-get install chromium)"
+    quiet = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    dom = subprocess.run([chromium, *quiet, f"--user-data-dir={tmp_path / 'chromium-dom'}", "--dump-dom",
+                          Path(page).as_uri()], capture_output=True, text=True, timeout=120).stdout
+    if screenshot is not None:
+        subprocess.run([chromium, *quiet, f"--user-data-dir={tmp_path / 'chromium-shot'}", "--window-size=1200,900",
+                        f"--screenshot={screenshot}", Path(page).as_uri()],
+                       capture_output=True, timeout=120, check=True)
+    return dom
+
+
+def page_has_colour(png, rgb, pixels: int = 500) -> bool:
+    """Whether at least `pixels` pixels of the screenshot are exactly `rgb` (a chart rendered)."""
+    from PIL import Image
+
+    colours = Image.open(png).convert("RGB").getcolors(maxcolors=1 << 20) or []
+    return any(c == rgb and n > pixels for n, c in colours)
+
+
+def write_run_folder(root, *, correct: int, lr: float, perplexity: float, init_hash: str):
+    """A run's results folder, small: an SFT artifact (params, an input, a curve) and its
+    evaluation (100 arithmetic prompts, the first `correct` right)."""
+    sft = root / "results" / "sft"
+    sft.mkdir(parents=True)
+    (sft / "manifest.json").write_text(json.dumps({
+        "stage": "sft", "git_commit": "a" * 40, "params": {"learning_rate": lr, "lora": {"r": 8}},
+        "inputs": {"init": {"path": "results/base", "sha256": init_hash}}, "versions": {"torch": "2.13.0"}}))
+    (sft / "log.csv").write_text("step,train_loss,val_loss\n0,,2.0\n1,1.5,\n2,1.2,1.4\n")
+    ev = root / "results" / "eval" / "sft"
+    ev.mkdir(parents=True)
+    samples = [{"task": "posttrain_arithmetic", "id": f"q{i}", "correct": i < correct} for i in range(100)]
+    (ev / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    (ev / "metrics.json").write_text(json.dumps({"model": "sft", "metrics": {
+        "arithmetic_accuracy": correct / 100, "perplexity": perplexity, "parameters": 1000}}))
+    (ev / "manifest.json").write_text(json.dumps({"stage": "evaluate:sft", "params": {"limit": None}}))
+    return root

@@ -1,16 +1,13 @@
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY_OVERLAY, write_jsonl
+from conftest import ROOT, TINY_OVERLAY, headless_chromium, page_has_colour, write_jsonl, write_run_folder
 from posttrain.config import load_params
 from posttrain.stages import evaluate, prepare_data, report
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def _params(tmp_path, **evaluate_cfg):
@@ -206,27 +203,30 @@ def test_published_report_names_its_commit_and_machine_and_links_no_images(tmp_p
 
 
 def test_report_html_renders_in_headless_chromium(tmp_path):
-    assert CHROMIUM, "Debian's chromium is missing: `make test` installs it as root (apt-get install chromium)"
     base = _fake_eval(tmp_path / "eval" / "base", "base", {"arithmetic_accuracy": 0.1, "format_accuracy": 0.5})
     sft = _fake_eval(tmp_path / "eval" / "sft", "sft", {"arithmetic_accuracy": 0.4, "format_accuracy": 0.7})
     out = tmp_path / "report"
     report.main([base, sft], [], out)
     shot = tmp_path / "shot.png"
-    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                          f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", (out / "report.html").as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
+    dom = headless_chromium(out / "report.html", tmp_path, screenshot=shot)
     assert "<table id=\"metrics\">" in dom and "<th>sft</th>" in dom
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'profile2'}", "--window-size=1200,900", f"--screenshot={shot}",
-                    (out / "report.html").as_uri()], capture_output=True, timeout=120, check=True)
-    from PIL import Image
-
-    img = Image.open(shot).convert("RGB")
-    colours = img.getcolors(maxcolors=1 << 20) or []
     # the bar colour of the charts is on the page: the images decoded and rendered
-    assert any(rgb == (0x4C, 0x72, 0xB0) and n > 500 for n, rgb in colours)
+    assert page_has_colour(shot, (0x4C, 0x72, 0xB0))
+
+
+def test_compare_html_renders_in_headless_chromium(tmp_path):
+    from posttrain import cli
+
+    a = write_run_folder(tmp_path / "a", correct=20, lr=1e-4, perplexity=3.0, init_hash="x")
+    b = write_run_folder(tmp_path / "b", correct=45, lr=2e-4, perplexity=2.5, init_hash="y")
+    (b / "results/sft/log.csv").write_text("step,train_loss,val_loss\n0,,2.2\n1,1.1,\n2,0.9,1.0\n")
+    assert cli.main(["compare", str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    shot = tmp_path / "shot.png"
+    dom = headless_chromium(tmp_path / "cmp" / "compare.html", tmp_path, screenshot=shot)
+    assert '<tr class="better"><td>sft</td><td>arithmetic_accuracy</td>' in dom
+    assert "learning_rate 0.0001 → 0.0002; input init changed" in dom
+    # the overlaid curves (matplotlib's first colour) are on the page: the inlined image decoded
+    assert page_has_colour(shot, (0x1F, 0x77, 0xB4), pixels=100)
 
 
 @pytest.fixture(scope="module")

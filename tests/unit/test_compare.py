@@ -2,30 +2,13 @@
 
 import json
 
+from conftest import write_run_folder
 from posttrain import cli
 
 
-def _run(root, *, correct: int, lr: float, perplexity: float, init_hash: str):
-    """A results folder with an SFT artifact (params, an input, a curve) and its evaluation."""
-    sft = root / "results" / "sft"
-    sft.mkdir(parents=True)
-    (sft / "manifest.json").write_text(json.dumps({
-        "stage": "sft", "git_commit": "a" * 40, "params": {"learning_rate": lr, "lora": {"r": 8}},
-        "inputs": {"init": {"path": "results/base", "sha256": init_hash}}, "versions": {"torch": "2.13.0"}}))
-    (sft / "log.csv").write_text("step,train_loss,val_loss\n0,,2.0\n1,1.5,\n2,1.2,1.4\n")
-    ev = root / "results" / "eval" / "sft"
-    ev.mkdir(parents=True)
-    samples = [{"task": "posttrain_arithmetic", "id": f"q{i}", "correct": i < correct} for i in range(100)]
-    (ev / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
-    (ev / "metrics.json").write_text(json.dumps({"model": "sft", "metrics": {
-        "arithmetic_accuracy": correct / 100, "perplexity": perplexity, "parameters": 1000}}))
-    (ev / "manifest.json").write_text(json.dumps({"stage": "evaluate:sft", "params": {"limit": None}}))
-    return root
-
-
 def test_two_run_folders_side_by_side_with_paired_tests_params_inputs_and_curves(tmp_path):
-    a = _run(tmp_path / "a", correct=20, lr=1e-4, perplexity=3.0, init_hash="x")
-    b = _run(tmp_path / "b", correct=45, lr=2e-4, perplexity=2.5, init_hash="y")
+    a = write_run_folder(tmp_path / "a", correct=20, lr=1e-4, perplexity=3.0, init_hash="x")
+    b = write_run_folder(tmp_path / "b", correct=45, lr=2e-4, perplexity=2.5, init_hash="y")
     out = tmp_path / "cmp"
     assert cli.main(["compare", str(a), str(b / "results"), "--out", str(out)]) == 0
     page = json.loads((out / "compare.json").read_text())
@@ -48,14 +31,14 @@ def test_two_run_folders_side_by_side_with_paired_tests_params_inputs_and_curves
 
 
 def test_a_run_that_is_neither_a_folder_nor_a_commit_is_named(tmp_path, capsys):
-    a = _run(tmp_path / "a", correct=20, lr=1e-4, perplexity=3.0, init_hash="x")
+    a = write_run_folder(tmp_path / "a", correct=20, lr=1e-4, perplexity=3.0, init_hash="x")
     assert cli.main(["compare", str(a), "no-such-run", "--project", str(tmp_path), "--out", str(tmp_path / "c")]) == 1
     assert "'no-such-run' is neither a folder, a commit nor a DVC experiment" in capsys.readouterr().err
 
 
 def test_a_folder_without_artifacts_is_refused(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    a = _run(tmp_path / "a", correct=20, lr=1e-4, perplexity=3.0, init_hash="x")
+    a = write_run_folder(tmp_path / "a", correct=20, lr=1e-4, perplexity=3.0, init_hash="x")
     assert cli.main(["compare", str(a), str(tmp_path / "empty"), "--out", str(tmp_path / "c")]) == 1
     assert "no artifact" in capsys.readouterr().err
 
@@ -67,13 +50,13 @@ def test_a_commit_is_compared_from_the_artifacts_dvc_cached_for_it(tmp_path, cap
     from pathlib import Path
 
     dvc = str(Path(sys.executable).parent / "dvc")
-    project = _run(tmp_path / "proj", correct=20, lr=1e-4, perplexity=3.0, init_hash="x")
+    project = write_run_folder(tmp_path / "proj", correct=20, lr=1e-4, perplexity=3.0, init_hash="x")
     for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
                 ["git", "config", "user.name", "CI"], [dvc, "init", "-q"], [dvc, "add", "-q", "results"],
                 ["git", "add", "-A"], ["git", "commit", "-qm", "first run"]):
         subprocess.run(cmd, cwd=project, check=True, capture_output=True)
     shutil.rmtree(project / "results")       # the work tree's run is now another one
-    _run(tmp_path / "second", correct=45, lr=1e-4, perplexity=3.0, init_hash="x")
+    write_run_folder(tmp_path / "second", correct=45, lr=1e-4, perplexity=3.0, init_hash="x")
     shutil.copytree(tmp_path / "second/results", project / "results")
     assert cli.main(["compare", "HEAD", "results", "--project", str(project), "--out", str(project / "cmp")]) == 0
     page = json.loads((project / "cmp/compare.json").read_text())

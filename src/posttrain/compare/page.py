@@ -96,7 +96,7 @@ def _html(a: Run, b: Run, metrics, artifacts, charts) -> str:
 
     metric_table = table(METRIC_HEAD, [(_metric_cells(r), r["verdict"].replace(" ", "-")) for r in metrics])
     artifact_table = table(("artifact", "status", "what differs"),
-                           [((r["artifact"], r["status"], _changes(r)), None) for r in artifacts])
+                           [((r["artifact"], r["status"], _changes(r).replace("`", "")), None) for r in artifacts])
     figures = "".join(f'<figure><img alt="{esc(k)}" src="data:image/png;base64,'
                       f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{esc(k)}</figcaption></figure>'
                       for k, p in charts.items())
@@ -107,8 +107,9 @@ def _html(a: Run, b: Run, metrics, artifacts, charts) -> str:
             f"<style>{style}</style></head><body><h1>{esc(a.label)} (A) against {esc(b.label)} (B)</h1>"
             f"<p>A: <code>{esc(str(a.results))}</code> (commit {esc(a.commit() or 'unknown')}); "
             f"B: <code>{esc(str(b.results))}</code> (commit {esc(b.commit() or 'unknown')})</p>"
-            f"<p id='summary'>{esc(_summary(metrics, artifacts))}</p><h2>Metrics</h2><p>{esc(VERDICT_NOTE)}</p>"
-            f"{metric_table}<h2>Artifacts: what changed</h2>{artifact_table}"
+            f"<p id='summary'>{esc(_summary(metrics, artifacts))}</p>"
+            f"<h2>Metrics</h2><p>{esc(VERDICT_NOTE.replace('`', ''))}</p>"
+            f"{metric_table.replace('`', '')}<h2>Artifacts: what changed</h2>{artifact_table}"
             + (f"<h2>Curves (A solid, B dashed)</h2>{figures}" if charts else "") + "</body></html>\n")
 
 
@@ -121,7 +122,7 @@ def _curves(a: Run, b: Run, out: Path) -> dict[str, Path]:
 
     charts = {}
     for artifact in sorted(set(a.manifests) | set(b.manifests)):
-        logs = {(f"{side}: {run.label}", style): _read(run.curves(artifact))
+        logs = {(side, style): _read(run.curves(artifact))
                 for side, run, style in (("A", a, "-"), ("B", b, "--")) if run.curves(artifact)}
         columns = [c for c in CURVES if any(c in cols for cols in logs.values())]
         if not columns:
