@@ -89,7 +89,7 @@ def _markdown(a: Run, b: Run, metrics, artifacts, charts) -> str:
 def _html(a: Run, b: Run, metrics, artifacts, charts) -> str:
     esc = html.escape
 
-    def table(head, rows, cls=None):
+    def table(head, rows):
         body = "".join("<tr" + (f' class="{esc(c)}"' if c else "") + ">" + "".join(f"<td>{esc(x)}</td>" for x in row)
                        + "</tr>" for row, c in rows)
         return "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + f"</tr>{body}</table>"
