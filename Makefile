@@ -45,9 +45,12 @@ $(STAMP): envs/requirements.txt pyproject.toml
 $(EXPORT_STAMP): envs/export.txt pyproject.toml
 	$(call make-venv,$(EXPORT_VENV),envs/export.txt,$(GPTQMODEL_PKG))
 
+# After the run, `dvc commit` records it in dvc.lock and DVC's cache: `git diff dvc.lock` then
+# shows whether it reproduced the committed baseline, and `posttrain compare HEAD .` works.
 demo: setup
 	$(BIN)/snakemake --cores 2
 	$(BIN)/posttrain publish-report results/report docs/results/demo.md
+	$(BIN)/dvc commit --force --quiet
 	@echo "Artifacts are under results/; the report is results/report/report.html (its tables: docs/results/demo.md)"
 
 # The quick demo exports no GPTQ model (its GGUF export is made and evaluated in the main

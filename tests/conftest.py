@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import shutil
@@ -223,8 +224,9 @@ def write_run_folder(root, *, correct: int, lr: float, perplexity: float, init_h
     sft = root / "results" / "sft"
     sft.mkdir(parents=True)
     (sft / "manifest.json").write_text(json.dumps({
-        "stage": "sft", "git_commit": "a" * 40, "params": {"learning_rate": lr, "lora": {"r": 8}},
+        "stage": "sft", "params": {"learning_rate": lr, "lora": {"r": 8}},
         "inputs": {"init": {"path": "results/base", "sha256": init_hash}}, "versions": {"torch": "2.13.0"}}))
+    (sft / "run.json").write_text(json.dumps({"git_commit": "a" * 40, "train_runtime_s": 12.5}))
     (sft / "log.csv").write_text("step,train_loss,val_loss\n0,,2.0\n1,1.5,\n2,1.2,1.4\n")
     ev = root / "results" / "eval" / "sft"
     ev.mkdir(parents=True)
@@ -232,5 +234,8 @@ def write_run_folder(root, *, correct: int, lr: float, perplexity: float, init_h
     (ev / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     (ev / "metrics.json").write_text(json.dumps({"model": "sft", "metrics": {
         "arithmetic_accuracy": correct / 100, "perplexity": perplexity, "parameters": 1000}}))
-    (ev / "manifest.json").write_text(json.dumps({"stage": "evaluate:sft", "params": {"limit": None}}))
+    sft_hash = "manifest:" + hashlib.sha256((sft / "manifest.json").read_bytes()).hexdigest()
+    model = {"path": "results/sft", "sha256": sft_hash}
+    (ev / "manifest.json").write_text(json.dumps({"stage": "evaluate:sft", "params": {"limit": None},
+                                                  "inputs": {"model": model}}))
     return root

@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 from posttrain.config import ConfigError, load_params
-from posttrain.core import tracking
+from posttrain.core import manifest, tracking
 from posttrain.core.manifest import git_commit
+from posttrain.dag import code
 
 # Each command and the module that registers it, in the order `posttrain --help` lists them (the
 # DAG's order, then the tools). A command imports only its own module: stage modules import torch
@@ -29,7 +30,7 @@ COMMANDS = {
     "export-gguf": "stages.export", "export-gguf-lora": "stages.export", "export-check": "stages.export",
     "report": "stages.report", "publish-report": "stages.report",
     "check-params": "tools", "plan": "tools", "dag": "tools", "lineage": "tools", "rehearse": "rehearsal",
-    "compare": "compare.command",
+    "compare": "compare.command", "noise-bands": "compare.command",
 }
 
 
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         if COMMANDS[args.command].startswith("stages.") and getattr(args, "out", None) is not None:
             # a stage: the artifact it makes is one run of the experiment tracker
             tracking.configure(params.tracking, _artifact_name(args.out), git_commit())
+            kind = args.command.replace("-", "_")          # `export-gptq` runs stage kind export_gptq
+            manifest.record_code(code.digest(kind) if kind in code.KINDS else None)
         try:
             result = args.run(params, args)
         finally:

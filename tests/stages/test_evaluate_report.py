@@ -178,9 +178,13 @@ def test_report_tests_each_model_against_its_baseline_and_marks_a_kept_init(tmp_
     assert "## Is it more than noise?" in md and "| safety | sft | harmful_refusal_rate | 40 |" in md
     assert "The models answered in float32 (`evaluate.dtype`)." in md
     assert "**better**" in md and "| safety (init kept) |" in md and "Selection kept step 0" in md
-    assert md.splitlines()[2].startswith("Timing: 2 rules ran in") and "| rl_safety | 300 | 812.500 |" in md
+    # the timing (wall clock) on its own page, linked from the report's first lines: the report repeats
+    timing = (out / "timing.md").read_text()
+    assert "[timing.md](timing.md)" in md.splitlines()[2] and "rl_safety" not in md
+    assert timing.splitlines()[2].startswith("Timing: 2 rules ran in") and "| rl_safety | 300 | 812.500 |" in timing
     page = (out / "report.html").read_text()
-    assert 'id="significance"' in page and '<tr class="better">' in page and 'id="timing"' in page
+    assert 'id="significance"' in page and '<tr class="better">' in page and 'href="timing.html"' in page
+    assert '<table id="rules">' in (out / "timing.html").read_text()
     with pytest.raises(ValueError, match="--compare safety=dpo"):
         report.main([sft, rl], [], tmp_path / "r2", compare=["safety=dpo"])
 
@@ -191,8 +195,8 @@ def test_published_report_names_its_commit_and_machine_and_links_no_images(tmp_p
     dest = tmp_path / "docs" / "results" / "demo.md"
     page = report.publish(tmp_path / "report", dest)
     assert dest.read_text() == page and page.startswith("# The demo's report\n")
-    manifest = json.loads((tmp_path / "report" / "manifest.json").read_text())
-    assert f"commit `{manifest['git_commit']}`" in page and " cores" in page.splitlines()[2]
+    run_record = json.loads((tmp_path / "report" / "run.json").read_text())
+    assert f"commit `{run_record['git_commit']}`" in page and " cores" in page.splitlines()[2]
     assert "| base | 0.100 | 9.000 |" in page
     assert "](plots/" not in page
     assert "In `results/report/plots/` and inline in `results/report/report.html`: arithmetic_accuracy.png, " \

@@ -30,6 +30,40 @@ def test_two_run_folders_side_by_side_with_paired_tests_params_inputs_and_curves
     assert "`learning_rate` 0.0001 → 0.0002; input `init` changed" in md
 
 
+def test_the_gate_fails_a_planted_regression_naming_metric_model_and_stage_and_passes_a_seed_change(tmp_path, capsys):
+    # three seeded repeats: the same parameters, training noise in the figures
+    repeats = [write_run_folder(tmp_path / f"seed{i}", correct=c, lr=1e-4, perplexity=ppl, init_hash="x")
+               for i, (c, ppl) in enumerate([(30, 3.00), (33, 3.06), (28, 2.97)])]
+    bands = tmp_path / "bands.json"
+    assert cli.main(["noise-bands", *map(str, repeats), "--out", str(bands)]) == 0
+    band = json.loads(bands.read_text())["bands"]["sft"]
+    assert band["arithmetic_accuracy"]["values"] == [0.3, 0.33, 0.28] and band["perplexity"]["band"] > 0
+    # a fourth seed passes the gate
+    seed = write_run_folder(tmp_path / "seed3", correct=31, lr=1e-4, perplexity=3.04, init_hash="x")
+    out = tmp_path / "cmp"
+    assert cli.main(["compare", str(repeats[0]), str(seed), "--gate", str(bands), "--out", str(out)]) == 0
+    assert json.loads((out / "compare.json").read_text())["gate"]["passed"]
+    # a planted regression (ten times the learning rate: fewer right, perplexity up) fails it, naming
+    # the metric, the model and the stage whose parameters changed
+    planted = write_run_folder(tmp_path / "planted", correct=12, lr=1e-3, perplexity=3.9, init_hash="x")
+    capsys.readouterr()
+    assert cli.main(["compare", str(repeats[0]), str(planted), "--gate", str(bands), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "regression: sft arithmetic_accuracy: 0.3 -> 0.12" in err and "regression: sft perplexity: 3 -> 3.9" in err
+    assert "began at sft (learning_rate 0.0001 -> 0.001)" in err and "gate FAILED: 2 of 2" in err
+    gate = json.loads((out / "compare.json").read_text())["gate"]
+    assert [o["artifact"] for o in gate["regressions"][0]["origins"]] == ["sft"]
+    assert "FAILED" in (out / "compare.md").read_text() and "id='gate'" in (out / "compare.html").read_text()
+
+
+def test_noise_bands_need_two_repeats_and_the_gate_its_bands(tmp_path, capsys):
+    a = write_run_folder(tmp_path / "a", correct=20, lr=1e-4, perplexity=3.0, init_hash="x")
+    assert cli.main(["noise-bands", str(a), "--out", str(tmp_path / "b.json")]) == 1
+    assert "at least two seeded repeats" in capsys.readouterr().err
+    assert cli.main(["compare", str(a), str(a), "--gate", str(tmp_path / "none.json"), "--out", str(tmp_path)]) == 1
+    assert "posttrain noise-bands RUN RUN" in capsys.readouterr().err
+
+
 def test_a_run_that_is_neither_a_folder_nor_a_commit_is_named(tmp_path, capsys):
     a = write_run_folder(tmp_path / "a", correct=20, lr=1e-4, perplexity=3.0, init_hash="x")
     assert cli.main(["compare", str(a), "no-such-run", "--project", str(tmp_path), "--out", str(tmp_path / "c")]) == 1

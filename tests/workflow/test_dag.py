@@ -132,40 +132,37 @@ def test_a_typo_fails_snakemake_dry_run_and_dvc_repro_naming_the_key(project):
     assert not (project / "results").exists()  # nothing ran
 
 
-# Files that record wall-clock facts (timestamps, tokens/s, the harness's run record with
-# absolute paths) rather than results; their results are compared separately.
-# Files that carry wall-clock timings (run times, tokens/s, lm-eval's timestamps): metrics.json
-# files are compared without their timing keys, the others not at all.
-TIMED_NAMES = {"README.md", "harness.json", "metrics.json", "timings.json", "report.md", "report.html",
-               "quant_log.csv"}
-TIMING_KEYS = {"tokens_per_second", "train_runtime_s", "quantize_seconds", "write_seconds"}
-# An evaluation's settings name the folder it ran in, which differs between the two copies.
-PATH_KEYS = {"generation"}
+# What .dvcignore keeps out of DVC's hashes (wall-clock facts: run records, GPTQModel's timed log,
+# the report's timing page) and the tools' own bookkeeping (.gitignore from DVC, Snakemake's
+# timestamps). Everything else two runs of the same inputs write is the same, byte for byte.
+UNHASHED = {"run.json", "quant_log.csv", "timing.md", "timing.html", ".gitignore", ".snakemake_timestamp"}
 
 
 def _tree_hashes(folder):
-    """sha256 of every artifact file under folder; manifests, files with timings and the tools'
-    own bookkeeping (.gitignore from DVC, timestamps from Snakemake) are left out."""
-    skip = {"manifest.json", ".gitignore", ".snakemake_timestamp"}
+    """sha256 of every artifact file under folder that DVC hashes."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(folder).rglob("*"))
-            if p.is_file() and p.name not in skip | TIMED_NAMES}
+            for p in sorted(Path(folder).rglob("*")) if p.is_file() and p.name not in UNHASHED}
 
 
-def _untimed_report(folder):
-    """report.md without its wall-clock parts: the Size and speed table (tokens/s), the timing line
-    and the Timing table."""
-    text = (Path(folder) / "report/report.md").read_text()
-    text = re.sub(r"^Timing: .*\n\n", "", text, flags=re.M)
-    return re.sub(r"## (Size and speed|Timing)\n.*?(?=\n## )", "", text, flags=re.S)
+def test_dvcignore_leaves_out_exactly_the_wall_clock_files_and_snakemakes_markers():
+    patterns = [line for line in (ROOT / ".dvcignore").read_text().splitlines() if line and not line.startswith("#")]
+    assert {Path(p).name for p in patterns} == UNHASHED - {".gitignore"}
 
 
-def _all_untimed_metrics(folder):
-    return {str(p.relative_to(folder)): _untimed_metrics(p) for p in sorted(Path(folder).rglob("metrics.json"))}
-
-
-def _untimed_metrics(path):
-    return {k: v for k, v in json.loads(Path(path).read_text()).items() if k not in TIMING_KEYS | PATH_KEYS}
+def test_committed_dvc_lock_has_the_stages_of_dvc_yaml():
+    """The baseline (dvc.lock, from `make demo`) is kept in step with the DAG: after a change to
+    the stages, `make demo` and commit its dvc.lock."""
+    declared = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    locked = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    assert set(declared) == set(locked), (f"dvc.lock lacks {sorted(set(declared) - set(locked))} and has "
+                                          f"{sorted(set(locked) - set(declared))}: run `make demo` and commit dvc.lock")
+    for name, stage in declared.items():
+        lock = locked[name]
+        assert lock["cmd"] == stage["cmd"], name
+        assert [d["path"] for d in lock.get("deps", [])] == stage.get("deps", []), name
+        assert [o["path"] for o in lock["outs"]] == [o if isinstance(o, str) else next(iter(o))
+                                                     for o in stage["outs"]], name
+        assert set(lock.get("params", {}).get("params.yaml", {})) == set(stage.get("params", [])), name
 
 
 @pytest.mark.slow
@@ -202,7 +199,10 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     assert {"helpful_audit_rm_score", "harmful_refusal_rate"} <= {t["metric"] for t in tests}
     assert all(0 <= t["p"] <= 1 and t["n"] > 0 for t in tests)
     md = (results / "report/report.md").read_text()
-    assert "## Is it more than noise?" in md and md.splitlines()[2].startswith("Timing: ")
+    assert "## Is it more than noise?" in md and "[timing.md](timing.md)" in md.splitlines()[2]
+    timing = (results / "report/timing.md").read_text()
+    assert timing.splitlines()[2].startswith("Timing: ") and "| sft | " in timing
+    assert json.loads((results / "sft/run.json").read_text())["tokens_per_second"] > 0
     for kind in ("sft", "preference", "prompts", "eval"):
         report = yaml.safe_load((results / "data" / kind / "report.json").read_text())
         assert report["rows_in"] == report["rows_out"] + sum(report["dropped"].values())
@@ -249,23 +249,32 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     import shutil
 
     other = tmp_path / "dvc_copy"
-    shutil.copytree(project, other, ignore=shutil.ignore_patterns("results", ".snakemake", "mlruns.db"), symlinks=True)
+    # (without the first run's checkpoints: a stage that finds its finished checkpoint resumes from it, and
+    # its manifest says so)
+    shutil.copytree(project, other, ignore=shutil.ignore_patterns("results", ".snakemake", ".posttrain", "mlruns.db"),
+                    symlinks=True)
     run([bin_path("posttrain"), "dag", "--write", "--recipe", "tiny.yaml"], other)
     run([bin_path("dvc"), "init", "-q"], other)
     shutil.copy(ROOT / ".dvc/config", other / ".dvc/config")   # the default remote, beside the checkout
+    shutil.copy(ROOT / ".dvcignore", other / ".dvcignore")
     run([bin_path("dvc"), "repro"], other)
     assert _tree_hashes(other / "results") == snakemake_artifacts
-    assert _untimed_report(other / "results") == _untimed_report(results)
-    assert _all_untimed_metrics(other / "results") == _all_untimed_metrics(results)
     status = run([bin_path("dvc"), "status"], other).stdout
     assert "up to date" in status
+    # the Snakemake run, recorded by DVC (as `make demo` does), writes the same dvc.lock as the DVC
+    # run did in another folder minutes later: a committed lock is a baseline that a rerun matches
+    run([bin_path("posttrain"), "dag", "--write", "--recipe", "tiny.yaml"], project)
+    run([bin_path("dvc"), "init", "-q"], project)
+    shutil.copy(ROOT / ".dvcignore", project / ".dvcignore")
+    run([bin_path("dvc"), "commit", "--force", "--quiet"], project)
+    assert yaml.safe_load((project / "dvc.lock").read_text()) == yaml.safe_load((other / "dvc.lock").read_text())
     metrics = run([bin_path("dvc"), "metrics", "show", "--json"], other).stdout
     assert "rows_out" in metrics
     report = json.loads((other / "results/report/metrics.json").read_text())
     assert set(report) == {"base", "sft", "helpfulness", "reasoning", "rl_zero", "student_sft", "distilled",
                            "reasoning_gptq", "reasoning_gguf", "reasoning_gguf_lora"}
     assert report["distilled"]["parameters"] > 0
-    assert "Size and speed" in (other / "results/report/report.md").read_text()
+    assert "## Size" in (other / "results/report/report.md").read_text()
     samples = json.loads((other / "results/distill/samples/metrics.json").read_text())
     assert samples["accepted"] + samples["rejected"] == samples["samples"] > 0
     assert {"arithmetic_accuracy", "helpful_rm_score", "win_rate_vs_reference"} <= set(report["reasoning"])
@@ -311,6 +320,24 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     page = json.loads((other / "cmp3/compare.json").read_text())
     evaluation = {r["artifact"]: r for r in page["artifacts"]}["eval/sft"]
     assert {"key": "perplexity_rows", "a": 4, "b": 3} in evaluation["params"]
+
+    # the regression gate on the tiny DAG: noise bands from a repeat with other training seeds, then
+    # a planted regression (an SFT that learns nothing) fails it, naming metric, model and stage
+    posttrain = bin_path("posttrain")
+    run(["git", "checkout", "--", "tiny.yaml"], other)                 # HEAD's parameters again
+    seeds = ["-S", "tiny.yaml:++sft.seed=1", "-S", "tiny.yaml:++reward.seed=1"]    # ++: keys the overlay lacks
+    run([bin_path("dvc"), "exp", "run", *seeds, "-n", "seed1"], other)
+    run([posttrain, "noise-bands", "HEAD", "seed1", "--out", "bands.json"], other)
+    bands = json.loads((other / "bands.json").read_text())["bands"]
+    assert bands["sft"]["perplexity"]["band"] > 0 and len(bands["sft"]["perplexity"]["values"]) == 2
+    run(["git", "checkout", "--", "tiny.yaml"], other)
+    run([bin_path("dvc"), "exp", "run", "-S", "tiny.yaml:sft.learning_rate=1e-6", "-n", "planted"], other)
+    gated = run([posttrain, "compare", "HEAD", "planted", "--gate", "bands.json", "--out", "cmp4"], other, check=False)
+    assert gated.returncode == 1, gated.stdout + gated.stderr
+    assert re.search(r"^regression: sft perplexity: .*beyond its noise band .*; began at sft \(learning_rate "
+                     r"0\.01 -> 1e-06\)$", gated.stderr, re.M), gated.stderr
+    # the same comparison without the planted change (the seeded repeat itself) passes
+    assert run([posttrain, "compare", "HEAD", "seed1", "--gate", "bands.json", "--out", "cmp5"], other).returncode == 0
 
 
 def test_the_longest_chain_then_what_the_evaluations_wait_for_are_scheduled_first():

@@ -48,7 +48,8 @@ def _plain_verdict(va, vb) -> str:
 
 def artifact_rows(a: Run, b: Run) -> list[dict]:
     """Per artifact in either run: whether it changed (its manifest's hash), the parameters that
-    differ, the inputs whose content differs, and the package versions that differ."""
+    differ, the inputs whose content differs, the package versions that differ, and whether the
+    code of its stage differs."""
     from posttrain.core.manifest import input_hash
 
     rows = []
@@ -56,15 +57,17 @@ def artifact_rows(a: Run, b: Run) -> list[dict]:
         ma, mb = a.manifests.get(name), b.manifests.get(name)
         if ma is None or mb is None:
             rows.append({"artifact": name, "status": "only in A" if mb is None else "only in B",
-                         "params": [], "inputs": [], "versions": []})
+                         "params": [], "inputs": [], "versions": [], "code": False})
             continue
         same = input_hash(a.results / name) == input_hash(b.results / name)
         params = _flat_diff(ma.get("params") or {}, mb.get("params") or {})
         inputs = [key for key in sorted(set(ma.get("inputs", {})) | set(mb.get("inputs", {})))
                   if _digest(ma, key) != _digest(mb, key)]
         versions = _flat_diff(ma.get("versions") or {}, mb.get("versions") or {})
-        status = "same manifest" if same else ("changed" if params or inputs or versions else "rerun")
-        rows.append({"artifact": name, "status": status, "params": params, "inputs": inputs, "versions": versions})
+        code = ma.get("code_sha256") != mb.get("code_sha256")       # the stage's own modules were edited
+        status = "same manifest" if same else ("changed" if params or inputs or versions or code else "rerun")
+        rows.append({"artifact": name, "status": status, "params": params, "inputs": inputs, "versions": versions,
+                     "code": code})
     return rows
 
 

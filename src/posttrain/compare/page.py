@@ -8,6 +8,7 @@ import html
 import json
 from pathlib import Path
 
+from posttrain.compare.gate import describe
 from posttrain.compare.runs import Run
 
 # Curve columns worth overlaying, in panel order (log.csv of SFT, reward models, RL, distillation).
@@ -17,15 +18,17 @@ VERDICT_NOTE = ("B against A, paired on the same prompts: McNemar's exact test f
                 "direction, else `within noise`. Metrics without per-prompt values (perplexity) have no test.")
 
 
-def write(a: Run, b: Run, metrics: list[dict], artifacts: list[dict], out: Path) -> dict[str, Path]:
+def write(a: Run, b: Run, metrics: list[dict], artifacts: list[dict], out: Path,
+          gate: dict | None = None) -> dict[str, Path]:
+    """`gate`: the regression gate's result (posttrain.compare.gate.check), when one was asked for."""
     out.mkdir(parents=True, exist_ok=True)
     charts = _curves(a, b, out / "curves")
     (out / "compare.json").write_text(json.dumps(
-        {"a": _about(a), "b": _about(b), "metrics": metrics, "artifacts": artifacts,
+        {"a": _about(a), "b": _about(b), "metrics": metrics, "artifacts": artifacts, "gate": gate,
          "curves": {k: str(p.relative_to(out)) for k, p in charts.items()}}, indent=2, sort_keys=True) + "\n")
     relative = {k: p.relative_to(out) for k, p in charts.items()}
-    (out / "compare.md").write_text(_markdown(a, b, metrics, artifacts, relative))
-    (out / "compare.html").write_text(_html(a, b, metrics, artifacts, charts))
+    (out / "compare.md").write_text(_markdown(a, b, metrics, artifacts, relative, gate))
+    (out / "compare.html").write_text(_html(a, b, metrics, artifacts, charts, gate))
     return {"md": out / "compare.md", "html": out / "compare.html", "json": out / "compare.json"}
 
 
@@ -61,6 +64,7 @@ def _changes(r: dict) -> str:
     parts = [f"`{d['key']}` {d['a']!r} → {d['b']!r}" for d in r["params"]]
     parts += [f"input `{k}` changed" for k in r["inputs"]]
     parts += [f"{d['key']} {d['a']} → {d['b']}" for d in r["versions"]]
+    parts += ["its stage's code"] if r.get("code") else []
     return "; ".join(parts) or "–"
 
 
@@ -72,11 +76,24 @@ def _summary(metrics: list[dict], artifacts: list[dict]) -> str:
             f"{len(changed)} of {len(artifacts)} artifacts differ.")
 
 
-def _markdown(a: Run, b: Run, metrics, artifacts, charts) -> str:
+def _gate_lines(gate: dict | None) -> list[str]:
+    if gate is None:
+        return []
+    head = (f"{'Passed' if gate['passed'] else 'FAILED'}: {gate['gated']} metric values checked against their "
+            f"noise bands, {len(gate['regressions'])} beyond them in the wrong direction; "
+            f"{len(gate['ungated'])} without a band (not gated).")
+    return [head] + describe(gate)
+
+
+def _markdown(a: Run, b: Run, metrics, artifacts, charts, gate=None) -> str:
     lines = [f"# {a.label} (A) against {b.label} (B)", "",
              f"A: `{a.results}` (commit {a.commit() or 'unknown'}); "
              f"B: `{b.results}` (commit {b.commit() or 'unknown'})",
-             "", _summary(metrics, artifacts), "", "## Metrics", "", VERDICT_NOTE, "",
+             "", _summary(metrics, artifacts), ""]
+    if gate is not None:
+        lines += ["## Regression gate", ""] + [f"- {line}" if i else line for i, line in enumerate(_gate_lines(gate))]
+        lines += [""]
+    lines += ["## Metrics", "", VERDICT_NOTE, "",
              "| " + " | ".join(METRIC_HEAD) + " |", "|" + "---|" * len(METRIC_HEAD)]
     lines += ["| " + " | ".join(_metric_cells(r)) + " |" for r in metrics]
     lines += ["", "## Artifacts: what changed", "", "| artifact | status | what differs |", "|---|---|---|"]
@@ -86,7 +103,7 @@ def _markdown(a: Run, b: Run, metrics, artifacts, charts) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _html(a: Run, b: Run, metrics, artifacts, charts) -> str:
+def _html(a: Run, b: Run, metrics, artifacts, charts, gate=None) -> str:
     esc = html.escape
 
     def table(head, rows):
@@ -108,6 +125,8 @@ def _html(a: Run, b: Run, metrics, artifacts, charts) -> str:
             f"<p>A: <code>{esc(str(a.results))}</code> (commit {esc(a.commit() or 'unknown')}); "
             f"B: <code>{esc(str(b.results))}</code> (commit {esc(b.commit() or 'unknown')})</p>"
             f"<p id='summary'>{esc(_summary(metrics, artifacts))}</p>"
+            + ("<h2>Regression gate</h2><ul id='gate'>" + "".join(f"<li>{esc(x)}</li>" for x in _gate_lines(gate))
+               + "</ul>" if gate is not None else "") +
             f"<h2>Metrics</h2><p>{esc(VERDICT_NOTE.replace('`', ''))}</p>"
             f"{metric_table.replace('`', '')}<h2>Artifacts: what changed</h2>{artifact_table}"
             + (f"<h2>Curves (A solid, B dashed)</h2>{figures}" if charts else "") + "</body></html>\n")

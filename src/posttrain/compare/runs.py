@@ -9,6 +9,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from posttrain.core.manifest import read_run_record
+
 MANIFEST, METRICS, SAMPLES, CURVES = "manifest.json", "metrics.json", "samples.jsonl", "log.csv"
 
 
@@ -18,6 +20,7 @@ class Run:
     label: str
     results: Path
     manifests: dict[str, dict] = field(default_factory=dict)
+    checked_out: str | None = None     # the commit, when DVC checked the run out of its cache
 
     @classmethod
     def load(cls, label: str, results: Path) -> Run:
@@ -45,8 +48,10 @@ class Run:
         return path if path.is_file() else None
 
     def commit(self) -> str | None:
-        commits = {m.get("git_commit") for m in self.manifests.values()} - {None}
-        return ", ".join(sorted(c[:10] for c in commits)) or None
+        """The commit(s) the artifacts were made at, from their run records (a checkout has none:
+        then the commit checked out)."""
+        commits = {{**m, **read_run_record(self.results / a)}.get("git_commit") for a, m in self.manifests.items()}
+        return ", ".join(sorted(c[:10] for c in commits - {None})) or (self.checked_out or "")[:10] or None
 
 
 def resolve(spec: str, project: Path, scratch: Path) -> Run:
@@ -57,7 +62,9 @@ def resolve(spec: str, project: Path, scratch: Path) -> Run:
     if folder.is_dir():
         results = folder / "results" if (folder / "results").is_dir() else folder
         return Run.load(spec, results)
-    return Run.load(spec, _checkout(spec, project, scratch))
+    run = Run.load(spec, _checkout(spec, project, scratch))
+    run.checked_out = _commit_of(spec, project)
+    return run
 
 
 def _checkout(commit: str, project: Path, scratch: Path) -> Path:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from posttrain.core.manifest import MANIFEST, input_hash, read_manifest
+from posttrain.core.manifest import MANIFEST, input_hash, read_manifest, read_run_record
 
 
 @dataclass
@@ -62,7 +62,8 @@ def _fill(node: Node, root: Path, seen: set[str]) -> None:
         return
     seen.add(node.artifact)
     manifest = read_manifest(root / node.artifact)
-    node.stage, node.commit, node.created = manifest.get("stage"), manifest.get("git_commit"), manifest.get("created")
+    run = {**manifest, **read_run_record(root / node.artifact)}   # manifests before run.json held both
+    node.stage, node.commit, node.created = manifest.get("stage"), run.get("git_commit"), run.get("created")
     base = manifest.get("params", {}).get("base")
     if isinstance(base, str) and not (root / base).exists():
         node.source = base

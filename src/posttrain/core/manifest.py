@@ -21,6 +21,11 @@ from typing import Any
 from posttrain.core import tracking
 
 MANIFEST = "manifest.json"
+# Beside each artifact: the wall-clock facts of the run that made it (commit, time, how long, how
+# fast). They differ on every rerun of the same inputs, so they stay out of manifest.json and
+# metrics.json, which repeat byte for byte, and .dvcignore keeps them out of DVC's hashes.
+RUN_RECORD = "run.json"
+WALL_CLOCK_KEYS = ("tokens_per_second", "train_runtime_s", "quantize_seconds", "write_seconds")
 # Libraries whose versions change results; recorded in every manifest.
 TRACKED_LIBRARIES = (
     "posttrain", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers",
@@ -101,25 +106,72 @@ def write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
+def portable(value: Any, root: str | Path | None = None) -> Any:
+    """`value` with every absolute path under `root` (the working directory) made relative to it,
+    in strings nested anywhere: a record that names where it ran would differ between two clones."""
+    prefix = str(Path(root or Path.cwd()).resolve()) + os.sep
+    if isinstance(value, str):
+        return value.replace(prefix, "")
+    if isinstance(value, dict):
+        return {k: portable(v, root) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v, root) for v in value]
+    return value
+
+
+def write_run_record(out_dir: str | Path, **facts) -> None:
+    """Add `facts` to the artifact's run record (run.json)."""
+    path = Path(out_dir) / RUN_RECORD
+    write_json(path, {**(json.loads(path.read_text()) if path.is_file() else {}), **facts})
+
+
+def read_run_record(folder: str | Path) -> dict:
+    """The run record of an artifact folder ({} when absent: a DVC checkout carries none)."""
+    path = Path(folder) / RUN_RECORD
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_metrics(out_dir: str | Path, metrics: dict) -> dict:
+    """metrics.json without its wall-clock keys, which go to the run record; returns what it wrote."""
+    timed = {k: metrics[k] for k in WALL_CLOCK_KEYS if k in metrics}
+    kept = {k: v for k, v in metrics.items() if k not in timed}
+    write_json(Path(out_dir) / "metrics.json", kept)
+    if timed:
+        write_run_record(out_dir, **timed)
+    return kept
+
+
+_stage_code: str | None = None
+
+
+def record_code(digest: str | None) -> None:
+    """The digest of the code the running stage imports (posttrain.dag.code), for its manifest: a
+    code change that changes an artifact changes its manifest, and so what downstream records."""
+    global _stage_code
+    _stage_code = digest
+
+
 def write_manifest(out_dir: str | Path, *, stage: str, params: dict, seed: int | None,
                    inputs: dict[str, str | Path] | None = None, chat_template: str | None = None,
                    extra: dict | None = None) -> dict:
-    """Record how `out_dir` was made. Call it last: its presence marks the folder complete."""
+    """Record how `out_dir` was made: what repeats from run to run (inputs, parameters, code,
+    versions), so a rerun of the same inputs writes the same manifest; the commit and the time go to
+    the run record. Call it last: its presence marks the folder complete."""
     out_dir = Path(out_dir)
     manifest = {
         "stage": stage,
         "params": params,
         "seed": seed,
         "inputs": {name: {"path": str(p), "sha256": input_hash(p)} for name, p in (inputs or {}).items()},
-        "git_commit": git_commit(),
+        "code_sha256": _stage_code,
         "versions": library_versions(),
         "chat_template_sha256": sha256_text(chat_template) if chat_template else None,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "launch": launch_record(),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if extra:
         manifest.update(extra)
+    write_run_record(out_dir, git_commit=git_commit(), created=datetime.now(UTC).isoformat(timespec="seconds"))
     write_json(out_dir / MANIFEST, manifest)
     tracking.finish(manifest)
     return manifest

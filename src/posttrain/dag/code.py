@@ -9,6 +9,7 @@ cannot drift from the code.
 from __future__ import annotations
 
 import ast
+import hashlib
 from functools import cache
 from pathlib import Path
 
@@ -62,6 +63,20 @@ def code_inputs(kind: str) -> list[str]:
         todo += imports_of(module)
     entries = len(KINDS[kind])    # the entry modules first, then the rest sorted: import order is no change
     return [_path(m) for m in seen[:entries]] + sorted(_path(m) for m in seen[entries:]) + EXTRA.get(kind, [])
+
+
+def digest(kind: str) -> str:
+    """One sha256 over the files `code_inputs(kind)` names (paths and contents): what a stage's
+    manifest records, so it changes exactly when DVC and Snakemake rerun the stage for its code."""
+    root = PACKAGE.parent.parent
+    h = hashlib.sha256()
+    for name in code_inputs(kind):
+        path = root / name
+        for f in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+            if f.is_file() and "__pycache__" not in f.parts:
+                h.update(f.relative_to(root).as_posix().encode())
+                h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
 
 
 @cache

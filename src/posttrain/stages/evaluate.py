@@ -17,7 +17,7 @@
   (`helpful_rm_score`, `safety_rm_score`) and the win rate against the reference model's
   responses to the same prompts (`win_rate_vs_reference`).
 Writes metrics.json (canonical names, the model's parameters and weight size), harness.json (raw
-harness results), samples.jsonl (every generation with its verdict), timings.json (greedy
+harness results), samples.jsonl (every generation with its verdict), run.json (greedy
 generation speed on this machine: wall-clock, so kept out of the metrics) and manifest.json.
 """
 
@@ -33,7 +33,7 @@ from pathlib import Path
 
 from posttrain.config import Params, section
 from posttrain.core.commands import pairs_arg, params_arg
-from posttrain.core.manifest import input_hash, require_manifest, write_json, write_manifest
+from posttrain.core.manifest import input_hash, portable, require_manifest, write_json, write_manifest, write_run_record
 from posttrain.export import gptq_format
 from posttrain.inference import dtype as inference_dtype
 from posttrain.inference import harness
@@ -184,12 +184,13 @@ def _evaluate(params: Params, model_dir: Path, name: str, eval_dir: Path, heldou
     record = {"model": name, "metrics": metrics, "dtype": dtype, "limit": cfg.limit, "partial": cfg.limit is not None,
               "generation": result["config"], "counts": _counts(rows, cfg.limit),
               **({"quantized": quantized} if quantized else {})}
-    write_json(out / "metrics.json", record)
-    write_json(out / "harness.json", result["raw"])
-    # Wall-clock numbers live apart from metrics.json, which repeats exactly from run to run.
+    # Both name the folders they read: relative to the project, so two clones write the same bytes.
+    write_json(out / "metrics.json", portable(record))
+    write_json(out / "harness.json", portable(result["raw"]))
+    # Wall-clock numbers live in the run record, apart from metrics.json, which repeats exactly.
     if timings["generation_seconds"]:
         timings["generation_tokens_per_second"] = timings["generated_tokens"] / timings["generation_seconds"]
-    write_json(out / "timings.json", timings)
+    write_run_record(out, **timings)
     with open(out / "samples.jsonl", "w") as fh:
         for s in samples:
             fh.write(json.dumps(s, ensure_ascii=False, sort_keys=True) + "\n")

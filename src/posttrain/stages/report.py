@@ -27,7 +27,7 @@ from pathlib import Path
 
 from posttrain.core import benchmark_files
 from posttrain.core.commands import params_arg
-from posttrain.core.manifest import require_manifest, write_json, write_manifest
+from posttrain.core.manifest import read_run_record, require_manifest, write_json, write_manifest
 from posttrain.stats import paired
 from posttrain.stats.directions import BETTER
 
@@ -51,7 +51,7 @@ def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path, compare: list
     for d in eval_dirs:
         require_manifest(d, "evaluate")
         records.append(json.loads((d / "metrics.json").read_text()))
-        timings = json.loads((d / "timings.json").read_text()) if (d / "timings.json").is_file() else {}
+        timings = read_run_record(d)
         m = records[-1]["metrics"]
         folders[records[-1]["model"]] = d
         speed[records[-1]["model"]] = {"parameters": m.get("parameters"), "weights_mb": m.get("weights_mb"),
@@ -87,9 +87,10 @@ def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path, compare: list
     write_json(out / "metrics.json", table)
     write_json(out / "significance.json", tests)
     (out / "report.md").write_text(_markdown(table, metrics, marks, notes, charts, curves, stages, speed, tests,
-                                             timing, dtypes))
+                                             dtypes))
     (out / "report.html").write_text(_html(table, metrics, marks, notes, charts, curves, stages, speed, tests,
-                                           timing, dtypes))
+                                           dtypes))
+    _write_timing(out, timing, speed)
     write_manifest(out, stage="report", params={}, seed=None,
                    inputs={f"eval:{d.name}": d for d in eval_dirs} | {f"curves:{d.name}": d for d in curve_dirs}
                    | {f"export_check:{d.parent.name}": d for d in export_checks or []},
@@ -192,10 +193,13 @@ def _bar_chart(table: dict, metric: str, path: Path) -> Path:
     return path
 
 
-# Size and speed: parameters and weight size repeat exactly; tokens/s is greedy generation
-# (evaluation batches) measured on the machine that ran the evaluation, so it varies run to run.
-SPEED_COLUMNS = ("parameters", "weights_mb", "tokens_per_second")
+# Size: parameters and weight size repeat exactly. What varies from run to run (each rule's wall
+# time, the evaluations' tokens/s) is on the timing page beside the report (timing.md, .html),
+# which .dvcignore keeps out of the report's DVC hash: a rerun reproduces the report byte for byte.
+SIZE_COLUMNS = ("parameters", "weights_mb")
 SPEED_NOTE = "tokens/s: batched greedy generation during the evaluation, on the machine that ran it (wall-clock)."
+TIMING_LINK = ("This run's timing (each rule's wall time and memory, the models' generation speed): {link}, beside "
+               "this report; wall-clock facts, so not part of its DVC hash.")
 
 
 # Where the stages' wall time and memory (Snakemake's benchmark files) and the benchmark figures
@@ -220,10 +224,8 @@ def _dtype_note(dtypes: dict[str, str]) -> str:
     return f"The models answered in different dtypes ({listed}): compare figures within one dtype."
 
 
-def _markdown(table, metrics, marks, notes, charts, curves, stages, speed, tests, timing, dtypes="") -> str:
-    lines = ["# posttrain report", ""]
-    if timing:
-        lines += [f"Timing: {_timing_summary(timing)} Per rule: Timing, below.", ""]
+def _markdown(table, metrics, marks, notes, charts, curves, stages, speed, tests, dtypes="") -> str:
+    lines = ["# posttrain report", "", TIMING_LINK.format(link="[timing.md](timing.md)"), ""]
     if dtypes:
         lines += [dtypes, ""]
     for note in notes:
@@ -244,18 +246,47 @@ def _markdown(table, metrics, marks, notes, charts, curves, stages, speed, tests
         lines += ["| " + " | ".join(_verdict_md(t[c]) if c == "verdict" else _fmt(t[c]) for c in SIGNIFICANCE_COLUMNS)
                   + " |" for t in tests]
     if any(v["parameters"] for v in speed.values()):
-        lines += ["", "## Size and speed", "", "| model | " + " | ".join(SPEED_COLUMNS) + " |",
-                  "|---" * (len(SPEED_COLUMNS) + 1) + "|"]
-        lines += [f"| {name} | " + " | ".join(_fmt(v[c]) for c in SPEED_COLUMNS) + " |" for name, v in speed.items()]
-        lines += ["", SPEED_NOTE]
+        lines += ["", "## Size", ""] + _md_table("model", SIZE_COLUMNS, speed)
     lines += ["", "## Metrics", ""] + [f"![{p.stem}](plots/{p.name})" for p in charts]
     if curves:
         lines += ["", "## Training curves", ""] + [f"![{p.stem}](plots/{p.name})" for p in curves]
-    if timing:
-        lines += ["", "## Timing", "", "| rule | wall (s) | peak RSS (MB) |", "|---|---:|---:|"]
-        lines += [f"| {r['rule']} | {r['s']:.0f} | {_fmt(r['max_rss_mb'])} |" for r in timing]
     lines += ["", "## Cost", "", f"{COST_NOTE} [{RESULTS_MD}]({RESULTS_LINK})."]
     return "\n".join(lines) + "\n"
+
+
+def _md_table(row: str, columns: tuple[str, ...], rows: dict[str, dict]) -> list[str]:
+    return ([f"| {row} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+            + [f"| {name} | " + " | ".join(_fmt(v.get(c)) for c in columns) + " |" for name, v in rows.items()])
+
+
+def _write_timing(out: Path, timing: list[dict], speed: dict[str, dict]) -> None:
+    """timing.md and timing.html: the DAG's timing (Snakemake's benchmark files) and each model's
+    generation speed in its evaluation."""
+    rules = {r["rule"]: {"wall (s)": round(r["s"]), "peak RSS (MB)": r["max_rss_mb"]} for r in timing}
+    generation = {name: {"tokens_per_second": v.get("tokens_per_second")} for name, v in speed.items()}
+    summary = (f"Timing: {_timing_summary(timing)}" if timing else
+               "Timing: no Snakemake benchmark files were given (`--benchmarks logs/benchmarks`).")
+    lines = ["# This run's timing", "", summary, "", "## Generation speed", ""]
+    lines += _md_table("model", ("tokens_per_second",), generation) + ["", SPEED_NOTE]
+    if rules:
+        lines += ["", "## Rules, in the order they ended", ""] + _md_table("rule", ("wall (s)", "peak RSS (MB)"), rules)
+    (out / "timing.md").write_text("\n".join(lines) + "\n")
+    page = (f"<h1>This run's timing</h1><p id=\"timing\">{html.escape(summary)}</p><h2>Generation speed</h2>"
+            + _html_table("speed", "model", ("tokens_per_second",), generation) + f"<p>{html.escape(SPEED_NOTE)}</p>"
+            + ("<h2>Rules, in the order they ended</h2>"
+               + _html_table("rules", "rule", ("wall (s)", "peak RSS (MB)"), rules) if rules else ""))
+    (out / "timing.html").write_text(f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                                     f"<title>posttrain timing</title>\n<style>{STYLE}</style></head><body>\n"
+                                     f"{page}\n</body></html>\n")
+
+
+def _html_table(table_id: str, row: str, columns: tuple[str, ...], rows: dict[str, dict]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(f"<tr><th>{html.escape(str(name))}</th>" + "".join(f"<td>{html.escape(_fmt(v.get(c)))}</td>"
+                                                                 for c in columns) + "</tr>"
+                   for name, v in rows.items())
+    return (f'<table id="{table_id}"><thead><tr><th>{html.escape(row)}</th>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table>")
 
 
 def _verdict_md(verdict: str) -> str:
@@ -278,7 +309,20 @@ def _img(path: Path, alt: str) -> str:
             f'<figcaption>{html.escape(alt)}</figcaption></figure>')
 
 
-def _html(table, metrics, marks, notes, charts, curves, stages, speed, tests, timing, dtypes="") -> str:
+TIMING_ANCHOR = '<a href="timing.html">timing.html</a>'
+STYLE = """
+body { font-family: sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
+thead th, tbody th { background: #f3f3f3; text-align: left; }
+.partial { color: #a33; font-size: 0.9em; }
+tr.better td { background: #e6f4e6; } tr.worse td { background: #f8e3e3; }
+.grid { display: flex; flex-wrap: wrap; gap: 1em; }
+figure { margin: 0; } figcaption { font-size: 0.8em; color: #666; }
+"""
+
+
+def _html(table, metrics, marks, notes, charts, curves, stages, speed, tests, dtypes="") -> str:
     head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
     body = ""
     for model, values in table.items():
@@ -288,37 +332,14 @@ def _html(table, metrics, marks, notes, charts, curves, stages, speed, tests, ti
     note = "".join(f'<p class="partial">{html.escape(n)}</p>' for n in notes)
     if dtypes:
         note = f'<p id="dtype">{html.escape(dtypes)}</p>' + note
-    if timing:
-        note = f'<p id="timing">Timing: {html.escape(_timing_summary(timing))}</p>' + note
-    stage_tables = ""
-    for key, (title, table_id, row, columns) in STAGE_TABLES.items():
-        if not stages[key]:
-            continue
-        head_row = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-        rows = "".join(f"<tr><th>{html.escape(str(name))}</th>" + "".join(f"<td>{html.escape(_fmt(v[c]))}</td>"
-                                                                     for c in columns) + "</tr>"
-                       for name, v in stages[key].items())
-        stage_tables += (f'<h2>{title}</h2><table id="{table_id}"><thead><tr><th>{row}</th>{head_row}</tr>'
-                         f"</thead><tbody>{rows}</tbody></table>")
+    note = f'<p id="timing">{TIMING_LINK.format(link=TIMING_ANCHOR)}</p>' + note
+    stage_tables = "".join(f"<h2>{title}</h2>{_html_table(table_id, row, columns, stages[key])}"
+                           for key, (title, table_id, row, columns) in STAGE_TABLES.items() if stages[key])
     if any(v["parameters"] for v in speed.values()):
-        rows = "".join(f"<tr><th>{html.escape(name)}</th>" + "".join(f"<td>{_fmt(v[c])}</td>" for c in SPEED_COLUMNS)
-                       + "</tr>" for name, v in speed.items())
-        stage_tables += ('<h2>Size and speed</h2><table id="speed"><thead><tr><th>model</th>'
-                         + "".join(f"<th>{c}</th>" for c in SPEED_COLUMNS)
-                         + f"</tr></thead><tbody>{rows}</tbody></table>"
-                         f"<p>{html.escape(SPEED_NOTE)}</p>")
+        stage_tables += f"<h2>Size</h2>{_html_table('size', 'model', SIZE_COLUMNS, speed)}"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>posttrain report</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
-thead th, tbody th {{ background: #f3f3f3; text-align: left; }}
-.partial {{ color: #a33; font-size: 0.9em; }}
-tr.better td {{ background: #e6f4e6; }} tr.worse td {{ background: #f8e3e3; }}
-.grid {{ display: flex; flex-wrap: wrap; gap: 1em; }}
-figure {{ margin: 0; }} figcaption {{ font-size: 0.8em; color: #666; }}
-</style></head><body>
+<style>{STYLE}</style></head><body>
 <h1>posttrain report</h1>
 {note}
 <table id="metrics"><thead><tr><th>model</th>{head}</tr></thead><tbody>{body}</tbody></table>
@@ -357,7 +378,8 @@ def publish(report_dir: Path, dest: Path) -> str:
     manifest = require_manifest(report_dir, "report")
     body = (report_dir / "report.md").read_text().split("\n", 1)[1]      # below the title
     body = re.sub(r"\n(?:!\[[^\]]*\]\(plots/[^)]*\)\n)+", _plots_line, body)
-    commit = manifest.get("git_commit") or "unknown (not a git checkout)"
+    commit = (read_run_record(report_dir).get("git_commit") or manifest.get("git_commit")
+              or "unknown (not a git checkout)")
     page = (f"# The demo's report\n\nWritten by `make demo` (`posttrain publish-report`) from "
             f"`{report_dir}/report.md`: commit `{commit}`, {_machine()}. Greedy decoding and seeded training: "
             f"a rerun on the same kind of machine gives the same figures (a GPTQ row only with the same thread "

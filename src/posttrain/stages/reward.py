@@ -22,7 +22,7 @@ from pathlib import Path
 from posttrain.config import Params, section
 from posttrain.core import checkpoints
 from posttrain.core.commands import params_arg
-from posttrain.core.manifest import require_manifest, write_json, write_manifest
+from posttrain.core.manifest import require_manifest, write_manifest, write_metrics
 from posttrain.models import reward_model
 from posttrain.training import trainers as training
 
@@ -110,7 +110,7 @@ def main(params: Params, aspect: str, init_dir: Path, data_dir: Path, out: Path)
     if cfg.method != "full":
         training.sort_adapter_config(folder / "adapter_config.json")
     metrics = {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
-    write_json(out / "metrics.json", metrics)
+    metrics = write_metrics(out, metrics)
     _write_model_card(out, aspect, init_dir, cfg, metrics)
     return write_manifest(out, stage=f"reward:{aspect}", params={**section(params, "reward"), "aspect": aspect},
                           seed=cfg.seed, inputs={"init": init_dir, "data": data_dir},

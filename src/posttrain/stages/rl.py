@@ -32,7 +32,7 @@ import torch
 from posttrain.config import Params, RlStageParams
 from posttrain.core import checkpoints
 from posttrain.core.commands import pairs_arg, params_arg
-from posttrain.core.manifest import input_hash, require_manifest, write_json, write_manifest
+from posttrain.core.manifest import input_hash, require_manifest, write_json, write_manifest, write_metrics
 from posttrain.inference.generation import sampling_weights
 from posttrain.models import chat
 from posttrain.models.head import contiguous_head_input
@@ -141,7 +141,7 @@ def main(params: Params, stage: str, init_dir: Path, prompts_dir: Path, reward_d
     _save_models(chosen_dir, weights, tokenizer, out)
     metrics = _metrics(rows, selector, chosen_step, trainer, elapsed, trainable, total, none_batches, st, resume,
                        sampled)
-    write_json(out / "metrics.json", metrics)
+    metrics = write_metrics(out, metrics)
     _write_model_card(out, stage, init_dir, st, metrics)
     return write_manifest(out, stage=f"rl:{stage}", params=stage_section(params, st), seed=st.seed, inputs=inputs,
                           chat_template=tokenizer.chat_template,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from posttrain.core import checkpoints
-from posttrain.core.manifest import require_manifest, write_json, write_manifest
+from posttrain.core.manifest import require_manifest, write_manifest, write_metrics
 from posttrain.models import chat
 from posttrain.training import trainers as training
 
@@ -80,7 +80,7 @@ def train(cfg: SftParams, stage: str, params_section: dict, base_dir: Path, data
                          [["train_loss", "val_loss"], *([["kd_loss", "ce_loss"]] if teacher is not None else []),
                           ["learning_rate"]])
     metrics = _metrics(rows, trainer, result, elapsed, trainable, total, cfg, precision["name"], resume)
-    write_json(out / "metrics.json", metrics)
+    metrics = write_metrics(out, metrics)
     _write_model_card(out, card, cfg, metrics)
     return write_manifest(out, stage=stage, params=params_section, seed=cfg.seed, inputs=inputs,
                           chat_template=tokenizer.chat_template,
@@ -218,7 +218,6 @@ def _write_model_card(out: Path, card: dict, cfg: SftParams, m: dict) -> None:
               "steps": m["steps"],
               "validation loss": f"{training.fmt(m['val_loss_first'])} → {training.fmt(m['val_loss_last'])}",
               "trainable / total parameters": f"{m['trainable_params']:,} / {m['total_params']:,}",
-              "tokens/s": m["tokens_per_second"],
               "assistant-only loss, packing": f"{cfg.assistant_only_loss}, {cfg.packing}",
               **card.get("rows", {})},
         usage=("`adapter/` loads with `PeftModel.from_pretrained`, `merged/` with "

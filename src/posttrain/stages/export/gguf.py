@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from posttrain.config import Params, section
-from posttrain.core.manifest import require_manifest, write_json, write_manifest
+from posttrain.core.manifest import require_manifest, write_manifest, write_metrics
 from posttrain.core.publish import publish, staging
 from posttrain.export.cards import gguf_file_name, gguf_serve_command
 from posttrain.inference.generation import generate
@@ -136,7 +136,7 @@ def _gguf_metrics(tmp: Path, merged_dir: Path, fields: dict, agreement: float, s
     metrics = {**fields, "size_mb": round(size, 3), "merged_size_mb": round(merged_size, 3),
                "size_ratio": round(size / merged_size, 4), "top1_agreement": agreement,
                "write_seconds": round(seconds, 1)}
-    write_json(tmp / "metrics.json", metrics)
+    metrics = write_metrics(tmp, metrics)
     (tmp / "sample.txt").write_text(f"{PROBE[0]['content']}\n---\n{sample}\n")
     return metrics
 

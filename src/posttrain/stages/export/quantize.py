@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from posttrain.config import Params, section
-from posttrain.core.manifest import require_manifest, write_json, write_manifest
+from posttrain.core.manifest import require_manifest, write_manifest, write_metrics
 from posttrain.core.publish import publish, staging
 from posttrain.export.calibration import calibration_rows, check_awq_widths, check_group_size
 from posttrain.export.cards import write_card
@@ -100,7 +100,7 @@ def _quantize(params: Params, method: str, merged_dir: Path, calibration_dir: Pa
                "size_mb": round(weights_mb(tmp), 3), "merged_size_mb": round(weights_mb(merged_dir), 3),
                "size_ratio": round(weights_mb(tmp) / weights_mb(merged_dir), 4),
                "quantize_seconds": round(seconds, 1), **layer_losses}
-    write_json(tmp / "metrics.json", metrics)
+    metrics = write_metrics(tmp, metrics)
     (tmp / "sample.txt").write_text(f"{PROBE[0]['content']}\n---\n{sample}\n")
     name = method.upper()
     write_card(tmp, out, cfg, title=f"{merged_dir.parent.name}, {q.bits}-bit {name}", tags=[method, f"{q.bits}bit"],
@@ -108,8 +108,7 @@ def _quantize(params: Params, method: str, merged_dir: Path, calibration_dir: Pa
                        f"{q.group_size}) on {len(calibration)} SFT rows; the embeddings stay in "
                        f"{settings.get('dtype') or merged['params'].get('dtype', 'the merged dtype')}."),
                 rows={**{k.replace("_", " "): v for k, v in settings.items()},
-                      "size (MB)": metrics["size_mb"], "of the merged size": metrics["size_ratio"],
-                      "quantization time (s)": metrics["quantize_seconds"]},
+                      "size (MB)": metrics["size_mb"], "of the merged size": metrics["size_ratio"]},
                 quantized=method)
     write_manifest(tmp, stage=f"export-{method}", params=section(params, "export"), seed=cfg.seed,
                    inputs={"merged": merged_dir, "calibration": calibration_dir},
