@@ -1,6 +1,7 @@
 """Experiment tracking (params' tracking:): a run per stage in MLflow or TensorBoard, read back."""
 
 import json
+import os
 
 import pytest
 
@@ -87,3 +88,24 @@ def test_a_stage_that_fails_leaves_its_run_marked_failed(tmp_path):
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("posttrain").experiment_id])
     assert run.info.run_name.split("@")[0] == "eval/x" and run.info.status == "FAILED"
+
+
+def test_stages_that_start_together_share_a_new_mlflow_store(tmp_path):
+    """Two rules start at once on two cores: both create the same new SQLite store and experiment.
+    Unserialised, alembic's table creation fails one of them."""
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    script = ("import sys; from posttrain.core import tracking; tracking.configure(None, sys.argv[1]); "
+              "tracking.finish({'metrics': {'x': 1.0}})")
+    env = {**os.environ, tracking.ENVIRONMENT: json.dumps({"backend": "mlflow", "uri": uri, "experiment": "together"})}
+    starts = [subprocess.Popen([sys.executable, "-c", script, name], cwd=tmp_path, env=env, stderr=subprocess.PIPE,
+                               text=True) for name in ("demo_data", "base", "eval/base")]
+    errors = [p.communicate()[1] for p in starts]
+    assert [p.returncode for p in starts] == [0, 0, 0], errors
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("together").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["base", "demo_data", "eval/base"]

@@ -12,13 +12,16 @@ Only the main process of a multi-process job reports.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 DEFAULT_TENSORBOARD_DIR = "logs/tensorboard"
+LOCK = Path(".posttrain/tracking.lock")      # beside the checkpoints, in the project the stages run in
 _active: _Run | None = None
 
 
@@ -32,11 +35,12 @@ class _Run:
             if uri:
                 os.environ["MLFLOW_TRACKING_URI"] = uri
             os.environ["MLFLOW_EXPERIMENT_NAME"] = experiment
-            self.client = MlflowClient(uri)
-            found = self.client.get_experiment_by_name(experiment)
-            experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
-            tags = {"posttrain.artifact": name, **({"posttrain.git_commit": commit} if commit else {})}
-            self.run_id = self.client.create_run(experiment_id, run_name=self.run_name, tags=tags).info.run_id
+            with _one_process_at_a_time():
+                self.client = MlflowClient(uri)
+                found = self.client.get_experiment_by_name(experiment)
+                experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+                tags = {"posttrain.artifact": name, **({"posttrain.git_commit": commit} if commit else {})}
+                self.run_id = self.client.create_run(experiment_id, run_name=self.run_name, tags=tags).info.run_id
             os.environ["MLFLOW_RUN_ID"] = self.run_id      # the Trainer's MLflow callback resumes this run
         else:
             from torch.utils.tensorboard import SummaryWriter
@@ -78,6 +82,20 @@ class _Run:
             self.client.set_terminated(self.run_id, status="FAILED")
         else:
             self.writer.close()
+
+
+@contextmanager
+def _one_process_at_a_time():
+    """An exclusive lock across the project's processes: stages that start together (two rules on
+    two cores) would otherwise race to create a new SQLite store's tables (alembic fails the
+    loser) or the same experiment."""
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCK, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _numbers(metrics: dict) -> dict[str, float]:
