@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, bin_path, run
-from test_dag import _tree_hashes, _untimed_metrics
+from test_dag import _tree_hashes
 
 CONF = ROOT / "tests/data/slurm"
 # The rules that make results/sft.
@@ -194,8 +194,10 @@ def test_profile_slurm_submits_every_rule_and_a_preempted_training_job_resumes(s
     # The retry resumed from the checkpoint saved on the signal, and ended where the local run did.
     metrics = yaml.safe_load((project / "results/sft/metrics.json").read_text())
     assert 1 <= metrics["resumed_from_step"] < 24 and metrics["steps"] == 24
-    assert _tree_hashes(project / "results") == _tree_hashes(local / "results")
-    ours, theirs = (_untimed_metrics(d / "results/sft/metrics.json") for d in (project, local))
+    # the same files, but the records that say the run resumed (metrics.json, and the manifest holding them)
+    resumed = ("metrics.json", "manifest.json")
+    assert _tree_hashes(project / "results", resumed) == _tree_hashes(local / "results", resumed)
+    ours, theirs = (yaml.safe_load((d / "results/sft/metrics.json").read_text()) for d in (project, local))
     assert ours.keys() == theirs.keys()
     for key in ours.keys() - {"resumed_from_step"}:
         if isinstance(ours[key], float):
