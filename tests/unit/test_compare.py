@@ -96,7 +96,9 @@ def test_a_commit_is_compared_from_the_artifacts_dvc_cached_for_it(tmp_path, cap
     page = json.loads((project / "cmp/compare.json").read_text())
     acc = next(r for r in page["metrics"] if r["metric"] == "arithmetic_accuracy")
     assert (acc["a"], acc["b"], acc["verdict"]) == (0.2, 0.45, "better")
-    assert page["a"]["label"] == "HEAD"
+    assert page["a"]["label"] == "HEAD" and page["a"]["results"] == "DVC's cache"   # not the scratch checkout
+    assert page["b"]["results"].endswith("proj/results")
+    assert "A: `DVC's cache`" in (project / "cmp/compare.md").read_text()
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=project, capture_output=True, text=True).stdout
     assert len(worktrees.splitlines()) == 1
     shutil.rmtree(project / ".dvc/cache")    # a commit whose artifacts this machine never had

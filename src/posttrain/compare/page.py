@@ -33,7 +33,12 @@ def write(a: Run, b: Run, metrics: list[dict], artifacts: list[dict], out: Path,
 
 
 def _about(run: Run) -> dict:
-    return {"label": run.label, "results": str(run.results), "commit": run.commit()}
+    return {"label": run.label, "results": _where(run), "commit": run.commit()}
+
+
+def _where(run: Run) -> str:
+    """The run's folder, or for a commit "DVC's cache" (its scratch checkout is gone once written)."""
+    return "DVC's cache" if run.checked_out else str(run.results)
 
 
 def _fmt(v) -> str:
@@ -87,8 +92,8 @@ def _gate_lines(gate: dict | None) -> list[str]:
 
 def _markdown(a: Run, b: Run, metrics, artifacts, charts, gate=None) -> str:
     lines = [f"# {a.label} (A) against {b.label} (B)", "",
-             f"A: `{a.results}` (commit {a.commit() or 'unknown'}); "
-             f"B: `{b.results}` (commit {b.commit() or 'unknown'})",
+             f"A: `{_where(a)}` (commit {a.commit() or 'unknown'}); "
+             f"B: `{_where(b)}` (commit {b.commit() or 'unknown'})",
              "", _summary(metrics, artifacts), ""]
     if gate is not None:
         lines += ["## Regression gate", ""] + [f"- {line}" if i else line for i, line in enumerate(_gate_lines(gate))]
@@ -122,8 +127,8 @@ def _html(a: Run, b: Run, metrics, artifacts, charts, gate=None) -> str:
              ".worse td{background:#fbe3e3}figure{display:inline-block;margin:.5em}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(a.label)} against {esc(b.label)}</title>"
             f"<style>{style}</style></head><body><h1>{esc(a.label)} (A) against {esc(b.label)} (B)</h1>"
-            f"<p>A: <code>{esc(str(a.results))}</code> (commit {esc(a.commit() or 'unknown')}); "
-            f"B: <code>{esc(str(b.results))}</code> (commit {esc(b.commit() or 'unknown')})</p>"
+            f"<p>A: <code>{esc(_where(a))}</code> (commit {esc(a.commit() or 'unknown')}); "
+            f"B: <code>{esc(_where(b))}</code> (commit {esc(b.commit() or 'unknown')})</p>"
             f"<p id='summary'>{esc(_summary(metrics, artifacts))}</p>"
             + ("<h2>Regression gate</h2><ul id='gate'>" + "".join(f"<li>{esc(x)}</li>" for x in _gate_lines(gate))
                + "</ul>" if gate is not None else "") +
