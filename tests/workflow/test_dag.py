@@ -149,6 +149,22 @@ def test_dvcignore_leaves_out_exactly_the_wall_clock_files_and_snakemakes_marker
     assert {Path(p).name for p in patterns} == UNHASHED - {".gitignore"}
 
 
+def test_committed_dvc_lock_has_the_stages_of_dvc_yaml():
+    """The baseline (dvc.lock, from `make demo`) is kept in step with the DAG: after a change to
+    the stages, `make demo` and commit its dvc.lock."""
+    declared = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    locked = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    assert set(declared) == set(locked), (f"dvc.lock lacks {sorted(set(declared) - set(locked))} and has "
+                                          f"{sorted(set(locked) - set(declared))}: run `make demo` and commit dvc.lock")
+    for name, stage in declared.items():
+        lock = locked[name]
+        assert lock["cmd"] == stage["cmd"], name
+        assert sorted(d["path"] for d in lock.get("deps", [])) == sorted(stage.get("deps", [])), name   # DVC sorts
+        assert sorted(o["path"] for o in lock["outs"]) == sorted(o if isinstance(o, str) else next(iter(o))
+                                                                 for o in stage["outs"]), name
+        assert set(lock.get("params", {}).get("params.yaml", {})) == set(stage.get("params", [])), name
+
+
 @pytest.mark.slow
 def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(project, tmp_path):
     # Snakemake, with a fake secret in the environment that no artifact or log may contain

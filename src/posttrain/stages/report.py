@@ -385,6 +385,7 @@ def publish(report_dir: Path, dest: Path) -> str:
             f"a rerun on the same kind of machine gives the same figures (a GPTQ row only with the same thread "
             f"count).\n{body}")
     page = page.replace(f"]({RESULTS_LINK})", f"]({os.path.relpath(RESULTS_MD, dest.parent)})")
+    page = page.replace("[timing.md](timing.md)", "`results/report/timing.md`")    # the page is not beside it
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(page)
     return page
