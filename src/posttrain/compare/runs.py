@@ -50,7 +50,7 @@ class Run:
     def commit(self) -> str | None:
         """The commit(s) the artifacts were made at, from their run records (a checkout has none:
         then the commit checked out)."""
-        commits = {{**m, **read_run_record(self.results / a)}.get("git_commit") for a, m in self.manifests.items()}
+        commits = {read_run_record(self.results / a, m).get("git_commit") for a, m in self.manifests.items()}
         return ", ".join(sorted(c[:10] for c in commits - {None})) or (self.checked_out or "")[:10] or None
 
 

@@ -62,7 +62,7 @@ def _fill(node: Node, root: Path, seen: set[str]) -> None:
         return
     seen.add(node.artifact)
     manifest = read_manifest(root / node.artifact)
-    run = {**manifest, **read_run_record(root / node.artifact)}   # manifests before run.json held both
+    run = read_run_record(root / node.artifact, manifest)
     node.stage, node.commit, node.created = manifest.get("stage"), run.get("git_commit"), run.get("created")
     base = manifest.get("params", {}).get("base")
     if isinstance(base, str) and not (root / base).exists():

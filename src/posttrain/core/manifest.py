@@ -125,10 +125,13 @@ def write_run_record(out_dir: str | Path, **facts) -> None:
     write_json(path, {**(json.loads(path.read_text()) if path.is_file() else {}), **facts})
 
 
-def read_run_record(folder: str | Path) -> dict:
-    """The run record of an artifact folder ({} when absent: a DVC checkout carries none)."""
+def read_run_record(folder: str | Path, manifest: dict | None = None) -> dict:
+    """The run record of an artifact folder ({} when absent: a DVC checkout carries none). With its
+    `manifest`, the commit and time of an artifact made before run.json, whose manifest held them."""
     path = Path(folder) / RUN_RECORD
-    return json.loads(path.read_text()) if path.is_file() else {}
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    old = {k: manifest[k] for k in ("git_commit", "created") if k in (manifest or {})}
+    return {**old, **record}
 
 
 def write_metrics(out_dir: str | Path, metrics: dict) -> dict:
