@@ -73,3 +73,14 @@ def test_cli_check_params_exits_2_naming_the_key(tmp_path):
 def test_cli_check_params_prints_resolved_values():
     res = run([bin_path("posttrain"), "check-params"], ROOT)
     assert "base: embedded:smollm2-135m-instruct" in res.stdout
+
+
+def test_rl_seed_reseeds_every_rl_stage_that_sets_none(tmp_path):
+    # a seeded repeat is one key (`dvc exp run -S rl.seed=1`), not one per stage
+    overlay = tmp_path / "seed.yaml"
+    overlay.write_text("rl:\n  seed: 5\n")
+    params = load_params([ROOT / "params.yaml", overlay])
+    assert [st.seed for st in params.rl.stages] == [5, 5, 5] and params.rl.zero.seed == 5
+    overlay.write_text("rl:\n  seed: 5\n  stages:\n    - {name: helpfulness, subsets: [helpful], rewards: [{name: repetition}], seed: 7}\n")
+    assert [st.seed for st in load_params([ROOT / "params.yaml", overlay]).rl.stages] == [7]
+    assert [st.seed for st in load_params([ROOT / "params.yaml"]).rl.stages] == [0, 0, 0]

@@ -115,7 +115,9 @@ class RlStageParams(Section):
     save_steps: int = Field(5, ge=1, description=(
         "A checkpoint every N steps; each is scored on the stage's held-out prompts (greedy, the stage's rewards) "
         "and the best one, step 0 included, becomes the stage's model."))
-    seed: int = Field(0, description="Seeds prompt order, sampling and initialisation of this stage.")
+    seed: int | None = Field(None, description=(
+        "Seeds prompt order, sampling and initialisation of this stage. Unset: rl.seed, so one key reseeds every "
+        "RL stage (a seeded repeat: `dvc exp run -S rl.seed=1`)."))
     ppo: PpoParams = Field(default_factory=PpoParams, description="PPO settings (algorithm: ppo only).")
     min_reward: float = Field(1.0, description=(
         "rejection_sampling: an answer is kept when its weighted reward reaches min_reward (GRPO and PPO ignore "
@@ -194,6 +196,8 @@ class RlParams(TrainingParams):
     @model_validator(mode="after")
     def _stage_graph(self) -> RlParams:
         for st in [*self.stages, *([self.zero] if self.zero else [])]:
+            if st.seed is None:
+                st.seed = self.seed
             try:
                 self.lora_for(st)
             except ValidationError as err:
