@@ -81,6 +81,7 @@ def test_rl_seed_reseeds_every_rl_stage_that_sets_none(tmp_path):
     overlay.write_text("rl:\n  seed: 5\n")
     params = load_params([ROOT / "params.yaml", overlay])
     assert [st.seed for st in params.rl.stages] == [5, 5, 5] and params.rl.zero.seed == 5
-    overlay.write_text("rl:\n  seed: 5\n  stages:\n    - {name: helpfulness, subsets: [helpful], rewards: [{name: repetition}], seed: 7}\n")
+    overlay.write_text("rl:\n  seed: 5\n  stages:\n"
+                       "    - {name: helpfulness, subsets: [helpful], rewards: [{name: repetition}], seed: 7}\n")
     assert [st.seed for st in load_params([ROOT / "params.yaml", overlay]).rl.stages] == [7]
     assert [st.seed for st in load_params([ROOT / "params.yaml"]).rl.stages] == [0, 0, 0]

@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     n = sub.add_parser("noise-bands", help="each metric's noise band, from seeded repeats of one run",
                        description="Seeded repeats: the same code and data, only the training seeds differ "
-                                   "(e.g. `dvc exp run -S sft.seed=1 -S reward.seed=1 -S rl.seed=1 -S ++distill.seed=1 -n seed1`).")
+                                   "(e.g. `dvc exp run -S sft.seed=1 -S reward.seed=1 -S rl.seed=1 "
+                                   "-S ++distill.seed=1 -n seed1`).")
     n.add_argument("runs", nargs="+", help="two or more repeats, each " + RUN_HELP)
     n.add_argument("--out", type=Path, required=True, help="the bands file to write (JSON)")
     n.add_argument("--z", type=float, default=gate.Z, help="band width in standard deviations of a two-run difference")
