@@ -1,17 +1,18 @@
-"""Experiment tracking (params' tracking:): a run per stage in MLflow or TensorBoard, read back."""
+"""Experiment tracking (params' tracking:): a run per stage in MLflow, TensorBoard or Trackio, read back."""
 
 import json
 import os
+import sys
 
 import pytest
 
-from conftest import ROOT, TINY_OVERLAY, sft_overrides, write_overlay
+from conftest import ROOT, TINY_OVERLAY, bin_path, run, sft_overrides, write_overlay
 from posttrain.config import load_params
 from posttrain.core import tracking
 from posttrain.stages import sft
 
 TRACKER_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "TENSORBOARD_LOGGING_DIR",
-               tracking.ENVIRONMENT)
+               "TRACKIO_DIR", tracking.ENVIRONMENT)
 
 
 @pytest.fixture(autouse=True)
@@ -67,12 +68,40 @@ def test_tensorboard_event_files_per_stage(tmp_path, tiny_base, sft_data):
     assert json.loads(inputs)["posttrain.stage"] == "sft"
 
 
+def test_an_sft_stage_is_one_trackio_run_in_a_local_store(tmp_path, tiny_base, sft_data):
+    # `posttrain sft` in its own process, as a DAG runs it: Trackio fixes its store's folder when
+    # first imported, and this test process has imported it already (TRL does, with a trainer)
+    overlay = write_overlay(tmp_path, "o", {**sft_overrides(tmp_path, max_steps=4), "tracking": {
+        "backend": "trackio", "uri": str(tmp_path / "trackio"), "experiment": "demo"}})
+    run([bin_path("posttrain"), "sft", "--base", tiny_base, "--data", sft_data, "--out", "sft",
+         *[a for p in (ROOT / "params.yaml", TINY_OVERLAY, overlay) for a in ("--params", p)]], cwd=tmp_path)
+    manifest = json.loads((tmp_path / "sft" / "manifest.json").read_text())
+    read_back = run([sys.executable, "-c", (
+        "import json; from trackio.sqlite_storage import SQLiteStorage as S; (name,) = S.get_runs('demo'); "
+        "print(json.dumps([name, S.get_logs('demo', name), S.get_run_config('demo', name)], default=str))")],
+        cwd=tmp_path, env={"TRACKIO_DIR": str(tmp_path / "trackio")})
+    name, logs, config = json.loads(read_back.stdout.strip().splitlines()[-1])
+    assert name == "sft"                     # one run, named after the artifact: the Trainer's callback resumed ours
+    losses = [row["train/loss"] for row in logs if "train/loss" in row]
+    assert len(losses) >= 2 and all(loss > 0 for loss in losses)
+    assert any(row.get("val_loss_best") == manifest["metrics"]["val_loss_best"] for row in logs)   # final metrics
+    assert config["input.base"] == manifest["inputs"]["base"]["sha256"] and config["posttrain.stage"] == "sft"
+
+
+def test_trackio_imported_before_its_store_is_set_is_a_named_error(tmp_path):
+    import trackio  # noqa: F401  (as a trainer built earlier in this process would have)
+
+    params = _params(tmp_path, {"backend": "trackio", "uri": str(tmp_path / "elsewhere")})
+    with pytest.raises(RuntimeError, match="trackio was imported before its store was set"):
+        tracking.configure(params.tracking, "sft")
+
+
 def test_snakemake_hands_an_overlays_tracker_to_the_stages_without_changing_their_commands(tmp_path, monkeypatch):
     monkeypatch.setenv(tracking.ENVIRONMENT, json.dumps({"backend": "tensorboard", "uri": str(tmp_path / "tb")}))
     tracking.configure(load_params([ROOT / "params.yaml"]).tracking, "eval/sft")   # params say none
-    assert tracking.report_to() == ["tensorboard"] and tracking.run_name() == "eval/sft"
+    assert tracking.trainer_arguments() == {"report_to": ["tensorboard"], "run_name": "eval/sft"}
     tracking.finish({"stage": "evaluate:sft", "metrics": {"arithmetic_accuracy": 0.25}})
-    assert tracking.report_to() == "none" and (tmp_path / "tb" / "eval" / "sft").is_dir()
+    assert tracking.trainer_arguments()["report_to"] == "none" and (tmp_path / "tb" / "eval" / "sft").is_dir()
 
 
 def test_a_stage_that_fails_leaves_its_run_marked_failed(tmp_path):

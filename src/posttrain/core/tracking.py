@@ -1,12 +1,13 @@
 """Experiment tracking beside the artifacts (params' `tracking:` section): each stage process is
 one run, named `<artifact>@<commit>`, that its trainer's curves, its final metrics and its
-manifest's input hashes (as tags) go to. MLflow or TensorBoard; `none` does nothing.
+manifest's input hashes (as tags) go to. MLflow, TensorBoard or Trackio; `none` does nothing.
 
 The command configures it once, before the stage starts (`configure`). Trainers built on
-transformers' Trainer report through its own callbacks (`report_to()`): for MLflow the run is
+transformers' Trainer report through its own callbacks (`trainer_arguments()`): for MLflow the run is
 created here and its id handed to the callback (`MLFLOW_RUN_ID`), so the curves and what this
 module logs land in one run; for TensorBoard the callback and this module write to the same
-folder. `write_manifest` ends the run (`finish`) with the manifest's metrics and input hashes.
+folder; for Trackio both open the run of the same project and name. `write_manifest` ends the
+run (`finish`) with the manifest's metrics and input hashes.
 Only the main process of a multi-process job reports.
 """
 
@@ -16,6 +17,7 @@ import fcntl
 import json
 import logging
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,62 +28,134 @@ _active: _Run | None = None
 
 
 class _Run:
-    def __init__(self, backend: str, uri: str | None, experiment: str, name: str, commit: str | None):
-        self.backend, self.name = backend, name
+    """One stage's run in a tracker; a subclass per backend."""
+    backend = ""
+
+    def __init__(self, uri: str | None, experiment: str, name: str, commit: str | None):
+        self.name, self.experiment = name, experiment
         self.run_name = f"{name}@{commit[:10]}" if commit else name
-        if backend == "mlflow":
-            from mlflow.tracking import MlflowClient
-
-            if uri:
-                os.environ["MLFLOW_TRACKING_URI"] = uri
-            os.environ["MLFLOW_EXPERIMENT_NAME"] = experiment
-            with _one_process_at_a_time():
-                self.client = MlflowClient(uri)
-                found = self.client.get_experiment_by_name(experiment)
-                experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
-                tags = {"posttrain.artifact": name, **({"posttrain.git_commit": commit} if commit else {})}
-                self.run_id = self.client.create_run(experiment_id, run_name=self.run_name, tags=tags).info.run_id
-            os.environ["MLFLOW_RUN_ID"] = self.run_id      # the Trainer's MLflow callback resumes this run
-        else:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.folder = Path(uri or DEFAULT_TENSORBOARD_DIR) / name
-            os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.folder)   # the Trainer's TensorBoard callback
-            self.writer = SummaryWriter(log_dir=str(self.folder))
+        self.tags = {"posttrain.artifact": name, **({"posttrain.git_commit": commit} if commit else {})}
 
     def log(self, metrics: dict, step: int) -> None:
-        values = _numbers(metrics)
-        if self.backend == "mlflow":
-            for key, value in values.items():
-                self.client.log_metric(self.run_id, key, value, step=step)
-        else:
-            for key, value in values.items():
-                self.writer.add_scalar(key, value, step)
-            self.writer.flush()
+        raise NotImplementedError
 
     def finish(self, manifest: dict) -> None:
-        tags = {f"input.{k}": v.get("sha256") for k, v in (manifest.get("inputs") or {}).items()
-                if isinstance(v, dict)}
-        tags["posttrain.stage"] = manifest.get("stage")
-        metrics = manifest.get("metrics") if isinstance(manifest.get("metrics"), dict) else {}
-        if self.backend == "mlflow":
-            for key, value in _numbers(metrics).items():
-                self.client.log_metric(self.run_id, key, value)
-            for key, value in tags.items():
-                self.client.set_tag(self.run_id, key, str(value))
-            self.client.set_terminated(self.run_id)
-        else:
-            for key, value in _numbers(metrics).items():
-                self.writer.add_scalar(key, value, 0)
-            self.writer.add_text("inputs", json.dumps(tags, indent=1, sort_keys=True))
-            self.writer.close()
-
+        raise NotImplementedError
 
     def abandon(self) -> None:
-        if self.backend == "mlflow":
-            self.client.set_terminated(self.run_id, status="FAILED")
-        else:
-            self.writer.close()
+        raise NotImplementedError
+
+
+class _Mlflow(_Run):
+    backend = "mlflow"
+
+    def __init__(self, uri, experiment, name, commit):
+        super().__init__(uri, experiment, name, commit)
+        from mlflow.tracking import MlflowClient
+
+        if uri:
+            os.environ["MLFLOW_TRACKING_URI"] = uri
+        os.environ["MLFLOW_EXPERIMENT_NAME"] = experiment
+        with _one_process_at_a_time():
+            self.client = MlflowClient(uri)
+            found = self.client.get_experiment_by_name(experiment)
+            experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+            self.run_id = self.client.create_run(experiment_id, run_name=self.run_name, tags=self.tags).info.run_id
+        os.environ["MLFLOW_RUN_ID"] = self.run_id      # the Trainer's MLflow callback resumes this run
+
+    def log(self, metrics, step):
+        for key, value in _numbers(metrics).items():
+            self.client.log_metric(self.run_id, key, value, step=step)
+
+    def finish(self, manifest):
+        for key, value in _numbers(_final_metrics(manifest)).items():
+            self.client.log_metric(self.run_id, key, value)
+        for key, value in _input_tags(manifest).items():
+            self.client.set_tag(self.run_id, key, str(value))
+        self.client.set_terminated(self.run_id)
+
+    def abandon(self):
+        self.client.set_terminated(self.run_id, status="FAILED")
+
+
+class _TensorBoard(_Run):
+    backend = "tensorboard"
+
+    def __init__(self, uri, experiment, name, commit):
+        super().__init__(uri, experiment, name, commit)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.folder = Path(uri or DEFAULT_TENSORBOARD_DIR) / name
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.folder)   # the Trainer's TensorBoard callback
+        self.writer = SummaryWriter(log_dir=str(self.folder))
+
+    def log(self, metrics, step):
+        for key, value in _numbers(metrics).items():
+            self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def finish(self, manifest):
+        for key, value in _numbers(_final_metrics(manifest)).items():
+            self.writer.add_scalar(key, value, 0)
+        self.writer.add_text("inputs", json.dumps(_input_tags(manifest), indent=1, sort_keys=True))
+        self.writer.close()
+
+    def abandon(self):
+        self.writer.close()
+
+
+class _Trackio(_Run):
+    """Trackio's local SQLite store (`uri` a folder, its TRACKIO_DIR) or a Trackio server (`uri` an
+    http(s) URL). The Trainer's Trackio callback opens the run of the same project and name
+    (resume="allow") and closes it when training ends, so `finish` reopens it for the final metrics."""
+    backend = "trackio"
+
+    def __init__(self, uri, experiment, name, commit):
+        super().__init__(uri, experiment, name, commit)
+        remote = bool(uri) and uri.startswith(("http://", "https://"))
+        self.server_url = uri if remote else None
+        if uri and not remote:
+            store = Path(uri).resolve()
+            if "trackio" in sys.modules and Path(sys.modules["trackio"].utils.TRACKIO_DIR).resolve() != store:
+                # Trackio fixes its store's folder when first imported (TRL imports it with a trainer)
+                raise RuntimeError(f"tracking: trackio was imported before its store was set to {store}; configure "
+                                   f"tracking before building a trainer")
+            os.environ["TRACKIO_DIR"] = str(store)
+        import trackio
+
+        self.trackio = trackio
+        with _one_process_at_a_time():
+            self._open(config=self.tags)
+
+    def _open(self, config: dict | None = None) -> None:
+        self.trackio.init(project=self.experiment, name=self.run_name, server_url=self.server_url, resume="allow",
+                          config=config, embed=False, auto_log_cpu=False, auto_log_gpu=False)
+
+    def log(self, metrics, step):
+        self.trackio.log(_numbers(metrics), step=step)
+
+    def finish(self, manifest):
+        with _one_process_at_a_time():
+            self._open()
+        self.trackio.config.update(_input_tags(manifest), allow_val_change=True)
+        self.trackio.log(_numbers(_final_metrics(manifest)))
+        self.trackio.finish()
+
+    def abandon(self):
+        self.trackio.finish()
+
+
+BACKENDS = {cls.backend: cls for cls in (_Mlflow, _TensorBoard, _Trackio)}
+
+
+def _input_tags(manifest: dict) -> dict:
+    tags = {f"input.{k}": v.get("sha256") for k, v in (manifest.get("inputs") or {}).items() if isinstance(v, dict)}
+    tags["posttrain.stage"] = manifest.get("stage")
+    return tags
+
+
+def _final_metrics(manifest: dict) -> dict:
+    return manifest.get("metrics") if isinstance(manifest.get("metrics"), dict) else {}
 
 
 @contextmanager
@@ -119,7 +193,7 @@ def configure(cfg, name: str, commit: str | None = None) -> None:
         return
     backend = settings["backend"]
     try:
-        _active = _Run(backend, settings.get("uri"), settings.get("experiment") or "posttrain", name, commit)
+        _active = BACKENDS[backend](settings.get("uri"), settings.get("experiment") or "posttrain", name, commit)
     except ImportError as err:     # an environment of its own (.venv-export) may lack the tracker
         logger.warning("tracking: %s is not installed in this environment (%s); %s is not tracked",
                        backend, err, name)
@@ -127,13 +201,13 @@ def configure(cfg, name: str, commit: str | None = None) -> None:
     logger.info("tracking %s in %s as run %s", name, backend, _active.run_name)
 
 
-def report_to() -> list[str] | str:
-    """TrainingArguments' `report_to`: the configured backend, or none."""
-    return [_active.backend] if _active else "none"
-
-
-def run_name() -> str | None:
-    return _active.run_name if _active else None
+def trainer_arguments() -> dict:
+    """TrainingArguments' tracking fields: the configured backend (or none), the run's name, and
+    for Trackio the project the run is in (and no Space snapshot of it on the Hub)."""
+    if not _active:
+        return {"report_to": "none", "run_name": None}
+    extra = {"project": _active.experiment, "trackio_static_space_id": False} if _active.backend == "trackio" else {}
+    return {"report_to": [_active.backend], "run_name": _active.run_name, **extra}
 
 
 def log(metrics: dict, step: int) -> None:

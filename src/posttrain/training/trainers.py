@@ -178,7 +178,7 @@ def training_kwargs(cfg, precision: dict, run_dir: Path) -> dict:
         activation_checkpointing=checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         save_strategy="steps", save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps,
-        logging_first_step=True, report_to=tracking.report_to(), run_name=tracking.run_name(),
+        logging_first_step=True, **tracking.trainer_arguments(),
         dataloader_num_workers=0,
         disable_tqdm=True,   # ProgressLines writes lines a log keeps
     )
