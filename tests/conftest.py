@@ -179,14 +179,17 @@ def sft_data(tmp_path_factory, tiny_base):
     return tmp / "sft"
 
 
-def train_tiny_reward_model(tmp, base, rows, aspect="helpful"):
+def train_tiny_reward_model(tmp, base, rows, aspect="helpful", val_fraction=None):
     """A LoRA reward model trained from `base` by the real stage on preference `rows` (a few
-    steps; for tests and benchmarks that need one to score with, not a good one)."""
+    steps; for tests and benchmarks that need one to score with, not a good one). A dozen rows
+    need a larger `val_fraction` than the default to hold any out."""
     from posttrain.config import load_params
     from posttrain.stages import prepare_data, reward
 
     params = load_params([ROOT / "params.yaml", TINY_OVERLAY])
     params.data.cleaning.near_dup = False
+    if val_fraction is not None:
+        params.data.val_fraction = val_fraction
     prepare_data.main(params, "preference", [str(write_jsonl(tmp / "pairs.jsonl", rows))], tmp / "pref",
                       tokenizer_dir=base)
     overlay = write_overlay(tmp, "rm", {"reward": {"init": "base", "checkpoint_dir": str(tmp / "rm-ckpt")}})

@@ -30,7 +30,7 @@ COMMANDS = {
     "export-gguf": "stages.export", "export-gguf-lora": "stages.export", "export-check": "stages.export",
     "report": "stages.report", "publish-report": "stages.report",
     "check-params": "tools", "plan": "tools", "dag": "tools", "lineage": "tools", "rehearse": "rehearsal",
-    "compare": "compare.command", "noise-bands": "compare.command",
+    "compare": "compare.command", "noise-bands": "compare.command", "ab": "ab.command",
 }
 
 
