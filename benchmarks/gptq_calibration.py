@@ -36,7 +36,7 @@ def product_ms(dtype, repeats: int = 20) -> float:
 def quantize(model_dir: Path, rows: list[dict], dtype, q) -> dict:
     from gptqmodel import GPTQModel, QuantizeConfig
 
-    from posttrain.stages.export import _layer_losses
+    from posttrain.stages.export.quantize import _layer_losses
 
     qconfig = QuantizeConfig(bits=q.bits, group_size=q.group_size, desc_act=q.desc_act, sym=q.sym,
                              damp_percent=q.damp_percent, offload_to_disk=False)

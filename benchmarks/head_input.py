@@ -32,7 +32,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path("results/sft"))
     parser.add_argument("--eval", type=Path, default=Path("results/data/eval"), help="prepared eval data (prompts)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--params", type=Path, nargs="+", default=[Path("params.yaml")],
+                        help="params.yaml and overlays (their evaluate section)")
     parser.add_argument("--limit", type=int, default=None, help="prompts per subset (default: all)")
     parser.add_argument("--batch", type=int, default=32, help="rows of the prefill and the training step")
     parser.add_argument("--completion", type=int, default=64, help="scored positions of the training step")
@@ -43,7 +44,7 @@ def main() -> None:
     from posttrain.config import load_params
     from posttrain.stages.evaluate import _load, resolve_model
 
-    cfg = load_params([args.params]).evaluate
+    cfg = load_params(args.params).evaluate
     weights, adapter, _ = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(adapter or weights)
     dtype = inference_dtype.resolve(cfg.dtype)

@@ -30,7 +30,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path("results/sft"))
     parser.add_argument("--eval", type=Path, default=Path("results/data/eval"), help="prepared eval data (prompts)")
     parser.add_argument("--reward", type=Path, default=None, help="a reward model folder (results/reward/helpful)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--params", type=Path, nargs="+", default=[Path("params.yaml")],
+                        help="params.yaml and overlays (their evaluate section)")
     parser.add_argument("--limit", type=int, default=None, help="prompts per group (default: all)")
     args = parser.parse_args()
 
@@ -40,7 +41,7 @@ def main() -> None:
     from posttrain.models import sources as models
     from posttrain.models.reward_model import RewardModel
 
-    cfg = load_params([args.params]).evaluate
+    cfg = load_params(args.params).evaluate
     weights = models.weights_dir(args.model)
     tokenizer = AutoTokenizer.from_pretrained(weights)
     rows = [json.loads(line) for line in open(args.eval / "test.jsonl")]

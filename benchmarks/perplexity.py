@@ -5,8 +5,9 @@ side in one run.
     .venv/bin/python benchmarks/perplexity.py --model results/sft --heldout results/data/sft [--rows 100]
 
 Both compute the perplexity of the assistant tokens of the first `rows` validation rows (what
-`posttrain evaluate` reports) on one thread, as the evaluation does. Prints seconds, the
-perplexity of each and the speed-up for a few batch sizes.
+`posttrain evaluate` reports) on one thread, with the model loaded as the evaluation loads it
+(`evaluate.dtype` of `--params`). Prints seconds, the perplexity of each and the speed-up for a
+few batch sizes.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def one_at_a_time(model, tokenizer, conversations) -> tuple[float, int]:
 def main() -> None:
     from transformers import AutoTokenizer
 
+    from posttrain.config import load_params
+    from posttrain.inference import dtype as inference_dtype
     from posttrain.inference.generation import assistant_nll, generation_threads
     from posttrain.models.artifacts import resolve_model
     from posttrain.stages.evaluate import _load
@@ -45,10 +48,14 @@ def main() -> None:
     ap.add_argument("--heldout", type=Path, default=Path("results/data/sft"))
     ap.add_argument("--rows", type=int, default=100)
     ap.add_argument("--batch-sizes", type=int, nargs="*", default=[8, 16, 32])
+    ap.add_argument("--params", type=Path, nargs="+", default=[Path("params.yaml")],
+                    help="params.yaml and overlays (their evaluate.dtype)")
     args = ap.parse_args()
     weights, adapter, _ = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(adapter or weights)
-    model = _load(weights, adapter)
+    dtype = inference_dtype.resolve(load_params(args.params).evaluate.dtype)
+    model = _load(weights, adapter, dtype)
+    print(f"{args.model} in {dtype}, one thread")
     rows = [json.loads(line)["messages"] for line in open(args.heldout / "val.jsonl")][:args.rows]
     with generation_threads():
         started = time.perf_counter()

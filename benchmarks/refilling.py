@@ -28,7 +28,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path("results/sft"))
     parser.add_argument("--eval", type=Path, default=Path("results/data/eval"), help="prepared eval data (prompts)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--params", type=Path, nargs="+", default=[Path("params.yaml")],
+                        help="params.yaml and overlays (their evaluate section)")
     parser.add_argument("--places", type=int, nargs="+", default=[16, 64])
     args = parser.parse_args()
 
@@ -37,7 +38,7 @@ def main() -> None:
     from posttrain.config import load_params
     from posttrain.models import sources as models
 
-    cfg = load_params([args.params]).evaluate
+    cfg = load_params(args.params).evaluate
     weights = models.weights_dir(args.model)
     tokenizer = AutoTokenizer.from_pretrained(weights)
     model = AutoModelForCausalLM.from_pretrained(weights).eval()

@@ -50,8 +50,8 @@ def generation(model_dir: Path, prompts_dir: Path, n: int, tokens: int, lora_lay
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from posttrain.inference.generation import merged_adapter
     from posttrain.models.sources import weights_dir
-    from posttrain.stages.rl import merged_adapter
 
     model_dir = weights_dir(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
