@@ -20,8 +20,9 @@ os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PAT
 
 
 # The test tiers, one folder each: `pytest -m unit` (no training: `make test-fast`), `-m stages`
-# (each stage on the tiny model), `-m workflow` (the DAG through Snakemake, DVC and SLURM), `-m faults`.
-TIERS = ("unit", "stages", "workflow", "faults")
+# (each stage on the tiny model), `-m workflow` (the DAG through Snakemake, DVC and SLURM), `-m faults`,
+# `-m benchmarks` (every script under benchmarks/ in a tiny mode).
+TIERS = ("unit", "stages", "workflow", "faults", "benchmarks")
 
 
 def pytest_collection_modifyitems(config, items):
