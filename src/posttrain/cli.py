@@ -31,6 +31,7 @@ COMMANDS = {
     "report": "stages.report", "publish-report": "stages.report",
     "check-params": "tools", "plan": "tools", "dag": "tools", "lineage": "tools", "rehearse": "rehearsal",
     "compare": "compare.command", "noise-bands": "compare.command", "ab": "ab.command",
+    "serve": "serve.command",
 }
 
 
