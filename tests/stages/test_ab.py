@@ -193,6 +193,6 @@ def test_a_killed_server_loses_no_vote_and_binds_to_this_machine(answered, tmp_p
         assert _call(f"{url}/api/next?annotator=dora")[1]["token"] == pending["token"]    # still hers to vote on
         assert _call(f"{url}/api/vote", {"token": pending["token"], "annotator": "dora", "choice": "a"})[0] == 200
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0                                                # a clean stop
     assert [v["choice"] for v in VoteStore(db).votes()] == ["tie", "a"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 from pathlib import Path
 
 from posttrain.ab import results
@@ -64,6 +65,10 @@ def serve(args: argparse.Namespace) -> int:
     ensure_answers(store, models, read_prompts(args.prompts, args.subset or None, args.limit), args.max_new_tokens)
     server = make_server(store, tuple(models), args.host, args.port)
     host, port = server.server_address[:2]
+    # Ctrl-C and a process manager's SIGTERM stop it cleanly; set explicitly, since a process
+    # started in the background of a shell inherits SIGINT ignored
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, _interrupt)
     print(f"A/B page: http://{host}:{port}/?annotator=YOUR_NAME  (votes in {args.db}; Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
@@ -72,6 +77,10 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def report(args: argparse.Namespace) -> int:
