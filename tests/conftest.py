@@ -89,16 +89,22 @@ def embedded_base(tmp_path_factory):
     return out
 
 
-@pytest.fixture
-def project(tmp_path):
-    """A copy of the pipeline definition in a fresh git repository, to run the real tools in."""
-    dst = tmp_path / "proj"
+def copy_pipeline(dst: Path) -> Path:
+    """A copy of the pipeline definition (Snakefile, dvc.yaml, params, rules, code) and the tiny
+    overlay in the new folder `dst`, to run the real tools in."""
     dst.mkdir()
     for name in ("Snakefile", "params.yaml", "dvc.yaml"):
         shutil.copy(ROOT / name, dst / name)
     for name in ("rules", "recipes", "src", "profiles", "slurm", "envs"):
         shutil.copytree(ROOT / name, dst / name)
     shutil.copy(TINY_OVERLAY, dst / "tiny.yaml")
+    return dst
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A copy of the pipeline definition in a fresh git repository, to run the real tools in."""
+    dst = copy_pipeline(tmp_path / "proj")
     if (ROOT / ".venv-export").exists():  # the export rules' environment (make setup builds it)
         (dst / ".venv-export").symlink_to((ROOT / ".venv-export").resolve())
     run(["git", "init", "-q"], dst)

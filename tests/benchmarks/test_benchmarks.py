@@ -14,14 +14,13 @@ import math
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT, TINY_OVERLAY, bin_path, run, train_tiny_reward_model, write_jsonl
+from conftest import ROOT, TINY_OVERLAY, bin_path, copy_pipeline, run, train_tiny_reward_model, write_jsonl
 
 EXPORT_PYTHON = ROOT / ".venv-export" / "bin" / "python"
 NUM = r"([-+]?(?:\d[\d,]*(?:\.\d+)?|nan|inf))"   # a printed figure, thousands separators allowed
@@ -111,13 +110,7 @@ def _project_run(request, tmp_path_factory):
     from posttrain import dag
     from posttrain.config import load_params
 
-    dst = tmp_path_factory.mktemp("project") / "proj"
-    dst.mkdir()
-    for name in ("Snakefile", "params.yaml", "dvc.yaml"):
-        shutil.copy(ROOT / name, dst / name)
-    for name in ("rules", "recipes", "src", "profiles", "slurm", "envs"):
-        shutil.copytree(ROOT / name, dst / name)
-    shutil.copy(TINY_OVERLAY, dst / "tiny.yaml")
+    dst = copy_pipeline(tmp_path_factory.mktemp("project") / "proj")
     run(["git", "init", "-q"], dst)
     run([bin_path("dvc"), "init", "-q"], dst)
     files = [str(dst / "params.yaml"), str(dst / "tiny.yaml")]

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,7 +28,7 @@ LOCK = Path(".posttrain/tracking.lock")      # beside the checkpoints, in the pr
 _active: _Run | None = None
 
 
-class _Run:
+class _Run(ABC):
     """One stage's run in a tracker; a subclass per backend."""
     backend = ""
 
@@ -36,14 +37,17 @@ class _Run:
         self.run_name = f"{name}@{commit[:10]}" if commit else name
         self.tags = {"posttrain.artifact": name, **({"posttrain.git_commit": commit} if commit else {})}
 
+    @abstractmethod
     def log(self, metrics: dict, step: int) -> None:
-        raise NotImplementedError
+        """A step's numbers (a loop of our own: PPO)."""
 
+    @abstractmethod
     def finish(self, manifest: dict) -> None:
-        raise NotImplementedError
+        """The manifest's final metrics and input hashes, and the run's end."""
 
+    @abstractmethod
     def abandon(self) -> None:
-        raise NotImplementedError
+        """The run of a stage that stopped before its manifest, marked failed."""
 
 
 class _Mlflow(_Run):
