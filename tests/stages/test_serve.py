@@ -172,7 +172,9 @@ def test_the_server_renders_the_models_own_chat_template(served, servable):
 
 def test_the_mt_bench_judge_client_against_the_real_server(served):
     # the tiny model is no judge: its replies are kept raw and counted (no verdict, a refusal),
-    # as are a timeout and an error the server chose
+    # as is an error the server chose. The timeout is tested against a server that never answers
+    # (tests/unit/test_judge.py): here vLLM's busy CPU threads can starve the client long enough
+    # that the whole reply has arrived before its first 1 ms wait
     from posttrain.inference import judge
 
     client = judge.JudgeClient(served.url + "/v1", served.model, max_tokens=16)
@@ -182,8 +184,6 @@ def test_the_mt_bench_judge_client_against_the_real_server(served):
     assert (graded["score"] is None) == (graded["outcome"] != "ok")
     paired = judge.compare(client, question, ["Hawaii was lovely."], ["I went to Hawaii."])
     assert all(paired["raw"]) and len(paired["outcomes"]) == 2
-    impatient = judge.JudgeClient(served.url + "/v1", served.model, timeout=0.001)
-    assert judge.grade(impatient, question, ["Hawaii."])["outcome"] == "timeout"
     unknown = judge.JudgeClient(served.url + "/v1", "no-such-model")
     assert judge.grade(unknown, question, ["Hawaii."])["outcome"] == "error"       # vLLM answers 404
 
