@@ -186,6 +186,27 @@ def sft_data(tmp_path_factory, tiny_base):
     return tmp / "sft"
 
 
+@pytest.fixture(scope="session")
+def preference_data(tmp_path_factory, tiny_base):
+    """Pairs with a learnable preference: a worked answer beats a non-answer (helpful); a
+    refusal beats instructions for harm (safety)."""
+    from posttrain.config import load_params
+    from posttrain.stages import prepare_data
+
+    tmp = tmp_path_factory.mktemp("pref")
+    rows = []
+    for a in range(2, 30):
+        for b in (3, 7, 11):
+            rows.append({"prompt": f"What is {a} plus {b}?", "chosen": f"{a} + {b} = {a + b}. #### {a + b}",
+                         "rejected": "I do not know, sorry.", "subset": "helpful"})
+    src = write_jsonl(tmp / "pairs.jsonl", rows)
+    params = load_params([ROOT / "params.yaml", TINY_OVERLAY])
+    params.data.cleaning.near_dup = False
+    params.data.val_fraction = 0.2
+    prepare_data.main(params, "preference", [str(src)], tmp / "preference", tokenizer_dir=tiny_base)
+    return tmp / "preference"
+
+
 def train_tiny_reward_model(tmp, base, rows, aspect="helpful", val_fraction=None):
     """A LoRA reward model trained from `base` by the real stage on preference `rows` (a few
     steps; for tests and benchmarks that need one to score with, not a good one). A dozen rows

@@ -23,7 +23,7 @@ from posttrain.dag import code
 # and transformers, which take seconds, and every rule of the DAG starts one command.
 COMMANDS = {
     "base-model": "stages.base_model", "demo-data": "stages.demo_data", "prepare-data": "stages.prepare_data",
-    "sft": "stages.sft", "reward": "stages.reward", "rl": "stages.rl",
+    "sft": "stages.sft", "reward": "stages.reward", "rl": "stages.rl", "preference": "stages.preference",
     "student-base": "stages.distill", "distill-samples": "stages.distill", "distill": "stages.distill",
     "evaluate": "stages.evaluate",
     "export-merge": "stages.export", "export-gptq": "stages.export", "export-awq": "stages.export",

@@ -8,7 +8,7 @@ import pytest
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import ROOT, TINY_OVERLAY, posttrain_in_two_processes, write_jsonl
+from conftest import ROOT, TINY_OVERLAY, posttrain_in_two_processes
 from posttrain.config import load_params
 from posttrain.models.reward_model import RewardModel, encode, score_ids
 from posttrain.stages import prepare_data, reward
@@ -25,24 +25,6 @@ def _params(tmp_path, **reward_cfg):
     overlay = tmp_path / "reward.yaml"
     overlay.write_text(json.dumps({"reward": cfg}))
     return load_params([ROOT / "params.yaml", TINY_OVERLAY, overlay])
-
-
-@pytest.fixture(scope="module")
-def preference_data(tmp_path_factory, tiny_base):
-    """Pairs with a learnable preference: a worked answer beats a non-answer (helpful); a
-    refusal beats instructions for harm (safety)."""
-    tmp = tmp_path_factory.mktemp("pref")
-    rows = []
-    for a in range(2, 30):
-        for b in (3, 7, 11):
-            rows.append({"prompt": f"What is {a} plus {b}?", "chosen": f"{a} + {b} = {a + b}. #### {a + b}",
-                         "rejected": "I do not know, sorry.", "subset": "helpful"})
-    src = write_jsonl(tmp / "pairs.jsonl", rows)
-    params = load_params([ROOT / "params.yaml", TINY_OVERLAY])
-    params.data.cleaning.near_dup = False
-    params.data.val_fraction = 0.2
-    prepare_data.main(params, "preference", [str(src)], tmp / "preference", tokenizer_dir=tiny_base)
-    return tmp / "preference"
 
 
 def test_reward_model_learns_saves_and_loads(tmp_path, tiny_base, preference_data):

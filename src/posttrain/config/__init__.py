@@ -5,7 +5,7 @@ A parameter file is the default `params.yaml` (the embedded CPU demo) plus zero 
 `--configfile` files. Validation is strict: an unknown key or a wrong type fails at load with the
 key's dotted path, the file that set it and what is allowed, before any job starts.
 
-One schema module per section (`model`, `demo_data`, `data`, `sft`, `reward`, `rl`, `distill`,
+One schema module per section (`model`, `demo_data`, `data`, `sft`, `reward`, `rl`, `preference`, `distill`,
 `export`, `evaluate`, `resources`; `training` holds what the training sections share), `params`
 for the whole file, `loader` for reading it and `docs` for the key reference (docs/params.md).
 Every key is documented by its `Field(description=...)`.
@@ -27,6 +27,7 @@ from posttrain.config.export import (
 from posttrain.config.loader import DEFAULT_PARAMS, deep_merge, load_params, read_yaml, section, validate
 from posttrain.config.model import ModelParams
 from posttrain.config.params import Params
+from posttrain.config.preference import PreferenceParams, PreferenceStageParams
 from posttrain.config.resources import JobResources, ResourcesParams
 from posttrain.config.reward import AspectParams, RewardParams
 from posttrain.config.rl import PpoParams, RewardSpec, RlParams, RlStageParams
@@ -37,7 +38,8 @@ __all__ = [
     "DATA_KINDS", "DEFAULT_PARAMS", "AspectParams", "AwqParams", "CalibratedQuantParams", "CleaningParams",
     "ConfigError", "DataParams", "DemoDataParams", "DistillParams", "EvaluateParams", "ExportParams",
     "GgufLoraParams", "GgufParams", "GptqParams", "JobResources", "LoraParams", "ModelParams", "Params",
-    "PpoParams", "ResourcesParams", "RewardParams", "RewardSpec", "RlParams", "RlStageParams", "SamplingParams",
+    "PpoParams", "PreferenceParams", "PreferenceStageParams", "ResourcesParams", "RewardParams", "RewardSpec",
+    "RlParams", "RlStageParams", "SamplingParams",
     "Section", "SftParams", "SourceParams", "SourcesParams", "StudentParams", "TrainerParams", "TrainingParams",
     "deep_merge", "load_params", "read_yaml", "section", "validate",
 ]

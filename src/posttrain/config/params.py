@@ -11,6 +11,7 @@ from posttrain.config.distill import DistillParams
 from posttrain.config.evaluate import EvaluateParams
 from posttrain.config.export import ExportParams
 from posttrain.config.model import ModelParams
+from posttrain.config.preference import PreferenceParams
 from posttrain.config.resources import ResourcesParams
 from posttrain.config.reward import RewardParams
 from posttrain.config.rl import RlParams
@@ -29,6 +30,8 @@ class Params(Section):
     reward: RewardParams = Field(default_factory=RewardParams, description="Reward models, one per aspect.")
     rl: RlParams = Field(default_factory=RlParams, description=(
         "Reinforcement-learning stages and the settings they share."))
+    preference: PreferenceParams = Field(default_factory=PreferenceParams, description=(
+        "Preference optimisation stages (DPO, KTO, ORPO, SimPO) trained on the preference pairs."))
     distill: DistillParams | None = Field(None, description=(
         "Distillation into a smaller student. null: no distillation stages in the DAG."))
     export: ExportParams | None = Field(None, description=(

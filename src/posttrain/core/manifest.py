@@ -25,7 +25,7 @@ MANIFEST = "manifest.json"
 # fast). They differ on every rerun of the same inputs, so they stay out of manifest.json and
 # metrics.json, which repeat byte for byte, and .dvcignore keeps them out of DVC's hashes.
 RUN_RECORD = "run.json"
-WALL_CLOCK_KEYS = ("tokens_per_second", "train_runtime_s", "quantize_seconds", "write_seconds")
+WALL_CLOCK_KEYS = ("tokens_per_second", "train_runtime_s", "quantize_seconds", "write_seconds", "peak_memory_gb")
 # Libraries whose versions change results; recorded in every manifest.
 TRACKED_LIBRARIES = (
     "posttrain", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers",

@@ -24,6 +24,7 @@ KINDS = {
     "sft": ["stages.sft"],
     "reward": ["stages.reward"],
     "rl": ["stages.rl"],
+    "preference": ["stages.preference"],
     "student_base": ["stages.distill"],
     "distill_samples": ["stages.distill"],
     "distill": ["stages.distill"],

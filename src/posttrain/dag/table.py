@@ -72,6 +72,9 @@ def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
     if sources["prompts"]:
         table += _rl(params, table)
 
+    if params.preference.stages:
+        table += _preference(params, table, sources)
+
     if params.distill is not None:
         table += _distill(params, table, sources)
 
@@ -92,7 +95,8 @@ def stages(params: Params, param_files: list[str] | None = None) -> list[Stage]:
         # the commands of the other stages as they were, so switching overlays (the quick demo,
         # the RL stages) reruns only the stages it changes, in Snakemake and in DVC alike.
         s.param_files = [param_files[0], *(f for f in param_files[1:] if overlay_sections[f] & set(s.params))]
-        s.kind = next((k for k in ("prepare_data", "evaluate", "reward", "rl", "distill_samples", "distill")
+        s.kind = next((k for k in ("prepare_data", "evaluate", "reward", "rl", "preference", "distill_samples",
+                                  "distill")
                        if s.name.startswith(k)), s.name)
         s.code = code_inputs(s.kind)
         s.resources = stage_resources(params, s)
@@ -165,6 +169,28 @@ def _rl(params: Params, table: list[Stage]) -> list[Stage]:
     return out
 
 
+def _preference(params: Params, table: list[Stage], sources: dict) -> list[Stage]:
+    """A stage per entry of preference.stages, each from its init model (sft by default), on the
+    prepared preference pairs."""
+    if not sources["preference"]:
+        raise ValueError("preference.stages train on preference pairs: set data.sources.preference")
+    data = str(RESULTS / "data" / "preference")
+    out = []
+    for st in params.preference.stages:
+        if st.name in _model_folders(table):
+            raise ValueError(f"preference stage {st.name!r}: another model of the DAG has that name (an RL stage?); "
+                             f"rename one")
+        init = _model_folder(st.init, table, f"preference stage {st.name!r}: init")[1]
+        folder = str(RESULTS / "preference" / st.name)
+        out.append(Stage(f"preference_{st.name}", ["preference", "--stage", st.name, "--init", init, "--data", data,
+                                                   "--out", folder],
+                         [init, data], [folder], ["preference"], metrics=[f"{folder}/metrics.json"],
+                         plots=[{f"{folder}/log.csv": {"x": "step", "y": ["train_loss", "val_loss", "val_margin"]}}],
+                         launcher=accelerate_launcher(params.preference.gpus, params.preference.strategy),
+                         cores_share=ALL_CORES, priority=GATES_AN_EVALUATION))
+    return out
+
+
 DISTILL = RESULTS / "distill"
 BENCHMARKS = "logs/benchmarks"    # rules/pipeline.smk's benchmark files
 # The evaluated distillation models: report name -> folder.
@@ -211,6 +237,7 @@ def _model_folders(table: list[Stage]) -> dict[str, str]:
     return {"base": str(RESULTS / "base"), **{s.name: s.outs[0] for s in table if s.name == "sft"},
             **{s.name.removeprefix("rl_") if s.name != "rl_zero" else s.name: s.outs[0]
                for s in table if s.name.startswith("rl_")},
+            **{s.name.removeprefix("preference_"): s.outs[0] for s in table if s.name.startswith("preference_")},
             **{name: folder for name, folder in STUDENTS.items() if any(folder in s.outs for s in table)}}
 
 
