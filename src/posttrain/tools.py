@@ -18,8 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     params_arg(p)
     p.set_defaults(run=check_params)
 
-    p = sub.add_parser("plan", help="size a recipe's SFT and PPO stages on the meta device: parameters, adapters, "
-                                    "GPU memory")
+    p = sub.add_parser("plan", help="size a recipe's SFT, PPO and preference stages on the meta device: "
+                                    "parameters, adapters, GPU memory")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     params_arg(p)
     p.set_defaults(run=plan)
@@ -56,13 +56,15 @@ def check_params(params, args: argparse.Namespace) -> int:
 
 
 def plan(params, args: argparse.Namespace) -> int:
-    from posttrain.training.sizing import plan_ppo, plan_sft
+    from posttrain.training.sizing import plan_ppo, plan_preference, plan_sft
 
     cfg = params.sft
     sft = plan_sft(params, gpus=max(cfg.gpus, 1), strategy=cfg.strategy)
     ppo = [plan_ppo(params, st.name, gpus=max(params.rl.gpus, 1)) for st in params.rl.stages if st.algorithm == "ppo"]
+    preference = [plan_preference(params, st.name) for st in params.preference.stages]
     if args.json:
-        print(json.dumps({**sft.as_dict(), "ppo": [p.as_dict() for p in ppo]}, indent=2))
+        print(json.dumps({**sft.as_dict(), "ppo": [p.as_dict() for p in ppo],
+                          "preference": [p.as_dict() for p in preference]}, indent=2))
         return 0
     print(f"{params.model.base} ({sft.architecture}), sft.method={cfg.method}, {sft.gpus} GPU(s), {sft.strategy}")
     print(f"  total parameters      {sft.total_params:>16,}")
@@ -76,6 +78,11 @@ def plan(params, args: argparse.Namespace) -> int:
         print(f"PPO stage {p.stage}: one process, layers spread over {p.gpus} GPU(s), critic {p.critic_base}, "
               f"{p.rollout_sequences} rollout sequences of {p.sequence_tokens} tokens")
         print(f"  trainable parameters  policy {p.policy_trainable_params:,}, critic {p.critic_trainable_params:,}")
+        print("  memory per GPU (GB)   " + ", ".join(f"{k} {v}" for k, v in p.memory_gb_per_gpu.items()))
+    for p in preference:
+        print(f"Preference stage {p.stage} ({p.algorithm}): {p.gpus} GPU(s), {p.strategy}, reference {p.reference}, "
+              f"{p.sequences_per_step} sequences per GPU per step")
+        print(f"  trainable parameters  {p.trainable_params:,}")
         print("  memory per GPU (GB)   " + ", ".join(f"{k} {v}" for k, v in p.memory_gb_per_gpu.items()))
     return 0
 

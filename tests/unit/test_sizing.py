@@ -61,3 +61,23 @@ def test_ppo_memory_plan_one_shared_base_for_policy_reference_and_critic():
     # one process spans the node's GPUs; the GRPO stage keeps its 8 FSDP processes
     table = {s.name: s for s in dag.stages(params)}
     assert table["rl_helpfulness"].launcher == "" and "--num_processes 8" in table["rl_reasoning"].launcher
+
+
+def test_the_dpo_variant_plans_one_copy_of_the_weights():
+    from posttrain.training.sizing import plan_preference
+
+    files = [ROOT / "params.yaml", ROOT / "recipes" / "qwen3-30b-a3b.yaml",
+             ROOT / "recipes" / "variants" / "qwen3-30b-a3b-dpo.yaml"]
+    params = load_params(files)
+    dpo = plan_preference(params, "dpo")
+    sft = plan_sft(params, gpus=8, strategy="fsdp")
+    assert dpo.algorithm == "dpo" and dpo.reference == "adapter-off" and "reference" not in dpo.memory_gb_per_gpu
+    assert dpo.trainable_params == sft.trainable_params          # the SFT stage's adapters
+    assert dpo.memory_gb_per_gpu["weights"] == sft.memory_gb_per_gpu["weights"]
+    assert dpo.sequences_per_step == 4                            # chosen and rejected of 2 pairs per GPU
+    assert dpo.memory_gb_per_gpu["total"] < 80
+    params.preference.method = "full"                              # full fine-tuning: TRL copies the reference
+    full = plan_preference(params, "dpo")
+    assert full.reference == "copy" and full.memory_gb_per_gpu["reference"] == full.memory_gb_per_gpu["weights"]
+    with pytest.raises(ValueError, match="not in preference.stages"):
+        plan_preference(params, "kto")

@@ -214,3 +214,54 @@ def plan_ppo(params, stage: str, gpus: int = 8, prompt_tokens: int = 512) -> Ppo
     memory["total"] = sum(memory.values())
     return PpoPlan(stage, gpus, "shared" if shared else "copy", policy, critic, sequences, seq_tokens,
                    {k: round(v, 2) for k, v in memory.items()})
+
+
+@dataclass
+class PreferencePlan:
+    stage: str
+    algorithm: str
+    gpus: int
+    strategy: str
+    reference: str                      # adapter-off (no copy), copy (method full), or none (ORPO, SimPO)
+    trainable_params: int
+    sequences_per_step: int             # per GPU: chosen and rejected of each pair (KTO: each example and its KL pair)
+    memory_gb_per_gpu: dict[str, float]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_preference(params, stage: str) -> PreferencePlan:
+    """Per-GPU memory of a preference stage (posttrain.training.preference), on the SFT plan's terms
+    (`_memory`) for its own parallelism: each step runs the policy over the chosen and the rejected
+    response of `batch_size` pairs (KTO: each example and the mismatched completion it estimates
+    its KL term from), so twice the sequences of an SFT step of the same batch size. DPO's and KTO's
+    reference forward runs without gradients after the policy's, so it adds weights only when it is
+    a copy (method full); with LoRA it is the adapter-off policy."""
+    from peft import get_peft_model
+
+    from posttrain.training.trainers import lora_config
+
+    cfg = params.preference
+    names = [s.name for s in cfg.stages]
+    if stage not in names:
+        raise ValueError(f"preference stage {stage!r} is not in preference.stages ({names})")
+    st = cfg.stages[names.index(stage)]
+    config = config_for(params.model.base)
+    model = meta_model(config)
+    total = sum(p.numel() for p in model.parameters())
+    if cfg.method == "full":
+        trainable = total
+    else:
+        model = get_peft_model(model, lora_config(model, cfg.lora_for(st), "CAUSAL_LM", "preference"))
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    gpus = max(cfg.gpus, 1)
+    sequences = cfg.batch_size * 2
+    memory = _memory(config, total, trainable, cfg.method, gpus, cfg.strategy, sequences * cfg.max_length,
+                     cfg.gradient_checkpointing)
+    with_reference = st.algorithm in ("dpo", "kto")
+    reference = "copy" if with_reference and cfg.method == "full" else "adapter-off" if with_reference else "none"
+    if reference == "copy":
+        memory["reference"] = memory["weights"]
+        memory["total"] = round(memory["total"] + memory["reference"], 2)
+    return PreferencePlan(stage, st.algorithm, gpus, cfg.strategy, reference, trainable, sequences, memory)
