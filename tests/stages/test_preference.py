@@ -34,6 +34,8 @@ def test_each_algorithm_learns_the_preference(tmp_path, tiny_base, preference_da
     m = json.loads((out / "metrics.json").read_text())
     assert m["algorithm"] == algorithm and m["steps"] == 12 and m["pairs_over_length"] == 0
     assert m["heldout_logp_margin"] > m["heldout_logp_margin_start"] + 1.0
+    assert m["heldout_margin_gain"] == pytest.approx(m["heldout_logp_margin"] - m["heldout_logp_margin_start"])
+    assert m["heldout_pairs_moved_to_chosen"] >= 0.8
     assert m["heldout_pair_accuracy"] >= max(0.9, m["heldout_pair_accuracy_start"])
     assert 0 < m["trainable_params"] < m["total_params"]
     run = json.loads((out / "run.json").read_text())

@@ -101,11 +101,9 @@ def main(params: Params, stage: str, init_dir: Path, data_dir: Path, out: Path) 
     training.plot_curves(rows, out / "curves.png", f"Preference stage {stage} ({st.algorithm})",
                          [["train_loss", "val_loss"], ["train_margin", "val_margin"],
                           ["train_accuracy", "val_accuracy"], ["learning_rate"]])
-    start, end = preference.margin_summary(before), preference.margin_summary(after)
     metrics = write_metrics(out, {
         "stage": st.name, "algorithm": st.algorithm, "init": st.init, "subsets": st.subsets, "beta": st.beta,
-        "heldout_logp_margin_start": start["mean_margin"], "heldout_logp_margin": end["mean_margin"],
-        "heldout_pair_accuracy_start": start["accuracy"], "heldout_pair_accuracy": end["accuracy"],
+        **preference.margin_summary(before, after),
         "train_pairs": len(train), "heldout_pairs": len(val), "pairs_over_length": over_train + over_val,
         # wall-clock facts (the run record, run.json): the report's training time and peak memory
         "steps": trainer.state.global_step, "train_runtime_s": round(elapsed, 2), "peak_memory_gb": _peak_memory_gb(),
@@ -147,7 +145,9 @@ def _write_model_card(out: Path, stage: str, init_dir: Path, st: PreferenceStage
               "held-out log-prob margin: init → trained":
                   f"{training.fmt(m['heldout_logp_margin_start'])} → {training.fmt(m['heldout_logp_margin'])}",
               "held-out pairs preferred: init → trained":
-                  f"{training.fmt(m['heldout_pair_accuracy_start'])} → {training.fmt(m['heldout_pair_accuracy'])}"},
+                  f"{training.fmt(m['heldout_pair_accuracy_start'])} → {training.fmt(m['heldout_pair_accuracy'])}",
+              "held-out margin gain (log-ratio to the init), pairs moved to the chosen side":
+                  f"{training.fmt(m['heldout_margin_gain'])}, {training.fmt(m['heldout_pairs_moved_to_chosen'])}"},
         usage="`merged/` loads with `AutoModelForCausalLM.from_pretrained`; `adapter/` with `PeftModel` on the init "
               "model. Curves: `curves.png`, `log.csv`.")
 

@@ -4,8 +4,10 @@ algorithm, and the held-out measure every algorithm is judged by.
 DPO and SimPO/ORPO optimise different quantities (a log-ratio to a reference, a length-normalised
 log-probability, an odds ratio), so their own training metrics do not compare. What does is the
 policy's preference on held-out pairs: the summed log-probability of the chosen response minus
-the rejected one's (DPO's implicit reward margin before its beta and reference), and the share of
-pairs where it is positive, measured before and after training by the same code.
+the rejected one's, before and after training, by the same code. Its change per pair is the
+log-ratio to the init model of the chosen response minus the rejected one's: DPO's implicit reward
+margin (over beta), measured the same way for all four; the share of pairs it moved towards the
+chosen response is DPO's reward accuracy.
 """
 
 from __future__ import annotations
@@ -119,5 +121,14 @@ def logp_margins(model, tokenizer, pairs: list[dict], batch_size: int = 8) -> li
     return [totals[2 * k] - totals[2 * k + 1] for k in range(len(pairs))]
 
 
-def margin_summary(margins: list[float]) -> dict:
-    return {"mean_margin": sum(margins) / len(margins), "accuracy": sum(m > 0 for m in margins) / len(margins)}
+def margin_summary(before: list[float], after: list[float]) -> dict:
+    """The held-out margins before and after training, and what training moved. The absolute
+    margin favours the shorter response of a pair (fewer tokens, fewer log-probabilities summed);
+    its change does not: per pair it is the log-ratio to the init model of the chosen response
+    minus the rejected one's, DPO's implicit reward margin over beta, for every algorithm."""
+    n = len(before)
+    gains = [a - b for a, b in zip(after, before)]
+    return {"heldout_logp_margin_start": sum(before) / n, "heldout_logp_margin": sum(after) / n,
+            "heldout_pair_accuracy_start": sum(m > 0 for m in before) / n,
+            "heldout_pair_accuracy": sum(m > 0 for m in after) / n,
+            "heldout_margin_gain": sum(gains) / n, "heldout_pairs_moved_to_chosen": sum(g > 0 for g in gains) / n}
