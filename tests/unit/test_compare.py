@@ -138,3 +138,26 @@ def test_a_dvc_experiment_is_compared_by_its_name(tmp_path):
     (acc,) = page["metrics"]
     assert (acc["a"], acc["b"], acc["verdict"]) == (0.2, 0.45, "better")
     assert {r["artifact"]: r for r in page["artifacts"]}["eval/sft"]["params"] == [{"key": "correct", "a": 20, "b": 45}]
+
+
+def test_the_demos_committed_noise_bands_cover_its_models_and_gate_a_seeded_repeat():
+    """docs/results/noise-bands.json: measured from seeded repeats of `make demo`; a band per
+    directed metric of every model the demo's report has, and each repeat within every band when
+    compared with another (a seed-only change passes the gate)."""
+    from conftest import ROOT
+    from posttrain.compare import gate
+    from posttrain.stats.directions import loss
+
+    bands = gate.load(ROOT / "docs" / "results" / "noise-bands.json")
+    assert len(bands["runs"]) >= 2 and len(bands["commits"]) == len(bands["runs"])
+    report = (ROOT / "docs" / "results" / "demo.md").read_text()
+    models = set(bands["bands"])
+    assert {"base", "sft", "helpfulness", "safety", "reasoning", "rl_zero", "distilled"} <= models
+    assert all(f"| {m} |" in report for m in models)
+    for model, metrics in bands["bands"].items():
+        assert {"arithmetic_accuracy", "harmful_refusal_rate", "perplexity"} <= set(metrics), model
+        for metric, band in metrics.items():
+            assert band["band"] >= 0 and len(band["values"]) == len(bands["runs"])
+            first, *others = band["values"]
+            for other in others:      # a repeat against the first: within the band it helped measure
+                assert loss(metric, first, other) <= band["band"] + 1e-9, (model, metric)
