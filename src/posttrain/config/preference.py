@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from posttrain.config.base import Section
 from posttrain.config.training import LoraParams, TrainerParams
@@ -84,7 +84,7 @@ class PreferenceParams(TrainerParams):
 
     def lora_for(self, st: PreferenceStageParams) -> LoraParams:
         """The adapter a stage trains: preference.lora with the stage's own `lora` keys over it."""
-        return LoraParams(**{**self.lora.model_dump(), **(st.lora or {})})
+        return self.lora_with(st.lora, f"preference stage {st.name!r}")
 
     @model_validator(mode="after")
     def _stages(self) -> PreferenceParams:
@@ -96,11 +96,7 @@ class PreferenceParams(TrainerParams):
             st.seed = self.seed if st.seed is None else st.seed
             st.max_steps = st.max_steps or self.max_steps
             st.learning_rate = st.learning_rate or self.learning_rate
-            try:
-                self.lora_for(st)
-            except ValidationError as err:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-                raise ValueError(f"preference stage {st.name!r}: lora: {problems}") from None
+            self.lora_for(st)
         if self.method == "qlora":
             raise ValueError("preference.method qlora: use lora or full (a 4-bit base is a CUDA-only path not wired "
                              "for the preference trainers)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from posttrain.config.base import Section
 from posttrain.config.training import LoraParams, TrainingParams
@@ -191,18 +191,14 @@ class RlParams(TrainingParams):
 
     def lora_for(self, st: RlStageParams) -> LoraParams:
         """The adapter a stage trains: rl.lora with the stage's own `lora` keys over it."""
-        return LoraParams(**{**self.lora.model_dump(), **(st.lora or {})})
+        return self.lora_with(st.lora, f"rl stage {st.name!r}")
 
     @model_validator(mode="after")
     def _stage_graph(self) -> RlParams:
         for st in [*self.stages, *([self.zero] if self.zero else [])]:
             if st.seed is None:
                 st.seed = self.seed
-            try:
-                self.lora_for(st)
-            except ValidationError as err:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-                raise ValueError(f"rl stage {st.name!r}: lora: {problems}") from None
+            self.lora_for(st)
             if st.algorithm != "ppo":   # GRPO and RFT run a process per GPU (PPO one process over them all)
                 st.per_device_batch(max(1, self.gpus))
         seen: list[str] = []

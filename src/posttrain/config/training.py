@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from posttrain.config.base import Section
 
@@ -70,6 +70,15 @@ class TrainingParams(Section):
         "How the GPUs share the model: fsdp or zero3 shard weights, gradients and optimizer state (needed for 30B; "
         "they need gpus >= 2); ddp replicates (fine below ~7B)."))
     seed: int = Field(0, description="The trainer's seed: initialisation, data order, dropout.")
+
+    def lora_with(self, overrides: dict | None, where: str) -> LoraParams:
+        """This section's adapter with a stage's own `lora` keys over it, key by key; a bad key is
+        an error naming the stage (`where`)."""
+        try:
+            return LoraParams(**{**self.lora.model_dump(), **(overrides or {})})
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+            raise ValueError(f"{where}: lora: {problems}") from None
 
     @model_validator(mode="after")
     def _strategy_needs_gpus(self) -> TrainingParams:
