@@ -34,7 +34,7 @@ def test_the_demo_asks_for_no_gpu_and_training_rules_ask_for_the_early_signal():
     assert not any("gpu" in s.resources for s in stages.values())
     trained = {n for n, s in stages.items() if "slurm_extra" in s.resources}
     assert trained == {"sft", "reward_helpful", "reward_safety", "reward_helpful_audit", "rl_helpfulness", "rl_safety",
-                       "rl_reasoning", "rl_zero", "distill", "distill_baseline"}
+                       "rl_reasoning", "rl_zero", "preference_dpo", "distill", "distill_baseline"}
     assert stages["sft"].resources["slurm_extra"] == "--signal=USR1@300"
     # resources are no stage's parameters: changing them reruns nothing
     assert not any("resources" in s.params for s in stages.values())
@@ -49,6 +49,9 @@ def test_the_production_recipe_asks_each_stage_for_its_gpus():
     assert stages["evaluate_sft"].resources["gpu"] == 2 and "slurm_extra" not in stages["evaluate_sft"].resources
     assert "gpu" not in stages["prepare_data_sft"].resources and stages["prepare_data_sft"].threads == 16
     assert all(s.resources["gpu"] == 8 for n, s in stages.items() if n.startswith("rl_"))
+    assert not any(n.startswith("preference_") for n in stages)     # the DPO variant adds one
+    dpo = _stages(ROOT / "recipes/qwen3-30b-a3b.yaml", ROOT / "recipes/variants/qwen3-30b-a3b-dpo.yaml")
+    assert dpo["preference_dpo"].resources == {**sft, "runtime": 1440}
 
 
 def test_a_training_stage_across_nodes_starts_one_launcher_per_node(tmp_path):

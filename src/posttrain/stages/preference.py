@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import resource
 from pathlib import Path
 
 import torch
@@ -106,7 +105,7 @@ def main(params: Params, stage: str, init_dir: Path, data_dir: Path, out: Path) 
         **preference.margin_summary(before, after),
         "train_pairs": len(train), "heldout_pairs": len(val), "pairs_over_length": over_train + over_val,
         # wall-clock facts (the run record, run.json): the report's training time and peak memory
-        "steps": trainer.state.global_step, "train_runtime_s": round(elapsed, 2), "peak_memory_gb": _peak_memory_gb(),
+        "steps": trainer.state.global_step, "train_runtime_s": round(elapsed, 2), "peak_memory_gb": training.peak_memory_gb(),
         "trainable_params": trainable, "total_params": total,
         "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
     })
@@ -125,13 +124,6 @@ def _merge(weights: Path, adapter: Path, tokenizer, out: Path) -> None:
     base = AutoModelForCausalLM.from_pretrained(weights, dtype="auto")
     PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(out)
     tokenizer.save_pretrained(out)
-
-
-def _peak_memory_gb() -> float:
-    """This process's peak: the GPU's allocations on CUDA, else the resident set (Linux: KiB)."""
-    if torch.cuda.is_available():
-        return round(torch.cuda.max_memory_allocated() / 2**30, 3)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
 
 
 def _write_model_card(out: Path, stage: str, init_dir: Path, st: PreferenceStageParams, m: dict) -> None:

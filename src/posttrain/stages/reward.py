@@ -89,7 +89,7 @@ def main(params: Params, aspect: str, init_dir: Path, data_dir: Path, out: Path)
         "train_reward_mean": statistics.fmean(flat), "train_reward_std": statistics.pstdev(flat),
         "train_stats_pairs": len(stats_scores),
         "steps": trainer.state.global_step, "train_runtime_s": round(elapsed, 2),
-        "trainable_params": trainable, "total_params": total,
+        "peak_memory_gb": training.peak_memory_gb(), "trainable_params": trainable, "total_params": total,
         "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
     }
 

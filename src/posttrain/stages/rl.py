@@ -336,7 +336,7 @@ def _metrics(rows, selector: Selection, chosen_step, trainer, elapsed, trainable
         "kl_last": kl[-1] if kl else None, "kl_max": max(kl) if kl else None,
         "none_batches": dict(sorted(none_batches.items())),
         "steps": trainer.state.global_step, "train_runtime_s": round(elapsed, 2),
-        "trainable_params": trainable, "total_params": total,
+        "peak_memory_gb": training.peak_memory_gb(), "trainable_params": trainable, "total_params": total,
         "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
         **({"critic_base": trainer.critic.kind} if st.algorithm == "ppo" else {}),
         **({"samples": sampled["report"]} if sampled else {}),

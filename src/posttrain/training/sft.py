@@ -179,7 +179,7 @@ def _metrics(rows, trainer, result, elapsed, trainable, total, cfg, precision, r
         # throughput of this process's training time (a resumed run counts only its own part)
         "tokens_per_second": (result.metrics.get("train_tokens_per_second") if result else None)
         or (tokens / elapsed if elapsed else None),
-        "train_runtime_s": round(elapsed, 2),
+        "train_runtime_s": round(elapsed, 2), "peak_memory_gb": training.peak_memory_gb(),
         "trainable_params": trainable, "total_params": total,
         "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
     }

@@ -7,6 +7,7 @@ import csv
 import json
 import logging
 import os
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -261,6 +262,14 @@ def init_model(init_dir: Path, what: str) -> tuple[Path, object]:
     if chat.template_hash(tokenizer.chat_template) != manifest.get("chat_template_sha256"):
         raise ValueError(f"{init_dir}: the tokenizer's chat template differs from the one its manifest records")
     return weights, tokenizer
+
+
+def peak_memory_gb() -> float:
+    """This process's peak memory for the run record: the GPU's allocations on CUDA, else the
+    resident set (Linux reports KiB)."""
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
 
 
 def count_parameters(model) -> tuple[int, int]:
