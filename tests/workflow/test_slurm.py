@@ -16,6 +16,8 @@ import yaml
 from conftest import ROOT, bin_path, run
 from test_dag import _tree_hashes
 
+DPO_VARIANT = "variants/qwen3-30b-a3b-dpo.yaml"
+
 CONF = ROOT / "tests/data/slurm"
 # The rules that make results/sft.
 RULES = {"demo_data", "base_model", "prepare_data_eval", "prepare_data_sft", "sft"}
@@ -50,7 +52,7 @@ def test_the_production_recipe_asks_each_stage_for_its_gpus():
     assert "gpu" not in stages["prepare_data_sft"].resources and stages["prepare_data_sft"].threads == 16
     assert all(s.resources["gpu"] == 8 for n, s in stages.items() if n.startswith("rl_"))
     assert not any(n.startswith("preference_") for n in stages)     # the DPO variant adds one
-    dpo = _stages(ROOT / "recipes/qwen3-30b-a3b.yaml", ROOT / "recipes/variants/qwen3-30b-a3b-dpo.yaml")
+    dpo = _stages(ROOT / "recipes/qwen3-30b-a3b.yaml", ROOT / "recipes" / DPO_VARIANT)
     assert dpo["preference_dpo"].resources == {**sft, "runtime": 1440}
 
 
@@ -211,18 +213,20 @@ def test_profile_slurm_submits_every_rule_and_a_preempted_training_job_resumes(s
 
 @pytest.mark.slow
 def test_the_production_recipe_rehearses_under_profile_slurm(slurm_cluster, tmp_path):
-    """`posttrain rehearse recipes/qwen3-30b-a3b.yaml -- --profile slurm`: the production recipe's
-    whole DAG, every rule through sbatch with the recipe's resources scaled to this node (its
-    training rules ask for GPUs of type h100), multi-GPU stages as two processes under their
-    accelerate launcher inside the job."""
+    """`posttrain rehearse recipes/qwen3-30b-a3b.yaml recipes/variants/qwen3-30b-a3b-dpo.yaml --
+    --profile slurm`: the production recipe's whole DAG with its DPO variant, every rule through
+    sbatch with the recipe's resources scaled to this node (its training rules ask for GPUs of type
+    h100), multi-GPU stages as two processes under their accelerate launcher inside the job."""
     from test_rehearsal import PRODUCTION, assert_every_stage_ran
 
     out = tmp_path / "rehearsal"
-    res = run([bin_path("posttrain"), "rehearse", f"recipes/{PRODUCTION}", "--out", str(out), "--",
-               "--profile", "slurm", "--verbose", "--slurm-status-command", "squeue", "--slurm-no-account",
+    res = run([bin_path("posttrain"), "rehearse", f"recipes/{PRODUCTION}", f"recipes/{DPO_VARIANT}", "--out", str(out),
+               "--", "--profile", "slurm", "--verbose", "--slurm-status-command", "squeue", "--slurm-no-account",
                "--jobs", "2", "--default-resources", "slurm_partition=debug"], ROOT)
+    assert f"rehearsal of recipes/{PRODUCTION} + recipes/{DPO_VARIANT}" in res.stdout
     assert "every stage ran" in res.stdout
-    report = assert_every_stage_ran(out, PRODUCTION)
+    report = assert_every_stage_ran(out, PRODUCTION, DPO_VARIANT)
+    assert re.search(r"^\| preference_dpo \| yes \| 8 \|", report, re.M)    # sharded over 8 GPUs on the cluster
     log = (out / "snakemake.log").read_text()
     submitted = set(re.findall(r"has been submitted with SLURM jobid \d+ \(log: \S+/rule_(\w+)/", log))
     local = set(re.findall(r"^localrule (\w+):", log, re.M)) - {"all"}

@@ -213,8 +213,8 @@ def _bar_chart(table: dict, metric: str, path: Path) -> Path:
 # which .dvcignore keeps out of the report's DVC hash: a rerun reproduces the report byte for byte.
 SIZE_COLUMNS = ("parameters", "weights_mb")
 SPEED_NOTE = "tokens/s: batched greedy generation during the evaluation, on the machine that ran it (wall-clock)."
-TRAINING_NOTE = ("Each trained model's last training run (a resumed run counts only its own part): wall seconds and the "
-                 "process's peak memory (GPU allocations on a GPU, resident set on a CPU), from its run.json.")
+TRAINING_NOTE = ("Each trained model's last training run (a resumed run counts only its own part): wall seconds and "
+                 "the process's peak memory (GPU allocations on a GPU, resident set on a CPU), from its run.json.")
 TIMING_LINK = ("This run's timing (each rule's wall time and memory, the models' generation speed): {link}, beside "
                "this report; wall-clock facts, so not part of its DVC hash.")
 

@@ -126,7 +126,7 @@ def _pairs(path: Path, subsets: list[str], tokenizer, cfg) -> tuple[list[dict], 
     with open(path) as fh:
         for line in fh:
             row = json.loads(line)
-            if row.get("subset") not in subsets:
+            if row.get("subset") not in subsets or "completion" in row:   # an unpaired rating: KTO's alone
                 continue
             chosen = reward_model.encode(tokenizer, row["prompt"], row["chosen"], cfg.context_turns)
             rejected = reward_model.encode(tokenizer, row["prompt"], row["rejected"], cfg.context_turns)
