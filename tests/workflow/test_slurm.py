@@ -226,7 +226,8 @@ def test_the_production_recipe_rehearses_under_profile_slurm(slurm_cluster, tmp_
     assert f"rehearsal of recipes/{PRODUCTION} + recipes/{DPO_VARIANT}" in res.stdout
     assert "every stage ran" in res.stdout
     report = assert_every_stage_ran(out, PRODUCTION, DPO_VARIANT)
-    assert re.search(r"^\| preference_dpo \| yes \| 8 \|", report, re.M)    # sharded over 8 GPUs on the cluster
+    # 8 GPUs on the cluster, with posttrain plan's memory per GPU and the GPU-hours of its steps
+    assert re.search(r"^\| preference_dpo \| yes \| 8 \| 1 \| [\d.]+ \| [\d.]+ \|", report, re.M)
     log = (out / "snakemake.log").read_text()
     submitted = set(re.findall(r"has been submitted with SLURM jobid \d+ \(log: \S+/rule_(\w+)/", log))
     local = set(re.findall(r"^localrule (\w+):", log, re.M)) - {"all"}

@@ -98,7 +98,7 @@ def main(params: Params, stage: str, init_dir: Path, data_dir: Path, out: Path) 
     tokenizer.save_pretrained(folder)
     if cfg.method != "full":
         training.sort_adapter_config(folder / "adapter_config.json")
-        _merge(weights, folder, tokenizer, out / "merged")
+        training.merge_adapter(weights, folder, tokenizer, out / "merged")
     rows = training.write_log_csv(history, out / "log.csv", preference.LOG_COLUMNS)
     training.plot_curves(rows, out / "curves.png", f"Preference stage {stage} ({st.algorithm})",
                          [["train_loss", "val_loss"], ["train_margin", "val_margin"],
@@ -118,17 +118,6 @@ def main(params: Params, stage: str, init_dir: Path, data_dir: Path, out: Path) 
     return write_manifest(out, stage=f"preference:{stage}", params=stage_section(params, st), seed=st.seed,
                           inputs=inputs, chat_template=tokenizer.chat_template,
                           extra={"checkpoints": str(run_dir), "metrics": metrics})
-
-
-def _merge(weights: Path, adapter: Path, tokenizer, out: Path) -> None:
-    """The init model with the adapter merged, in the init model's own dtype (weights the stage did
-    not train come out exactly as they went in)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(weights, dtype="auto")
-    PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(out)
-    tokenizer.save_pretrained(out)
 
 
 def _write_model_card(out: Path, stage: str, init_dir: Path, st: PreferenceStageParams, m: dict) -> None:
