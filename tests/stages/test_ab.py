@@ -123,10 +123,23 @@ def test_twenty_votes_by_two_people_in_chromium_become_a_win_rate_and_reward_mod
     run([bin_path("posttrain"), "ab", "report", "--db", db, "--out", tmp_path / "report"], cwd=tmp_path)
     assert json.loads((tmp_path / "report" / "ab.json").read_text()) == json.loads(json.dumps(rows))
     assert "win rate (95 % CI)" in (tmp_path / "report" / "ab.md").read_text()
-    out = run([bin_path("posttrain"), "ab", "export", "--db", db, "--out", tmp_path / "ab-pairs.jsonl"],
-              cwd=tmp_path).stdout
+    out = run([bin_path("posttrain"), "ab", "export", "--db", db, "--out", tmp_path / "ab-pairs.jsonl",
+               "--unpaired", tmp_path / "ab-ratings.jsonl"], cwd=tmp_path).stdout
     pairs = read_jsonl(tmp_path / "ab-pairs.jsonl")
     assert len(pairs) == row["wins"] + row["losses"] and f"{len(pairs)} preference pairs" in out
+    # both-bad votes: thumbs-down ratings that the data stage keeps for KTO
+    ratings = read_jsonl(tmp_path / "ab-ratings.jsonl")
+    assert len(ratings) == 2 * row["both_bad"] == 4 and {r["label"] for r in ratings} == {False}
+    assert "4 thumbs-down ratings from 2 both-bad votes" in out
+    from posttrain.config import load_params
+    from posttrain.stages import prepare_data
+
+    params = load_params([ROOT / "params.yaml", ROOT / "tests/data/tiny.yaml"])
+    prepare_data.main(params, "preference", [str(tmp_path / "ab-ratings.jsonl")], tmp_path / "kto",
+                      tokenizer_dir=tiny_base)
+    kept = read_jsonl(tmp_path / "kto" / "train.jsonl") + read_jsonl(tmp_path / "kto" / "val.jsonl")
+    assert len(kept) == len({json.dumps([r["prompt"], r["completion"]]) for r in ratings})   # one per answer
+    assert all(r["label"] is False and r["completion"][0]["role"] == "assistant" for r in kept)
     rm = train_tiny_reward_model(tmp_path, tiny_base, pairs, val_fraction=0.5)   # the data and reward stages
     prepared = read_jsonl(tmp_path / "pref" / "train.jsonl") + read_jsonl(tmp_path / "pref" / "val.jsonl")
     distinct = {json.dumps([p["prompt"], p["chosen"], p["rejected"]]) for p in pairs}   # two people, same verdict

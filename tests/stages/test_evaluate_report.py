@@ -93,13 +93,14 @@ def test_evaluate_refuses_a_model_whose_template_changed(tmp_path, tiny_base, ev
         evaluate.main(_params(tmp_path), copy, "tampered", eval_dir, None, tmp_path / "out")
 
 
-def _fake_eval(folder: Path, model: str, metrics: dict, partial=False, dtype="float32"):
-    """An evaluate output as the report reads it (metrics.json + manifest)."""
+def _fake_eval(folder: Path, model: str, metrics: dict, partial=False, dtype="float32", model_dir=None):
+    """An evaluate output as the report reads it (metrics.json + manifest, naming the model folder)."""
     from posttrain.core.manifest import write_json, write_manifest
 
     folder.mkdir(parents=True)
     write_json(folder / "metrics.json", {"model": model, "metrics": metrics, "partial": partial, "dtype": dtype})
-    write_manifest(folder, stage=f"evaluate:{model}", params={}, seed=0)
+    write_manifest(folder, stage=f"evaluate:{model}", params={}, seed=0,
+                   inputs={"model": model_dir} if model_dir else None)
     return folder
 
 
@@ -150,18 +151,19 @@ def _samples(folder: Path, correct: list[bool], refused: list[bool]) -> None:
 
 
 def test_report_tests_each_model_against_its_baseline_and_marks_a_kept_init(tmp_path):
-    from posttrain.core.manifest import write_json, write_manifest
+    from posttrain.core.manifest import write_manifest, write_metrics
 
-    sft = _fake_eval(tmp_path / "eval" / "sft", "sft", {"arithmetic_accuracy": 0.3, "harmful_refusal_rate": 0.2})
-    rl = _fake_eval(tmp_path / "eval" / "safety", "safety", {"arithmetic_accuracy": 0.25, "harmful_refusal_rate": 0.6})
-    _samples(sft, [i < 12 for i in range(40)], [i < 8 for i in range(40)])
-    _samples(rl, [i < 10 for i in range(40)], [i < 24 for i in range(40)])   # 16 more refusals, 2 fewer sums
     stage = tmp_path / "rl" / "safety"
     stage.mkdir(parents=True)
-    write_json(stage / "metrics.json", {"stage": "safety", "algorithm": "grpo", "init": "previous", "steps": 8,
-                                        "chosen_step": 0, "heldout_reward_start": 0.1, "heldout_reward_chosen": 0.1,
-                                        "kl_max": 0.01})
+    write_metrics(stage, {"stage": "safety", "algorithm": "grpo", "init": "previous", "steps": 8, "chosen_step": 0,
+                          "heldout_reward_start": 0.1, "heldout_reward_chosen": 0.1, "kl_max": 0.01,
+                          "train_runtime_s": 196.7, "peak_memory_gb": 1.25})   # the last two: to run.json
     write_manifest(stage, stage="rl:safety", params={}, seed=0)
+    sft = _fake_eval(tmp_path / "eval" / "sft", "sft", {"arithmetic_accuracy": 0.3, "harmful_refusal_rate": 0.2})
+    rl = _fake_eval(tmp_path / "eval" / "safety", "safety", {"arithmetic_accuracy": 0.25, "harmful_refusal_rate": 0.6},
+                    model_dir=stage)
+    _samples(sft, [i < 12 for i in range(40)], [i < 8 for i in range(40)])
+    _samples(rl, [i < 10 for i in range(40)], [i < 24 for i in range(40)])   # 16 more refusals, 2 fewer sums
     bench = tmp_path / "logs" / "benchmarks"
     bench.mkdir(parents=True)
     for rule, seconds in (("sft", 161.2), ("rl_safety", 300.0)):
@@ -182,6 +184,9 @@ def test_report_tests_each_model_against_its_baseline_and_marks_a_kept_init(tmp_
     timing = (out / "timing.md").read_text()
     assert "[timing.md](timing.md)" in md.splitlines()[2] and "rl_safety" not in md
     assert timing.splitlines()[2].startswith("Timing: 2 rules ran in") and "| rl_safety | 300 | 812.500 |" in timing
+    # each trained model's training time and peak memory, from its run record (sft's folder is not given)
+    training = timing.split("## Training")[1].split("##")[0]
+    assert "| safety | 197 | 1.250 |" in training and "| sft |" not in training and "| safety | 197" not in md
     page = (out / "report.html").read_text()
     assert 'id="significance"' in page and '<tr class="better">' in page and 'href="timing.html"' in page
     assert '<table id="rules">' in (out / "timing.html").read_text()

@@ -347,12 +347,16 @@ def test_gguf_embeddings_can_keep_more_bits_than_the_layers(tmp_path, merged):
 
 
 def test_gguf_refuses_what_it_cannot_write(tmp_path, merged):
-    from transformers import Qwen3MoeConfig
+    from transformers import GPT2Config, Qwen3MoeConfig
 
     from posttrain.export import gguf_export
 
     with pytest.raises(ValueError, match="convert_hf_to_gguf.py"):
-        gguf_export.architecture(Qwen3MoeConfig())
+        gguf_export.architecture(GPT2Config())
+    with pytest.raises(ValueError, match="dense layers"):
+        gguf_export.architecture(Qwen3MoeConfig(norm_topk_prob=True, mlp_only_layers=[0]))
+    with pytest.raises(ValueError, match="norm_topk_prob: false"):
+        gguf_export.architecture(Qwen3MoeConfig(norm_topk_prob=False))
     with pytest.raises(ValueError, match="q3_k"):
         _params(tmp_path, formats=["gguf"], gguf={"type": "q3_k"})
     assert not (tmp_path / "gguf").exists()
@@ -596,3 +600,50 @@ def test_the_dag_quantizes_awq_in_the_export_environment_and_evaluates_it(tmp_pa
     params, _ = _params(tmp_path, model="sft", formats=["gguf"])
     gguf = {s.name: s for s in dag.stages(params)}
     assert gguf["export_gguf"].env == gguf["evaluate_sft_gguf"].env == ""   # GGUF loads in the main environment
+
+
+def test_llama_cpp_runs_a_qwen3_moe_gguf_as_transformers_does(tmp_path, tiny_base):
+    # the production model's family: experts split out of transformers' fused gate_up tensor,
+    # stacked per layer as llama.cpp's qwen3moe loader wants them, the router in float32
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from posttrain.export import gguf_export
+    from posttrain.inference.generation import stop_ids
+    from posttrain.models.sources import build_tiny_model
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    moe = build_tiny_model("qwen3_moe", tokenizer, seed=3)
+    moe.config.norm_topk_prob = True                     # as Qwen3-30B-A3B (llama.cpp assumes it)
+    with torch.no_grad():                                # larger weights: the routing and the tokens vary
+        for p in moe.parameters():
+            p.mul_(8.0 if p.dim() > 1 else 1.0)
+    moe.save_pretrained(tmp_path / "moe")
+    tokenizer.save_pretrained(tmp_path / "moe")
+    counts = gguf_export.write(tmp_path / "moe", tmp_path / "moe.gguf", weights="f32", embeddings="f32",
+                               name="moe", tokenizer_pre="gpt-2")
+    reader = gguf.GGUFReader(tmp_path / "moe.gguf")
+    shapes = {t.name: tuple(int(d) for d in t.shape) for t in reader.tensors}
+    assert shapes["blk.1.ffn_gate_exps.weight"] == shapes["blk.1.ffn_up_exps.weight"] == (64, 32, 4)
+    assert shapes["blk.1.ffn_down_exps.weight"] == (32, 64, 4) and shapes["blk.1.ffn_gate_inp.weight"] == (64, 4)
+    assert counts == {"f32": len(shapes)}
+
+    served = AutoModelForCausalLM.from_pretrained(tmp_path / "moe", dtype=torch.float32)
+    stop = stop_ids(tokenizer)
+    text = tokenizer.apply_chat_template(export.PROBE, add_generation_prompt=True, tokenize=False)
+    n = 12
+    out = _llama_cpp(tmp_path / "moe.gguf", text, n)
+    assert out["prompt"] == tokenizer(text).input_ids
+    want = _greedy(served, out["prompt"], n, stop)
+    assert len(set(want)) > 2 and out["tokens"] == want
+    # the evaluation reads a GGUF export back through transformers: the same model again
+    from posttrain.models.sources import load_gguf
+
+    ids = torch.tensor([out["prompt"]])
+    with torch.no_grad():
+        assert torch.allclose(load_gguf(tmp_path / "moe.gguf").model(ids).logits, served(ids).logits, atol=1e-4)
+
+    q8 = gguf_export.write(tmp_path / "moe", tmp_path / "moe-q8.gguf", weights="q8_0", embeddings="q8_0",
+                           name="moe", tokenizer_pre="gpt-2")
+    assert q8["q8_0"] >= 3 * 2 and q8["f32"] >= 2        # experts quantized; norms and routers kept
+    assert len(_llama_cpp(tmp_path / "moe-q8.gguf", text, n)["tokens"]) > 0

@@ -48,7 +48,7 @@ def test_each_algorithm_learns_the_preference(tmp_path, tiny_base, preference_da
     # merged/ is the trained policy: it prefers the chosen answers as the stage measured
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")
     tokenizer = trainers.init_model(tiny_base, "base")[1]
-    val, _ = training_preference.read_pairs(preference_data / "val.jsonl", ["helpful"], tokenizer, 96)
+    val, _, _ = training_preference.read_pairs(preference_data / "val.jsonl", ["helpful"], tokenizer, 96)
     margins = training_preference.logp_margins(merged, tokenizer, val)
     assert sum(margins) / len(margins) == pytest.approx(m["heldout_logp_margin"], rel=1e-3, abs=1e-3)
 
@@ -58,7 +58,7 @@ def test_the_reference_is_the_adapter_off_policy(tmp_path, tiny_base, preference
     params = _params(tmp_path, {"name": "po", "algorithm": algorithm, "init": "base", "subsets": ["helpful"]})
     cfg, st = params.preference, params.preference.stages[0]
     weights, tokenizer = trainers.init_model(tiny_base, "base")
-    pairs, _ = training_preference.read_pairs(preference_data / "train.jsonl", ["helpful"], tokenizer, 96)
+    pairs, _, _ = training_preference.read_pairs(preference_data / "train.jsonl", ["helpful"], tokenizer, 96)
     model = AutoModelForCausalLM.from_pretrained(weights)
     trainer = training_preference.build_trainer(model, tokenizer, pairs, pairs[:4], tmp_path / "run", cfg, st,
                                                 trainers.resolve_precision("fp32"))
@@ -117,6 +117,42 @@ def test_the_dag_evaluates_and_reports_each_stage(tmp_path):
     report = stages["report"].args
     assert "results/eval/dpo" in report and "results/eval/orpo_base" in report
     assert "dpo=sft" in report and "orpo_base=base" in report         # each against its init, paired
+    assert "dpo=helpfulness" in report and "orpo_base=helpfulness" not in report   # and the RL stage from it
+
+
+def test_kto_trains_on_unpaired_ratings_that_pair_stages_and_reward_models_leave_out(tmp_path, tiny_base):
+    """Thumbs-up / thumbs-down rows (prompt, completion, label) pass the data stage beside pairs;
+    KTO trains on them, DPO and the reward models read the pairs alone."""
+    from conftest import write_jsonl
+    from posttrain.stages import prepare_data, reward
+
+    pairs = [{"prompt": f"What is {a} plus 3?", "chosen": f"{a} + 3 = {a + 3}.", "rejected": "I do not know.",
+              "subset": "helpful"} for a in range(2, 22)]
+    ratings = [{"prompt": f"What is {a} plus 7?", "completion": f"{a} + 7 = {a + 7}." if good else "No idea.",
+                "label": good, "subset": "helpful"} for a in range(2, 22) for good in (True, False)]
+    ratings.append({"prompt": "What is 1 plus 1?", "completion": "2.", "label": "maybe", "subset": "helpful"})
+    params = load_params([ROOT / "params.yaml", TINY_OVERLAY])
+    params.data.cleaning.near_dup = False
+    params.data.val_fraction = 0.25
+    data = tmp_path / "preference"
+    prepare_data.main(params, "preference", [str(write_jsonl(tmp_path / "pairs.jsonl", pairs)),
+                                             str(write_jsonl(tmp_path / "ratings.jsonl", ratings))], data,
+                      tokenizer_dir=tiny_base)
+    rejected = [json.loads(line) for line in open(data / "rejected.jsonl")]
+    assert [(r["reason"], "label must be true or false" in r["detail"]) for r in rejected] == [("wrong_type", True)]
+    tokenizer = trainers.init_model(tiny_base, "base")[1]
+    read = [training_preference.read_pairs(data / f"{split}.jsonl", ["helpful"], tokenizer, 96)
+            for split in ("train", "val")]
+    assert sum(len(p) for p, _, _ in read) == 20 and sum(len(r) for _, r, _ in read) == 40
+    assert all(set(r) == {"prompt", "completion", "label"} for _, rated, _ in read for r in rated)
+    rm_pairs, _ = reward._pairs(data / "train.jsonl", ["helpful"], tokenizer, params.reward)
+    assert len(rm_pairs) == len(read[0][0])
+    cfg = {"name": "po", "init": "base", "subsets": ["helpful"]}
+    out = tmp_path / "kto"
+    preference.main(_params(tmp_path, {**cfg, "algorithm": "kto"}, max_steps=6), "po", tiny_base, data, out)
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["unpaired_ratings"], m["unpaired_ratings_used"]) == (40, True) and m["steps"] == 6
+    assert m["heldout_pairs"] == len(read[1][0])
 
 
 def _csv(path):

@@ -65,6 +65,16 @@ def test_preference_strings_with_prompt():
     assert ex.rejected == [{"role": "assistant", "content": "5"}]
 
 
+def test_unpaired_ratings_for_kto_and_their_label_checked():
+    name, ex = parse({"prompt": "2+2?", "completion": "4", "label": True, "rater": "ann"})
+    assert name == "unpaired" and ex.label is True and ex.meta == {"rater": "ann"}
+    assert ex.completion == [{"role": "assistant", "content": "4"}] and ex.chosen is None
+    assert parse({"prompt": "2+2?", "completion": "5", "label": "down"})[1].label is False
+    with pytest.raises(formats.RowError, match="label must be true or false"):
+        parse({"prompt": "2+2?", "completion": "5", "label": 1})
+    assert formats.detect({"prompt": "2+2?", "completion": "4"}).name == "prompt_completion"   # no label: SFT
+
+
 def test_preference_message_lists_without_prompt_share_the_prefix():
     user = {"role": "user", "content": "Hi"}
     _, ex = parse({"chosen": [user, {"role": "assistant", "content": "Hello!"}],

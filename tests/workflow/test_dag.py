@@ -74,7 +74,7 @@ def test_quick_demo_keeps_one_rl_stage_and_one_export_and_changes_only_what_it_s
     left_out = {"student_base", "distill_samples", "distill", "distill_baseline", "evaluate_distilled",
                 "evaluate_student_sft", "rl_safety", "rl_reasoning", "rl_zero", "evaluate_safety",
                 "evaluate_reasoning", "evaluate_rl_zero", "export_gptq", "evaluate_reasoning_gptq",
-                "evaluate_reasoning_gguf"}
+                "evaluate_reasoning_gguf", "preference_dpo", "evaluate_dpo"}
     renamed = {"evaluate_helpfulness_gguf"}    # the export is of the last RL stage the DAG has
     assert set(full) - set(quick) == left_out and set(quick) - set(full) == renamed
     with_overlay = {name for name, cmd in quick.items() if cmd.endswith(f" --params {recipe}")}
@@ -179,7 +179,7 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     assert len(written) > 100 and not [p for p in written if planted.encode() in p.read_bytes()]
     for out in ("demo_data", "base", "data/eval", "data/sft", "data/preference", "data/prompts", "sft",
                 "reward/helpful", "reward/safety", "reward/helpful_audit", "rl/helpfulness", "rl/reasoning", "rl_zero",
-                "distill/student_base", "distill/samples", "distill/student", "distill/student_sft",
+                "preference/dpo", "distill/student_base", "distill/samples", "distill/student", "distill/student_sft",
                 "export/reasoning/merged", "export/reasoning/gptq", "export/reasoning/gguf",
                 "export/reasoning/gguf_lora", "export/reasoning/check"):
         assert (results / out / "manifest.json").is_file(), out
@@ -195,7 +195,8 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     tests = json.loads((results / "report/significance.json").read_text())
     pairs = {(t["model"], t["baseline"]) for t in tests}
     assert {("sft", "base"), ("helpfulness", "sft"), ("reasoning", "helpfulness"), ("rl_zero", "base"),
-            ("distilled", "student_sft"), ("reasoning_gguf_lora", "reasoning")} <= pairs
+            ("distilled", "student_sft"), ("reasoning_gguf_lora", "reasoning"), ("dpo", "sft"),
+            ("dpo", "helpfulness")} <= pairs
     assert {"helpful_audit_rm_score", "harmful_refusal_rate"} <= {t["metric"] for t in tests}
     assert all(0 <= t["p"] <= 1 and t["n"] > 0 for t in tests)
     md = (results / "report/report.md").read_text()
@@ -271,7 +272,7 @@ def test_tiny_dag_end_to_end_with_snakemake_then_dvc_gives_the_same_artifacts(pr
     metrics = run([bin_path("dvc"), "metrics", "show", "--json"], other).stdout
     assert "rows_out" in metrics
     report = json.loads((other / "results/report/metrics.json").read_text())
-    assert set(report) == {"base", "sft", "helpfulness", "reasoning", "rl_zero", "student_sft", "distilled",
+    assert set(report) == {"base", "sft", "helpfulness", "reasoning", "rl_zero", "dpo", "student_sft", "distilled",
                            "reasoning_gptq", "reasoning_gguf", "reasoning_gguf_lora"}
     assert report["distilled"]["parameters"] > 0
     assert "## Size" in (other / "results/report/report.md").read_text()

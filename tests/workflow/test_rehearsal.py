@@ -19,13 +19,13 @@ def rehearse(recipe: str, out: Path, *args: str, check: bool = True):
     return run([bin_path("posttrain"), "rehearse", recipe, "--out", str(out), *args], ROOT, check=check)
 
 
-def assert_every_stage_ran(out: Path, recipe: str) -> str:
-    """The report says every rule of the recipe's table ran, and each multi-GPU rule ran sharded
+def assert_every_stage_ran(out: Path, *recipes: str) -> str:
+    """The report says every rule of the recipes' table ran, and each multi-GPU rule ran sharded
     across two processes; returns the report."""
     from posttrain import dag
     from posttrain.config import load_params
 
-    files = ["params.yaml", f"recipes/{recipe}"]
+    files = ["params.yaml", *(f"recipes/{r}" for r in recipes)]
     table = dag.stages(load_params([ROOT / f for f in files]), files)
     report = (out / "preflight.md").read_text()
     rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| (\w+) \| (yes|\*\*no\*\*) \|", report, re.M)}

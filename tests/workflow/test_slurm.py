@@ -16,6 +16,8 @@ import yaml
 from conftest import ROOT, bin_path, run
 from test_dag import _tree_hashes
 
+DPO_VARIANT = "variants/qwen3-30b-a3b-dpo.yaml"
+
 CONF = ROOT / "tests/data/slurm"
 # The rules that make results/sft.
 RULES = {"demo_data", "base_model", "prepare_data_eval", "prepare_data_sft", "sft"}
@@ -34,7 +36,7 @@ def test_the_demo_asks_for_no_gpu_and_training_rules_ask_for_the_early_signal():
     assert not any("gpu" in s.resources for s in stages.values())
     trained = {n for n, s in stages.items() if "slurm_extra" in s.resources}
     assert trained == {"sft", "reward_helpful", "reward_safety", "reward_helpful_audit", "rl_helpfulness", "rl_safety",
-                       "rl_reasoning", "rl_zero", "distill", "distill_baseline"}
+                       "rl_reasoning", "rl_zero", "preference_dpo", "distill", "distill_baseline"}
     assert stages["sft"].resources["slurm_extra"] == "--signal=USR1@300"
     # resources are no stage's parameters: changing them reruns nothing
     assert not any("resources" in s.params for s in stages.values())
@@ -49,6 +51,9 @@ def test_the_production_recipe_asks_each_stage_for_its_gpus():
     assert stages["evaluate_sft"].resources["gpu"] == 2 and "slurm_extra" not in stages["evaluate_sft"].resources
     assert "gpu" not in stages["prepare_data_sft"].resources and stages["prepare_data_sft"].threads == 16
     assert all(s.resources["gpu"] == 8 for n, s in stages.items() if n.startswith("rl_"))
+    assert not any(n.startswith("preference_") for n in stages)     # the DPO variant adds one
+    dpo = _stages(ROOT / "recipes/qwen3-30b-a3b.yaml", ROOT / "recipes" / DPO_VARIANT)
+    assert dpo["preference_dpo"].resources == {**sft, "runtime": 1440}
 
 
 def test_a_training_stage_across_nodes_starts_one_launcher_per_node(tmp_path):
@@ -208,18 +213,21 @@ def test_profile_slurm_submits_every_rule_and_a_preempted_training_job_resumes(s
 
 @pytest.mark.slow
 def test_the_production_recipe_rehearses_under_profile_slurm(slurm_cluster, tmp_path):
-    """`posttrain rehearse recipes/qwen3-30b-a3b.yaml -- --profile slurm`: the production recipe's
-    whole DAG, every rule through sbatch with the recipe's resources scaled to this node (its
-    training rules ask for GPUs of type h100), multi-GPU stages as two processes under their
-    accelerate launcher inside the job."""
+    """`posttrain rehearse recipes/qwen3-30b-a3b.yaml recipes/variants/qwen3-30b-a3b-dpo.yaml --
+    --profile slurm`: the production recipe's whole DAG with its DPO variant, every rule through
+    sbatch with the recipe's resources scaled to this node (its training rules ask for GPUs of type
+    h100), multi-GPU stages as two processes under their accelerate launcher inside the job."""
     from test_rehearsal import PRODUCTION, assert_every_stage_ran
 
     out = tmp_path / "rehearsal"
-    res = run([bin_path("posttrain"), "rehearse", f"recipes/{PRODUCTION}", "--out", str(out), "--",
-               "--profile", "slurm", "--verbose", "--slurm-status-command", "squeue", "--slurm-no-account",
+    res = run([bin_path("posttrain"), "rehearse", f"recipes/{PRODUCTION}", f"recipes/{DPO_VARIANT}", "--out", str(out),
+               "--", "--profile", "slurm", "--verbose", "--slurm-status-command", "squeue", "--slurm-no-account",
                "--jobs", "2", "--default-resources", "slurm_partition=debug"], ROOT)
+    assert f"rehearsal of recipes/{PRODUCTION} + recipes/{DPO_VARIANT}" in res.stdout
     assert "every stage ran" in res.stdout
-    report = assert_every_stage_ran(out, PRODUCTION)
+    report = assert_every_stage_ran(out, PRODUCTION, DPO_VARIANT)
+    # 8 GPUs on the cluster, with posttrain plan's memory per GPU and the GPU-hours of its steps
+    assert re.search(r"^\| preference_dpo \| yes \| 8 \| 1 \| [\d.]+ \| [\d.]+ \|", report, re.M)
     log = (out / "snakemake.log").read_text()
     submitted = set(re.findall(r"has been submitted with SLURM jobid \d+ \(log: \S+/rule_(\w+)/", log))
     local = set(re.findall(r"^localrule (\w+):", log, re.M)) - {"all"}

@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--db", type=Path, default=DEFAULT_DB)
     e.add_argument("--out", type=Path, default=Path("results/ab/preference.jsonl"))
     e.add_argument("--subset", default="helpful", help="the pairs' subset: the reward aspect that trains on them")
+    e.add_argument("--unpaired", type=Path, metavar="FILE",
+                   help="also write the both-bad votes as thumbs-down ratings (KTO's unpaired format) to FILE")
     e.set_defaults(run=export, params_free=True)
 
 
@@ -92,11 +94,17 @@ def report(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
-    pairs, skipped = results.preference_pairs(_store(args.db).votes(), args.subset)
+    votes = _store(args.db).votes()
+    pairs, skipped = results.preference_pairs(votes, args.subset)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     print(f"wrote {args.out}: {len(pairs)} preference pairs ({skipped['tie']} ties and {skipped['both_bad']} "
           f"both-bad votes left out)")
+    if args.unpaired:
+        ratings = results.unpaired_ratings(votes, args.subset)
+        args.unpaired.parent.mkdir(parents=True, exist_ok=True)
+        args.unpaired.write_text("".join(json.dumps(r) + "\n" for r in ratings))
+        print(f"wrote {args.unpaired}: {len(ratings)} thumbs-down ratings from {len(ratings) // 2} both-bad votes")
     return 0
 
 

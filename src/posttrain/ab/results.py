@@ -81,6 +81,16 @@ def preference_pairs(votes: list[dict], subset: str = "helpful") -> tuple[list[d
     return pairs, skipped
 
 
+def unpaired_ratings(votes: list[dict], subset: str = "helpful") -> list[dict]:
+    """A both-bad vote as two thumbs-down ratings (KTO's unpaired format: prompt, completion,
+    label), which the KTO stage trains on; a vote for A or B is a pair (`preference_pairs`)."""
+    return [{"id": f"ab-{v['token'][:16]}-{side}", "subset": subset, "prompt": v["prompt"],
+             "completion": [{"role": "assistant", "content": v[f"answer_{side}"]}], "label": False,
+             "annotator": v["annotator"], "model": v[f"model_{side}"], "prompt_id": v["prompt_id"],
+             "voted_at": v["voted_at"]}
+            for v in votes if v["choice"] == "both_bad" for side in ("a", "b")]
+
+
 def write_report(rows: list[dict], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "ab.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -7,7 +7,7 @@ from posttrain.config import Params
 from posttrain.dag.code import KINDS
 from posttrain.dag.stage import Stage
 
-TRAINING_GPUS = {"sft": "sft", "reward": "reward", "rl": "rl", "distill": "distill"}
+TRAINING_GPUS = {"sft": "sft", "reward": "reward", "rl": "rl", "preference": "preference", "distill": "distill"}
 # A JobResources field -> the resource name the SLURM executor plugin reads.
 SLURM_NAMES = {"partition": "slurm_partition", "account": "slurm_account", "extra": "slurm_extra"}
 
@@ -63,7 +63,7 @@ def multi_node_launcher(params: Params, s: Stage) -> str:
                                                            None)
     if cfg is None or (entry is not None and entry.algorithm == "ppo"):
         raise ValueError(f"resources.stages.{s.kind}.nodes: rule {s.name} runs in one process (only SFT, reward "
-                         f"models, GRPO and distillation train across nodes); remove nodes")
+                         f"models, GRPO, preference stages and distillation train across nodes); remove nodes")
     return (f"srun --ntasks-per-node=1 scripts/srun-accelerate {accelerate_config(cfg.strategy)} "
             f"{s.resources['gpus_per_node']}")
 

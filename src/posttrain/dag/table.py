@@ -376,6 +376,12 @@ def _comparisons(table: list[Stage], models: dict[str, str], quantized: dict[str
         for flag in ("--init", "--base"):
             if model and flag in s.args and s.args[s.args.index(flag) + 1] in by_folder:
                 pairs.append(f"{model}={by_folder[s.args[s.args.index(flag) + 1]]}")
+    # a preference stage also against each RL stage from the same init: the two routes from one model
+    init_of = {by_folder[s.outs[0]]: s.args[s.args.index("--init") + 1] for s in table
+               if s.outs and s.outs[0] in by_folder and "--init" in s.args}
+    routes = {kind: [by_folder[s.outs[0]] for s in table if s.name.startswith(kind) and s.outs[0] in by_folder]
+              for kind in ("preference_", "rl_")}
+    pairs += [f"{p}={r}" for p in routes["preference_"] for r in routes["rl_"] if init_of.get(r) == init_of[p]]
     if "distilled" in models and "student_sft" in models:
         pairs.append("distilled=student_sft")
     pairs += [f"{name}={Path(folder).parent.name}" for name, folder in quantized.items()

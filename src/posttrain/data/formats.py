@@ -4,6 +4,8 @@ record into one canonical shape per data kind.
 Canonical rows (one JSON object per line):
   sft         {"messages": [{"role", "content"}, ...]}                  ends with an assistant turn
   preference  {"prompt": [...], "chosen": [assistant], "rejected": [assistant]}
+              or, unpaired (KTO's thumbs-up / thumbs-down): {"prompt": [...], "completion": [assistant],
+              "label": true|false}
   prompts     {"prompt": [...], "answer": str|None, "reference": str|None}
   eval        same as prompts
 plus "id", "subset", "source" (file:line) and "meta" (the record's other fields).
@@ -31,6 +33,8 @@ class Example:
     messages: list[dict]                   # the conversation; for preference, the shared prompt
     chosen: list[dict] | None = None       # preference only: the differing final turn(s)
     rejected: list[dict] | None = None
+    completion: list[dict] | None = None   # unpaired preference only: the rated response
+    label: bool | None = None              # and its rating (true: thumbs-up)
     answer: str | None = None              # verifiable final answer, when the format has one
     meta: dict = field(default_factory=dict)
 
@@ -229,6 +233,22 @@ def parse_preference(row: dict) -> Example:
     return Example(prompt_msgs, chosen=c_tail, rejected=r_tail, meta=_meta(row, ("prompt", "chosen", "rejected")))
 
 
+def parse_unpaired(row: dict) -> Example:
+    """KTO's unpaired feedback: one response to a prompt, rated good (true) or bad (false)."""
+    _require(row, "prompt", "completion", "label")
+    label = row["label"]
+    if isinstance(label, str) and label.lower() in ("true", "false", "up", "down"):
+        label = label.lower() in ("true", "up")
+    if not isinstance(label, bool):
+        raise RowError("wrong_type", f"label must be true or false (thumbs-up / thumbs-down), not {label!r}")
+    prompt = _messages(row["prompt"], "prompt")
+    completion = _as_turns(row["completion"], "completion")
+    if prompt[-1]["role"] != "user" or completion[-1]["role"] != "assistant":
+        raise RowError("wrong_type", "an unpaired row's prompt must end with a user turn and its completion with an "
+                                     "assistant turn")
+    return Example(prompt, completion=completion, label=label, meta=_meta(row, ("prompt", "completion", "label")))
+
+
 def _as_turns(value, where: str) -> list[dict]:
     if isinstance(value, str):
         return [{"role": "assistant", "content": value}]
@@ -268,6 +288,9 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("preference", parse_preference, ("chosen", "rejected"), ("preference", "prompts"),
            "chosen/rejected as strings or message lists, optional prompt, or Anthropic-HH transcripts (as prompts: "
            "the dialogue both share, up to its last user turn)"),
+    Format("unpaired", parse_unpaired, ("prompt", "completion", "label"), ("preference",),
+           "KTO's unpaired feedback: {prompt, completion, label: true (thumbs-up) | false}; the KTO stage trains on "
+           "it, the pair stages and reward models leave it out"),
     Format("openai", parse_openai, ("messages",), ("sft", "prompts", "eval"),
            "OpenAI messages: {messages: [{role, content}]}, multi-turn, system prompts"),
     Format("sharegpt", parse_sharegpt, ("conversations",), ("sft", "prompts", "eval"),

@@ -1,9 +1,12 @@
 """Writing a merged Hugging Face causal LM as one GGUF file: what llama.cpp, Ollama, LM Studio
 and vLLM's GGUF loader serve.
 
-Dense llama-family models only (llama, mistral, qwen2, qwen3: one tensor per Hugging Face
-tensor). A MoE's experts are stacked into one tensor per layer in GGUF, which llama.cpp's
-`convert_hf_to_gguf.py` does; `write` refuses other architectures and says so.
+Llama-family models (llama, mistral, qwen2, qwen3: one tensor per Hugging Face tensor) and
+Qwen3-MoE (qwen3_moe: Qwen3-30B-A3B's family). Transformers keeps a MoE layer's experts as two
+stacked tensors, gate and up fused in one (`experts.gate_up_proj`, experts x 2*ffn x hidden) and
+`experts.down_proj`; GGUF wants three (`ffn_gate_exps`, `ffn_up_exps`, `ffn_down_exps`, experts
+first), so the fused one is split, and the router (`ffn_gate_inp`) stays float32 as llama.cpp's
+converter keeps it. `write` refuses other architectures and says so.
 
 Layouts follow llama.cpp's converter, which is what its loader expects:
 - llama-arch attention q/k rows are permuted into the interleaved rotary order llama.cpp uses
@@ -29,7 +32,7 @@ log = logging.getLogger(__name__)
 TYPES = ("f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
 # Hugging Face model_type -> (GGUF architecture, whether q/k rows are permuted for llama.cpp's rope)
 ARCHITECTURES = {"llama": ("LLAMA", True), "mistral": ("LLAMA", True), "qwen2": ("QWEN2", False),
-                 "qwen3": ("QWEN3", False)}
+                 "qwen3": ("QWEN3", False), "qwen3_moe": ("QWEN3MOE", False)}
 
 
 def qtype_of(name: str):
@@ -60,8 +63,38 @@ def architecture(config) -> tuple:
     if kind not in ("default", None):
         raise ValueError(f"GGUF export: rope scaling {kind!r} of this {model_type} model is not written; convert with "
                          f"llama.cpp's convert_hf_to_gguf.py")
+    if model_type == "qwen3_moe":
+        _check_moe(config)
     arch, permute = ARCHITECTURES[model_type]
     return MODEL_ARCH[arch], permute
+
+
+def _check_moe(config) -> None:
+    """What llama.cpp's qwen3moe graph assumes: every layer a MoE layer, and the top-k router
+    weights renormalised to sum to one (Qwen3-30B-A3B's norm_topk_prob: true)."""
+    if getattr(config, "mlp_only_layers", None) or getattr(config, "decoder_sparse_step", 1) != 1:
+        raise ValueError("GGUF export: llama.cpp's qwen3moe has a MoE in every layer; this model has dense layers "
+                         "(mlp_only_layers / decoder_sparse_step). Convert with llama.cpp's convert_hf_to_gguf.py")
+    if not getattr(config, "norm_topk_prob", False):
+        raise ValueError("GGUF export: llama.cpp's qwen3moe renormalises the chosen experts' router weights; this "
+                         "model does not (norm_topk_prob: false), so llama.cpp would compute another model")
+
+
+def expert_tensors(key: str, array: np.ndarray) -> list[tuple[str, np.ndarray]] | None:
+    """A MoE layer's stacked expert weights under their GGUF names (None for other tensors)."""
+    import gguf
+
+    parts = key.split(".")
+    if len(parts) != 6 or parts[:2] != ["model", "layers"] or parts[3:5] != ["mlp", "experts"]:
+        return None
+    name = lambda tensor: gguf.TENSOR_NAMES[tensor].format(bid=int(parts[2])) + ".weight"   # noqa: E731
+    if parts[5] == "gate_up_proj":                    # (experts, 2 x ffn, hidden): gate rows, then up rows
+        ffn = array.shape[1] // 2
+        return [(name(gguf.MODEL_TENSOR.FFN_GATE_EXP), array[:, :ffn]),
+                (name(gguf.MODEL_TENSOR.FFN_UP_EXP), array[:, ffn:])]
+    if parts[5] == "down_proj":
+        return [(name(gguf.MODEL_TENSOR.FFN_DOWN_EXP), array)]
+    return None
 
 
 def _rope_theta(config) -> float:
@@ -88,7 +121,7 @@ def rotary_heads(key: str, config, permute: bool) -> int | None:
 def tensor_type(gguf_name: str, array: np.ndarray, weights: str, embeddings: str) -> str:
     from gguf import GGML_QUANT_SIZES
 
-    if array.ndim == 1:
+    if array.ndim == 1 or ".ffn_gate_inp." in gguf_name:     # norms, biases, a MoE's router
         return "f32"
     wanted = embeddings if gguf_name.startswith(("token_embd.", "output.")) else weights
     block = GGML_QUANT_SIZES[qtype_of(wanted)][0]
@@ -155,6 +188,10 @@ def write(model_dir: Path, path: Path, *, weights: str, embeddings: str, name: s
     writer.add_rope_freq_base(_rope_theta(config))
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
+    if getattr(config, "num_experts", None):
+        writer.add_expert_count(config.num_experts)
+        writer.add_expert_used_count(config.num_experts_per_tok)
+        writer.add_expert_feed_forward_length(config.moe_intermediate_size)
     writer.add_file_type(file_type(weights))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
@@ -176,18 +213,19 @@ def write(model_dir: Path, path: Path, *, weights: str, embeddings: str, name: s
     for key, tensor in state.items():
         if key == "lm_head.weight" and config.tie_word_embeddings:
             continue                             # llama.cpp reuses token_embd as the output head
-        gguf_name = names.get_name(key, try_suffixes=(".weight", ".bias"))
-        if gguf_name is None:
-            raise ValueError(f"{model_dir}: tensor {key} has no GGUF name for {config.model_type}")
         array = tensor.to(torch.float32).numpy()
-        rotary = rotary_heads(key, config, permute)
-        if rotary:
-            array = permute_rotary(array, rotary)
-        kind = tensor_type(gguf_name, array, weights, embeddings)
-        qtype = qtype_of(kind)
-        data = gguf.quants.quantize(np.ascontiguousarray(array), qtype)
-        writer.add_tensor(gguf_name, data, raw_dtype=qtype)  # the shape follows from the bytes
-        counts[kind] += 1
+        for gguf_name, part in expert_tensors(key, array) or [(names.get_name(key, try_suffixes=(".weight", ".bias")),
+                                                               array)]:
+            if gguf_name is None:
+                raise ValueError(f"{model_dir}: tensor {key} has no GGUF name for {config.model_type}")
+            rotary = rotary_heads(key, config, permute)
+            if rotary:
+                part = permute_rotary(part, rotary)
+            kind = tensor_type(gguf_name, part, weights, embeddings)
+            qtype = qtype_of(kind)
+            data = gguf.quants.quantize(np.ascontiguousarray(part), qtype)
+            writer.add_tensor(gguf_name, data, raw_dtype=qtype)  # the shape follows from the bytes
+            counts[kind] += 1
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

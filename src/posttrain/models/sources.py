@@ -120,7 +120,8 @@ def load_gguf(path: Path) -> Resolved:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
+                                                  **_gguf_config_gaps(path))
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -128,6 +129,17 @@ def load_gguf(path: Path) -> Resolved:
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
     return Resolved(model, tokenizer)
+
+
+def _gguf_config_gaps(path: Path) -> dict:
+    """Config keys transformers' GGUF reader leaves at its defaults: a Qwen3-MoE's expert width
+    (`expert_feed_forward_length`; transformers 5.24 maps no key to moe_intermediate_size, so only
+    a model with the default 768, as Qwen3-30B-A3B has, would load)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(path).fields
+    width = fields.get("qwen3moe.expert_feed_forward_length")
+    return {"moe_intermediate_size": int(width.contents())} if width is not None else {}
 
 
 # --- tiny random models for tests ------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`posttrain rehearse RECIPE`: a recipe's whole DAG on the CPU, with stand-ins for what a CPU cannot
+"""`posttrain rehearse RECIPE [OVERLAY...]`: a recipe's whole DAG on the CPU, with stand-ins for what a CPU cannot
 hold (standins), and the pre-flight report of what it will cost on the cluster (preflight, estimates)."""
 
 from __future__ import annotations
@@ -19,15 +19,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "rehearse", help="run a recipe's whole DAG on the CPU (tiny model, fixture data, 2 processes per multi-GPU "
         "stage) and write its pre-flight report"))
     p.add_argument("recipe", type=Path, help="a recipe overlay (recipes/NAME.yaml) or params.yaml itself")
-    p.add_argument("rest", nargs=argparse.REMAINDER, metavar="-- SNAKEMAKE_ARGS",
-                   help="passed on to Snakemake after `--`, e.g. -- --profile slurm")
+    p.add_argument("rest", nargs=argparse.REMAINDER, metavar="[OVERLAY ...] -- SNAKEMAKE_ARGS",
+                   help="overlays on the recipe, in order (a variant: recipes/variants/NAME.yaml); after `--`, "
+                        "Snakemake's arguments, e.g. -- --profile slurm")
     p.set_defaults(run=_run, params_free=True)
 
 
 def _run(args: argparse.Namespace) -> int:
     from posttrain.rehearsal.run import rehearse
 
-    # options may follow the recipe; what follows `--` is Snakemake's
+    # overlays and options may follow the recipe; what follows `--` is Snakemake's
     cut = args.rest.index("--") if "--" in args.rest else len(args.rest)
-    _options(argparse.ArgumentParser(prog="posttrain rehearse")).parse_args(args.rest[:cut], namespace=args)
-    return rehearse(args.recipe, args.out, Path.cwd(), args.rest[cut + 1:], model=args.model, student=args.student)
+    p = _options(argparse.ArgumentParser(prog="posttrain rehearse"))
+    p.add_argument("overlays", nargs="*", type=Path)
+    p.parse_intermixed_args(args.rest[:cut], namespace=args)
+    return rehearse([args.recipe, *args.overlays], args.out, Path.cwd(), args.rest[cut + 1:], model=args.model,
+                    student=args.student)

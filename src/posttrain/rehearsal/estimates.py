@@ -84,6 +84,8 @@ def stage_costs(params: Params, stages: list, rows: dict[str, float | None], cha
                 params.reward, rows.get(s.name), 2 * tokens_per_row.get("preference", 0), 6 * n))
         elif s.name in rl:
             out[s.name] = _rl_cost(params, rl[s.name], n, tokens_per_row.get("prompts", 0))
+        elif s.kind == "preference":
+            out[s.name] = _preference_cost(params, s.name.removeprefix("preference_"), n)
         elif s.kind == "evaluate":
             tokens = (rows.get("prepare_data_eval") or 0) * (params.evaluate.max_new_tokens +
                                                              tokens_per_row.get("eval", 0))
@@ -108,6 +110,19 @@ def _epochs_hours(cfg, rows: float | None, tokens_per_row: float | None, flops_p
     else:
         return None
     return hours(tokens, flops_per_token)
+
+
+def _preference_cost(params: Params, stage: str, n: int) -> Cost:
+    """posttrain plan's memory; a step trains on the chosen and the rejected sequence of each pair,
+    and DPO and KTO run a reference forward pass besides."""
+    from posttrain.training.sizing import KNOWN_CONFIGS, plan_preference
+
+    cfg = params.preference
+    st = next(st for st in cfg.stages if st.name == stage)
+    memory = (round(plan_preference(params, stage).memory_gb_per_gpu["total"], 1)
+              if params.model.base in KNOWN_CONFIGS else None)
+    flops = 2 * (6 * n + (2 * n if st.algorithm in ("dpo", "kto") else 0))
+    return Cost(memory, _epochs_hours(cfg.model_copy(update={"max_steps": st.max_steps}), None, None, flops))
 
 
 def _rl_cost(params: Params, st, n: int, prompt_tokens: float) -> Cost:

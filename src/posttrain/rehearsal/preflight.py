@@ -187,7 +187,8 @@ def write(params: Params, files: list[str], work: Path, out: Path, found: list, 
     costs = estimates.stage_costs(params, table, full, mean_chars(work))
     status = ("passed" if snakemake_code == 0 and not clashes else
               "FAILED (launch checks)" if clashes else f"FAILED (Snakemake exit {snakemake_code})")
-    lines = [f"# Pre-flight: {files[-1]}", "",
+    name = " + ".join(files[1:]) or files[0]
+    lines = [f"# Pre-flight: {name}", "",
              f"Rehearsal on the CPU: **{status}** in {elapsed / 60:.1f} min. Every stage ran through Snakemake with "
              "the recipe's own rules, commands, launchers and parameters; what a CPU cannot hold was replaced by "
              "the stand-ins listed below. A rehearsal proves the DAG, the parameters, the data formats and the "
@@ -223,7 +224,7 @@ def write(params: Params, files: list[str], work: Path, out: Path, found: list, 
     out.mkdir(parents=True, exist_ok=True)
     md = out / "preflight.md"
     md.write_text("\n".join(lines) + "\n")
-    (out / "preflight.html").write_text(_html("\n".join(lines), files[-1]))
+    (out / "preflight.html").write_text(_html("\n".join(lines), name))
     return md
 
 

@@ -1,9 +1,10 @@
-"""`posttrain rehearse RECIPE`: the recipe's own DAG, through Snakemake, on the CPU.
+"""`posttrain rehearse RECIPE [OVERLAY...]`: the recipe's own DAG, through Snakemake, on the CPU.
 
 The run happens in a work tree of its own (`results/rehearsal/<recipe>/work`): links to the
 pipeline's definition (Snakefile, rules, params.yaml, recipes, configs, scripts, profiles, the
 package) and its own `results/`, so a rehearsal never touches the project's results. Snakemake
-gets the recipe as the user would pass it, then the stand-ins overlay (`rehearsal.yaml`)."""
+gets the recipe and its overlays (a variant such as recipes/variants/qwen3-30b-a3b-dpo.yaml) as
+the user would pass them, then the stand-ins overlay (`rehearsal.yaml`)."""
 
 from __future__ import annotations
 
@@ -29,16 +30,18 @@ LINKED = ("Snakefile", "rules", "params.yaml", "recipes", "configs", "scripts", 
 OVERLAY = "rehearsal.yaml"
 
 
-def rehearse(recipe: Path, out: Path | None, root: Path, snakemake_args: list[str], model: str | None = None,
-             student: str | None = None) -> int:
-    recipe = Path(recipe)
-    params = load_params([root / "params.yaml", *([] if recipe.name == "params.yaml" else [recipe])])
+def rehearse(recipes: Path | list[Path], out: Path | None, root: Path, snakemake_args: list[str],
+             model: str | None = None, student: str | None = None) -> int:
+    """Rehearse params.yaml with `recipes` overlaid in order (params.yaml alone: the demo)."""
+    recipes = [Path(r) for r in (recipes if isinstance(recipes, list) else [recipes]) if Path(r).name != "params.yaml"]
+    params = load_params([root / "params.yaml", *recipes])
     check_recipe(params, root)                       # what `snakemake -n` would refuse, first
-    out = out or root / "results" / "rehearsal" / recipe.stem
+    out = out or root / "results" / "rehearsal" / ("+".join(r.stem for r in recipes) or "params")
     work = work_tree(out / "work", root)
-    files = ["params.yaml"] if recipe.name == "params.yaml" else ["params.yaml", _place(recipe, root, work)]
+    files = ["params.yaml", *(_place(r, root, work) for r in recipes)]
+    name = " + ".join(files[1:]) or files[0]
     extra, found = standins.overlay(params, root, model=model, student=student)
-    (work / OVERLAY).write_text(f"# Stand-ins of a rehearsal of {files[-1]} (posttrain rehearse)\n"
+    (work / OVERLAY).write_text(f"# Stand-ins of a rehearsal of {name} (posttrain rehearse)\n"
                                 + yaml.safe_dump(extra, sort_keys=False))
     for s in found:
         log.info("stand-in  %-28s %s -> %s", s.key, s.recipe, s.rehearsal)
@@ -47,7 +50,7 @@ def rehearse(recipe: Path, out: Path | None, root: Path, snakemake_args: list[st
     clashes = launch.problems(params, root)      # what the launchers would refuse on GPUs
     cmd = [str(Path(sys.executable).parent / "snakemake"), "--configfile", *files[1:], OVERLAY, *snakemake_args]
     if not missing and not clashes:
-        log.info("rehearsing %s in %s: %s", files[-1], work, " ".join(cmd[1:]))
+        log.info("rehearsing %s in %s: %s", name, work, " ".join(cmd[1:]))
         start = time.time()
         with (out / "snakemake.log").open("w") as sink:
             code = subprocess.run(cmd, cwd=work, stdout=sink, stderr=subprocess.STDOUT).returncode
@@ -68,7 +71,7 @@ def rehearse(recipe: Path, out: Path | None, root: Path, snakemake_args: list[st
     if problems:
         print("posttrain rehearse: the rehearsal ran but:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
-    print(f"rehearsal of {files[-1]} passed in {elapsed / 60:.1f} min: every stage ran; pre-flight report {report}")
+    print(f"rehearsal of {name} passed in {elapsed / 60:.1f} min: every stage ran; pre-flight report {report}")
     return 0
 
 

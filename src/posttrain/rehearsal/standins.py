@@ -92,6 +92,10 @@ def overlay(params: Params, root: Path, model: str | None = None, student: str |
         if p[section] is not None:         # distill: null leaves the stage out of the DAG
             out[section] = _training(section, p[section], swap, device)
     out["reward"]["stats_pairs"] = 8
+    if p["preference"]["stages"]:
+        out["preference"] = _training("preference", p["preference"], swap, device)
+        # a stage's own steps would win over the section's cap
+        out["preference"]["stages"] = [{**st, "max_steps": None} for st in p["preference"]["stages"]]
     out["rl"] = _rl(params, p["rl"], swap, device)
     if p["distill"] is not None:
         out["distill"].update(_distill(params, p["distill"], student, swap))

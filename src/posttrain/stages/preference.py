@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import resource
 from pathlib import Path
-
-import torch
 
 from posttrain.config import Params, PreferenceStageParams
 from posttrain.core import checkpoints
@@ -58,15 +55,19 @@ def main(params: Params, stage: str, init_dir: Path, data_dir: Path, out: Path) 
     require_manifest(data_dir, "prepare-data --kind preference")
     precision = training.resolve_precision(cfg.precision)
 
-    # 1. The stage's pairs; over-length ones counted and left out.
-    train, over_train = preference.read_pairs(data_dir / "train.jsonl", st.subsets, tokenizer, cfg.max_length)
-    val, over_val = preference.read_pairs(data_dir / "val.jsonl", st.subsets, tokenizer, cfg.max_length)
-    if len(train) < 2 or not val:
-        raise ValueError(f"preference stage {stage!r}: {len(train)} training and {len(val)} held-out pairs with "
-                         f"subset in {st.subsets} under {data_dir} ({over_train + over_val} more over "
-                         f"preference.max_length {cfg.max_length} tokens)")
-    log.info("preference stage %s (%s) from %s: %d training / %d held-out pairs (%d over %d tokens left out)", stage,
-             st.algorithm, init_dir, len(train), len(val), over_train + over_val, cfg.max_length)
+    # 1. The stage's pairs, and for KTO the unpaired ratings too; over-length ones counted and left out.
+    train, train_rated, over_train = preference.read_pairs(data_dir / "train.jsonl", st.subsets, tokenizer,
+                                                           cfg.max_length)
+    val, val_rated, over_val = preference.read_pairs(data_dir / "val.jsonl", st.subsets, tokenizer, cfg.max_length)
+    rated = st.algorithm == "kto"
+    if len(train) + (len(train_rated) if rated else 0) < 2 or not val:
+        raise ValueError(f"preference stage {stage!r}: {len(train)} training and {len(val)} held-out pairs "
+                         f"({len(train_rated) + len(val_rated)} unpaired ratings) with subset in {st.subsets} under "
+                         f"{data_dir} ({over_train + over_val} more over preference.max_length {cfg.max_length} "
+                         f"tokens); every stage needs held-out pairs, the measure all four algorithms share")
+    log.info("preference stage %s (%s) from %s: %d training / %d held-out pairs, %d unpaired ratings %s (%d over %d "
+             "tokens left out)", stage, st.algorithm, init_dir, len(train), len(val), len(train_rated) + len(val_rated),
+             "used" if rated else "left out (KTO's alone)", over_train + over_val, cfg.max_length)
 
     # 2. Checkpoints per (stage, params, inputs, code).
     inputs = {"init": init_dir, "data": data_dir}
@@ -78,7 +79,8 @@ def main(params: Params, stage: str, init_dir: Path, data_dir: Path, out: Path) 
     # 3. Policy (adapter seeded), trainer, the held-out margin before and after training.
     set_seed(st.seed)
     model = AutoModelForCausalLM.from_pretrained(weights, dtype=precision["dtype"])
-    trainer = preference.build_trainer(model, tokenizer, train, val, run_dir, cfg, st, precision)
+    trainer = preference.build_trainer(model, tokenizer, train + (train_rated if rated else []),
+                                       val + (val_rated if rated else []), run_dir, cfg, st, precision)
     training.check_router_frozen(trainer.model, cfg.method, "preference")
     trainable, total = training.count_parameters(trainer.model)
     with training.autocast(precision):
@@ -96,7 +98,7 @@ def main(params: Params, stage: str, init_dir: Path, data_dir: Path, out: Path) 
     tokenizer.save_pretrained(folder)
     if cfg.method != "full":
         training.sort_adapter_config(folder / "adapter_config.json")
-        _merge(weights, folder, tokenizer, out / "merged")
+        training.merge_adapter(weights, folder, tokenizer, out / "merged")
     rows = training.write_log_csv(history, out / "log.csv", preference.LOG_COLUMNS)
     training.plot_curves(rows, out / "curves.png", f"Preference stage {stage} ({st.algorithm})",
                          [["train_loss", "val_loss"], ["train_margin", "val_margin"],
@@ -105,8 +107,10 @@ def main(params: Params, stage: str, init_dir: Path, data_dir: Path, out: Path) 
         "stage": st.name, "algorithm": st.algorithm, "init": st.init, "subsets": st.subsets, "beta": st.beta,
         **preference.margin_summary(before, after),
         "train_pairs": len(train), "heldout_pairs": len(val), "pairs_over_length": over_train + over_val,
+        "unpaired_ratings": len(train_rated) + len(val_rated), "unpaired_ratings_used": rated,
         # wall-clock facts (the run record, run.json): the report's training time and peak memory
-        "steps": trainer.state.global_step, "train_runtime_s": round(elapsed, 2), "peak_memory_gb": _peak_memory_gb(),
+        "steps": trainer.state.global_step, "train_runtime_s": round(elapsed, 2),
+        "peak_memory_gb": training.peak_memory_gb(),
         "trainable_params": trainable, "total_params": total,
         "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
     })
@@ -114,24 +118,6 @@ def main(params: Params, stage: str, init_dir: Path, data_dir: Path, out: Path) 
     return write_manifest(out, stage=f"preference:{stage}", params=stage_section(params, st), seed=st.seed,
                           inputs=inputs, chat_template=tokenizer.chat_template,
                           extra={"checkpoints": str(run_dir), "metrics": metrics})
-
-
-def _merge(weights: Path, adapter: Path, tokenizer, out: Path) -> None:
-    """The init model with the adapter merged, in the init model's own dtype (weights the stage did
-    not train come out exactly as they went in)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(weights, dtype="auto")
-    PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(out)
-    tokenizer.save_pretrained(out)
-
-
-def _peak_memory_gb() -> float:
-    """This process's peak: the GPU's allocations on CUDA, else the resident set (Linux: KiB)."""
-    if torch.cuda.is_available():
-        return round(torch.cuda.max_memory_allocated() / 2**30, 3)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
 
 
 def _write_model_card(out: Path, stage: str, init_dir: Path, st: PreferenceStageParams, m: dict) -> None:

@@ -174,7 +174,7 @@ def _process(rec, fmt, kind, subset, cfg: DataParams, tokenizer, decon, exact, n
     term = cleaning.blocked(text, c.blocklist)
     if term:
         return None, "blocklist", f"contains blocklisted {term!r}"
-    if kind == "preference" and row["chosen"] == row["rejected"]:
+    if kind == "preference" and "chosen" in row and row["chosen"] == row["rejected"]:
         return None, "identical_pair", "chosen and rejected are the same"
     if tokenizer is not None:
         n_tokens = _n_tokens(tokenizer, row, kind)
@@ -215,6 +215,8 @@ def _to_kind(ex: formats.Example, kind: str) -> dict:
         if ex.messages[-1]["role"] != "assistant":
             raise formats.RowError("missing_field", "an SFT conversation must end with an assistant turn")
         return {"messages": ex.messages, "meta": ex.meta}
+    if kind == "preference" and ex.label is not None:
+        return {"prompt": ex.messages, "completion": ex.completion, "label": ex.label, "meta": ex.meta}
     if kind == "preference":
         return {"prompt": ex.messages, "chosen": ex.chosen, "rejected": ex.rejected, "meta": ex.meta}
     # prompts / eval: the conversation up to the last user turn; its answer as the reference.
@@ -228,7 +230,7 @@ def _to_kind(ex: formats.Example, kind: str) -> dict:
     return {"prompt": msgs, "answer": ex.answer, "reference": reference, "meta": ex.meta}
 
 
-_TEXT_FIELDS = ("messages", "prompt", "chosen", "rejected")
+_TEXT_FIELDS = ("messages", "prompt", "chosen", "rejected", "completion")
 
 
 def _map_text(row: dict, fn) -> bool:
@@ -262,14 +264,16 @@ def _row_text(row: dict) -> str:
 
 
 def _content(row: dict, kind: str):
-    return {k: row.get(k) for k in (*_TEXT_FIELDS, "answer")}
+    if "completion" in row:       # an unpaired rating: the same response rated both ways is two rows
+        return {k: row[k] for k in ("prompt", "completion", "label")}
+    return {k: row.get(k) for k in ("messages", "prompt", "chosen", "rejected", "answer")}
 
 
 def _n_tokens(tokenizer, row: dict, kind: str) -> int:
     if kind == "sft":
         convs = [row["messages"]]
     elif kind == "preference":
-        convs = [row["prompt"] + row["chosen"], row["prompt"] + row["rejected"]]
+        convs = [row["prompt"] + row[side] for side in ("chosen", "rejected", "completion") if side in row]
     else:
         convs = [row["prompt"]]
     return max(len(tokenizer.apply_chat_template(c, tokenize=True, add_generation_prompt=kind in ("prompts", "eval"),

@@ -49,13 +49,14 @@ def main(eval_dirs: list[Path], curve_dirs: list[Path], out: Path, compare: list
          benchmarks: Path | None = None, export_checks: list[Path] | None = None) -> dict:
     records, speed, folders = [], {}, {}
     for d in eval_dirs:
-        require_manifest(d, "evaluate")
+        manifest = require_manifest(d, "evaluate")
         records.append(json.loads((d / "metrics.json").read_text()))
         timings = read_run_record(d)
         m = records[-1]["metrics"]
         folders[records[-1]["model"]] = d
         speed[records[-1]["model"]] = {"parameters": m.get("parameters"), "weights_mb": m.get("weights_mb"),
-                                       "tokens_per_second": timings.get("generation_tokens_per_second")}
+                                       "tokens_per_second": timings.get("generation_tokens_per_second"),
+                                       **_training(manifest)}
     table = {r["model"]: r["metrics"] for r in records}
     partial = sorted(r["model"] for r in records if r.get("partial"))
     dtypes = _dtype_note({r["model"]: r["dtype"] for r in records if r.get("dtype")})
@@ -123,7 +124,8 @@ SIGNIFICANCE_COLUMNS = ("model", "baseline", "metric", "n", "baseline_value", "m
                         "informative", "verdict")
 SIGNIFICANCE_NOTE = (
     "Each model against the model it was made from (an RL stage's init, an export's source, the distilled student "
-    "against the same student trained without a teacher), on the same prompts: McNemar's exact test for 0/1 "
+    "against the same student trained without a teacher; a preference stage also against the RL stage from the same "
+    "init), on the same prompts: McNemar's exact test for 0/1 "
     f"outcomes, the Wilcoxon signed-rank test for scores. better / worse: p < {paired.ALPHA} in the metric's "
     "direction; otherwise within noise. n: prompts both models were scored on; informative: the prompts the "
     "difference rests on (discordant pairs, non-zero differences). No correction for the number of tests.")
@@ -151,6 +153,19 @@ def _marks(partial: list[str], kept_init: list[str], gates: dict[str, list[str]]
         notes.append(f"{KEPT_INIT_NOTE}{', '.join(kept_init)}.")
     notes += [f"{m} fails its release gate (export.max_loss): {'; '.join(lost)}." for m, lost in gates.items()]
     return marks, notes
+
+
+TRAINING_COLUMNS = ("training (s)", "peak memory (GB)")
+
+
+def _training(eval_manifest: dict) -> dict:
+    """The training time and peak memory of the model an evaluation scored, from the model's run
+    record: none for the base model or an export, nor from a checkout (DVC carries no run records)."""
+    model = eval_manifest.get("inputs", {}).get("model", {}).get("path")
+    record = read_run_record(model) if model and Path(model).is_dir() else {}
+    seconds = record.get("train_runtime_s")
+    return dict(zip(TRAINING_COLUMNS, (round(seconds) if seconds is not None else None,
+                                       record.get("peak_memory_gb"))))
 
 
 def _timing(folder: Path) -> list[dict]:
@@ -198,6 +213,8 @@ def _bar_chart(table: dict, metric: str, path: Path) -> Path:
 # which .dvcignore keeps out of the report's DVC hash: a rerun reproduces the report byte for byte.
 SIZE_COLUMNS = ("parameters", "weights_mb")
 SPEED_NOTE = "tokens/s: batched greedy generation during the evaluation, on the machine that ran it (wall-clock)."
+TRAINING_NOTE = ("Each trained model's last training run (a resumed run counts only its own part): wall seconds and "
+                 "the process's peak memory (GPU allocations on a GPU, resident set on a CPU), from its run.json.")
 TIMING_LINK = ("This run's timing (each rule's wall time and memory, the models' generation speed): {link}, beside "
                "this report; wall-clock facts, so not part of its DVC hash.")
 
@@ -260,19 +277,24 @@ def _md_table(row: str, columns: tuple[str, ...], rows: dict[str, dict]) -> list
 
 
 def _write_timing(out: Path, timing: list[dict], speed: dict[str, dict]) -> None:
-    """timing.md and timing.html: the DAG's timing (Snakemake's benchmark files) and each model's
-    generation speed in its evaluation."""
+    """timing.md and timing.html: the DAG's timing (Snakemake's benchmark files), each model's
+    generation speed in its evaluation, and each trained model's training time and peak memory."""
     rules = {r["rule"]: {"wall (s)": round(r["s"]), "peak RSS (MB)": r["max_rss_mb"]} for r in timing}
     generation = {name: {"tokens_per_second": v.get("tokens_per_second")} for name, v in speed.items()}
     summary = (f"Timing: {_timing_summary(timing)}" if timing else
                "Timing: no Snakemake benchmark files were given (`--benchmarks logs/benchmarks`).")
     lines = ["# This run's timing", "", summary, "", "## Generation speed", ""]
     lines += _md_table("model", ("tokens_per_second",), generation) + ["", SPEED_NOTE]
+    trained = {name: {c: v[c] for c in TRAINING_COLUMNS} for name, v in speed.items() if v.get("training (s)")}
+    if trained:
+        lines += ["", "## Training", ""] + _md_table("model", TRAINING_COLUMNS, trained) + ["", TRAINING_NOTE]
     if rules:
         lines += ["", "## Rules, in the order they ended", ""] + _md_table("rule", ("wall (s)", "peak RSS (MB)"), rules)
     (out / "timing.md").write_text("\n".join(lines) + "\n")
     page = (f"<h1>This run's timing</h1><p id=\"timing\">{html.escape(summary)}</p><h2>Generation speed</h2>"
             + _html_table("speed", "model", ("tokens_per_second",), generation) + f"<p>{html.escape(SPEED_NOTE)}</p>"
+            + (f"<h2>Training</h2>{_html_table('training', 'model', TRAINING_COLUMNS, trained)}"
+               f"<p>{html.escape(TRAINING_NOTE)}</p>" if trained else "")
             + ("<h2>Rules, in the order they ended</h2>"
                + _html_table("rules", "rule", ("wall (s)", "peak RSS (MB)"), rules) if rules else ""))
     (out / "timing.html").write_text(f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -89,7 +89,7 @@ def main(params: Params, aspect: str, init_dir: Path, data_dir: Path, out: Path)
         "train_reward_mean": statistics.fmean(flat), "train_reward_std": statistics.pstdev(flat),
         "train_stats_pairs": len(stats_scores),
         "steps": trainer.state.global_step, "train_runtime_s": round(elapsed, 2),
-        "trainable_params": trainable, "total_params": total,
+        "peak_memory_gb": training.peak_memory_gb(), "trainable_params": trainable, "total_params": total,
         "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
     }
 
@@ -126,7 +126,7 @@ def _pairs(path: Path, subsets: list[str], tokenizer, cfg) -> tuple[list[dict], 
     with open(path) as fh:
         for line in fh:
             row = json.loads(line)
-            if row.get("subset") not in subsets:
+            if row.get("subset") not in subsets or "completion" in row:   # an unpaired rating: KTO's alone
                 continue
             chosen = reward_model.encode(tokenizer, row["prompt"], row["chosen"], cfg.context_turns)
             rejected = reward_model.encode(tokenizer, row["prompt"], row["rejected"], cfg.context_turns)

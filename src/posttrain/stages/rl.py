@@ -305,18 +305,10 @@ def _build_rft_trainer(model, tokenizer, sampled: dict, run_dir: Path, cfg, st: 
 
 def _save_models(chosen: Path, weights: Path, tokenizer, out: Path) -> None:
     """adapter/ is the chosen checkpoint's adapter; merged/ is the init model with it merged."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
     shutil.copytree(chosen, out / "adapter", ignore=shutil.ignore_patterns("STEP"))
     training.sort_adapter_config(out / "adapter" / "adapter_config.json")
     tokenizer.save_pretrained(out / "adapter")
-    # in the init model's own dtype: a GPU run trains in bf16, but the weights it did not train
-    # (an fp32 base's, the MoE router's) must come out exactly as they went in
-    base = AutoModelForCausalLM.from_pretrained(weights, dtype="auto")
-    merged = PeftModel.from_pretrained(base, out / "adapter").merge_and_unload()
-    merged.save_pretrained(out / "merged")
-    tokenizer.save_pretrained(out / "merged")
+    training.merge_adapter(weights, out / "adapter", tokenizer, out / "merged")
 
 
 def _metrics(rows, selector: Selection, chosen_step, trainer, elapsed, trainable, total, none_batches, st, resume,
@@ -336,7 +328,7 @@ def _metrics(rows, selector: Selection, chosen_step, trainer, elapsed, trainable
         "kl_last": kl[-1] if kl else None, "kl_max": max(kl) if kl else None,
         "none_batches": dict(sorted(none_batches.items())),
         "steps": trainer.state.global_step, "train_runtime_s": round(elapsed, 2),
-        "trainable_params": trainable, "total_params": total,
+        "peak_memory_gb": training.peak_memory_gb(), "trainable_params": trainable, "total_params": total,
         "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
         **({"critic_base": trainer.critic.kind} if st.algorithm == "ppo" else {}),
         **({"samples": sampled["report"]} if sampled else {}),

@@ -31,28 +31,31 @@ LOG_COLUMNS = {
 }
 
 
-def read_pairs(path: Path, subsets: list[str], tokenizer, max_length: int) -> tuple[list[dict], int]:
-    """The pairs of `subsets` in a prepared preference file, in TRL's conversational format
-    (prompt messages, chosen and rejected assistant messages), and how many were left out for
-    being longer than `max_length` tokens (truncating a pair can flip which side is better)."""
-    pairs, over = [], 0
+def read_pairs(path: Path, subsets: list[str], tokenizer, max_length: int) -> tuple[list[dict], list[dict], int]:
+    """The rows of `subsets` in a prepared preference file, in TRL's conversational format: the
+    pairs (prompt messages, chosen and rejected assistant messages), the unpaired ratings (prompt,
+    completion, label), and how many were left out for being longer than `max_length` tokens
+    (truncating a pair can flip which side is better)."""
+    pairs, ratings, over = [], [], 0
     with open(path) as fh:
         for line in fh:
             row = json.loads(line)
             if row.get("subset") not in subsets:
                 continue
-            longest = max(len(encode(tokenizer, row["prompt"], row[side])) for side in ("chosen", "rejected"))
-            if longest > max_length:
+            sides = ("completion",) if "completion" in row else ("chosen", "rejected")
+            if max(len(encode(tokenizer, row["prompt"], row[side])) for side in sides) > max_length:
                 over += 1
                 continue
-            pairs.append({"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"]})
-    return pairs, over
+            (ratings if "completion" in row else pairs).append({k: row[k] for k in ("prompt", *sides, "label")
+                                                                 if k in row})
+    return pairs, ratings, over
 
 
-def unpaired(pairs: list[dict]) -> list[dict]:
-    """KTO's examples: each pair's chosen response as desirable, its rejected one as undesirable."""
-    return [{"prompt": p["prompt"], "completion": p[side], "label": side == "chosen"}
-            for p in pairs for side in ("chosen", "rejected")]
+def unpaired(rows: list[dict]) -> list[dict]:
+    """KTO's examples: each pair's chosen response as desirable and its rejected one as
+    undesirable; an unpaired rating as it is."""
+    return [r if "completion" in r else {"prompt": r["prompt"], "completion": r[side], "label": side == "chosen"}
+            for r in rows for side in (("completion",) if "completion" in r else ("chosen", "rejected"))]
 
 
 def build_trainer(model, tokenizer, train: list[dict], val: list[dict], run_dir: Path, cfg, st, precision: dict):

@@ -179,7 +179,7 @@ def _metrics(rows, trainer, result, elapsed, trainable, total, cfg, precision, r
         # throughput of this process's training time (a resumed run counts only its own part)
         "tokens_per_second": (result.metrics.get("train_tokens_per_second") if result else None)
         or (tokens / elapsed if elapsed else None),
-        "train_runtime_s": round(elapsed, 2),
+        "train_runtime_s": round(elapsed, 2), "peak_memory_gb": training.peak_memory_gb(),
         "trainable_params": trainable, "total_params": total,
         "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
     }
@@ -188,7 +188,6 @@ def _metrics(rows, trainer, result, elapsed, trainable, total, cfg, precision, r
 def _save_models(trainer, tokenizer, base_dir: Path, out: Path, cfg: SftParams, main: bool) -> None:
     """The trained weights (every process takes part; `main` writes them), then in the main process
     the tokenizer and the merged model."""
-    from transformers import AutoModelForCausalLM
 
     folder = out / ("merged" if cfg.method == "full" else "adapter")
     trainer.model.save_pretrained(folder, is_main_process=main)
@@ -198,16 +197,8 @@ def _save_models(trainer, tokenizer, base_dir: Path, out: Path, cfg: SftParams, 
     if cfg.method == "full":
         return
     training.sort_adapter_config(out / "adapter" / "adapter_config.json")
-    # Merge into a fresh copy of the base in its own dtype (a QLoRA base is 4-bit and cannot be
-    # merged into directly), so merged/ is a plain model any server loads. Not in the training
-    # precision: a bf16 GPU run must not round an fp32 base's untrained weights (the MoE router's).
     del trainer
-    from peft import PeftModel
-
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype="auto")
-    merged = PeftModel.from_pretrained(base, out / "adapter").merge_and_unload()
-    merged.save_pretrained(out / "merged")
-    tokenizer.save_pretrained(out / "merged")
+    training.merge_adapter(base_dir, out / "adapter", tokenizer, out / "merged")
 
 
 def _write_model_card(out: Path, card: dict, cfg: SftParams, m: dict) -> None:

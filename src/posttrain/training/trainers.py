@@ -7,6 +7,7 @@ import csv
 import json
 import logging
 import os
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -261,6 +262,27 @@ def init_model(init_dir: Path, what: str) -> tuple[Path, object]:
     if chat.template_hash(tokenizer.chat_template) != manifest.get("chat_template_sha256"):
         raise ValueError(f"{init_dir}: the tokenizer's chat template differs from the one its manifest records")
     return weights, tokenizer
+
+
+def merge_adapter(init_dir: Path, adapter: Path, tokenizer, out: Path) -> None:
+    """merged/: a fresh copy of the init model in its own dtype with the adapter merged, a plain
+    model any server loads. Not in the training precision: a bf16 GPU run must not round an fp32
+    init's untrained weights (the MoE router's); and a QLoRA init is 4-bit, which cannot be merged
+    into directly."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(init_dir, dtype="auto")
+    PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def peak_memory_gb() -> float:
+    """This process's peak memory for the run record: the GPU's allocations on CUDA, else the
+    resident set (Linux reports KiB)."""
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
 
 
 def count_parameters(model) -> tuple[int, int]:
