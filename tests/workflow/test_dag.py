@@ -353,8 +353,9 @@ def test_the_longest_chain_then_what_the_evaluations_wait_for_are_scheduled_firs
     chain = ("rl_helpfulness", "rl_safety", "rl_reasoning", "student_base", "distill_samples", "distill")
     top = max(priority.values())
     assert {priority[n] for n in chain} == {top} and top > priority["evaluate_sft"]
-    # then what one evaluation waits for (the exports, the plain-SFT student), then the evaluations
-    one = ("export_merge", "export_gptq", "export_gguf", "distill_baseline", "rl_zero")
+    # then what one evaluation waits for (the exports, the plain-SFT student, the RL-first and DPO
+    # stages), then the evaluations
+    one = ("export_merge", "export_gptq", "export_gguf", "distill_baseline", "rl_zero", "preference_dpo")
     levels = {priority[n] for n in one}
     assert len(levels) == 1 and 0 < min(levels) < priority["evaluate_sft"]
     assert not [n for n, p in priority.items()
