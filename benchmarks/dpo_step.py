@@ -26,15 +26,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from sft_throughput import bench_params  # noqa: E402
+
 SETTINGS = ("stage", "trl_example")
-
-
-def _params(overrides: dict, tmp: Path):
-    from posttrain.config import load_params
-
-    path = tmp / "bench.yaml"
-    path.write_text(json.dumps(overrides))
-    return load_params([ROOT / "params.yaml", path])
 
 
 def _tiny_inputs(tmp: Path) -> tuple[Path, Path]:
@@ -42,13 +37,13 @@ def _tiny_inputs(tmp: Path) -> tuple[Path, Path]:
     from posttrain.demo.corpus import write_demo_corpus
     from posttrain.stages import base_model, prepare_data
 
-    params = _params({"model": {"base": "tiny:llama"}}, tmp)
+    params = bench_params({"model": {"base": "tiny:llama"}}, tmp)
     base_model.main(params, tmp / "base")
     write_demo_corpus(tmp / "demo")
     # the demo's preference sources, with their subsets, read from this copy of the corpus
     sources = [{**s.model_dump(exclude_none=True), "path": str(tmp / "demo" / Path(s.path).name)}
                for s in params.data.sources.preference]
-    params = _params({"data": {"max_reject_ratio": 0.2, "sources": {"preference": sources}}}, tmp)
+    params = bench_params({"data": {"max_reject_ratio": 0.2, "sources": {"preference": sources}}}, tmp)
     prepare_data.main(params, "preference", [s["path"] for s in sources], tmp / "preference",
                       tokenizer_dir=tmp / "base")
     return tmp / "base", tmp / "preference"
@@ -61,7 +56,7 @@ def _trainer(setting: str, init: Path, data: Path, tmp: Path, steps: int):
     from posttrain.training import preference
     from posttrain.training import trainers as training
 
-    params = _params({}, tmp)
+    params = bench_params({}, tmp)
     cfg = params.preference
     st = next((s for s in cfg.stages if s.algorithm == "dpo"), None)
     if st is None:

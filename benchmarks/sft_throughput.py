@@ -37,7 +37,8 @@ class StepClock(TrainerCallback):
         self.tokens.append(state.num_input_tokens_seen)
 
 
-def _params(overrides: dict, tmp: Path):
+def bench_params(overrides: dict, tmp: Path):
+    """params.yaml with `overrides` on top (also dpo_step.py's)."""
     from posttrain.config import load_params
 
     path = tmp / "bench.yaml"
@@ -50,11 +51,11 @@ def _tiny_inputs(tmp: Path) -> tuple[Path, Path]:
     from posttrain.demo.corpus import write_demo_corpus
     from posttrain.stages import base_model, prepare_data
 
-    params = _params({"model": {"base": "tiny:llama"}}, tmp)
+    params = bench_params({"model": {"base": "tiny:llama"}}, tmp)
     base_model.main(params, tmp / "base")
     files = write_demo_corpus(tmp / "demo")
     inputs = [str(files[n]) for n in ("sft_alpaca", "sft_sharegpt", "sft_messages", "arithmetic_train")]
-    params = _params({"data": {"max_reject_ratio": 0.2}}, tmp)
+    params = bench_params({"data": {"max_reject_ratio": 0.2}}, tmp)
     prepare_data.main(params, "sft", inputs, tmp / "sft", tokenizer_dir=tmp / "base")
     return tmp / "base", tmp / "sft"
 
@@ -66,7 +67,7 @@ def _trainer(base: Path, data: Path, tmp: Path, steps: int, packing: bool, name:
     from posttrain.training import sft
     from posttrain.training import trainers as training
 
-    params = _params({"sft": {"max_steps": steps, "packing": packing, "eval_steps": 10**6, "save_steps": 10**6,
+    params = bench_params({"sft": {"max_steps": steps, "packing": packing, "eval_steps": 10**6, "save_steps": 10**6,
                               "logging_steps": 10**6, "checkpoint_dir": str(tmp / "ckpt"),
                               **({"precision": precision} if precision else {})}}, tmp)
     set_seed(params.sft.seed)

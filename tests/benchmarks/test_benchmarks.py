@@ -289,6 +289,16 @@ def test_sft_throughput_prints_its_ratios(tiny_base, sft_data):
     assert packed == 1.0 and 0 < padded <= 1, out  # padding-free packing: every token is a real one
 
 
+def test_dpo_step_prints_both_settings_and_their_ratios(tiny_base, preference_data):
+    out = bench("dpo_step", "--init", tiny_base, "--data", preference_data, "--steps", 2)
+    rows = all_figures(r"^\s+NUM s/step\s+NUM pairs/s\s+NUM tokens/s\s+peak NUM GB$", out)
+    assert len(rows) == 2 and all(positive(*r) for r in rows), out[-4000:]   # the stage, then TRL's example
+    assert re.search(r"^stage .*LoRA r 16 .* of all layers", out, re.M), out[-4000:]      # the tiny model: 2 layers
+    assert re.search(r"^trl_example +16 pairs/step, 1024 tokens, LoRA r 32 alpha 16 on q_proj,v_proj", out, re.M)
+    speed, memory = figures(r"^stage / TRL example: tokens/s NUMx, peak memory NUMx$", out)
+    assert positive(speed, memory), out[-4000:]
+
+
 def test_stage_costs_prints_the_table_critical_path_and_a_what_if(ran_project):
     out = bench("stage_costs", ran_project / "logs" / "benchmarks", "--params", ran_project / "params.yaml",
                 ran_project / "tiny.yaml", "--what-if", "prepare_data_eval=1")
